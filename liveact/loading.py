@@ -1,0 +1,182 @@
+"""Loading checkpoints in the official formats, frugally.
+
+The DiT folder is diffusers' layout: ``config.json`` plus ``diffusion_pytorch_model.safetensors`` or
+shards listed in ``diffusion_pytorch_model.safetensors.index.json``. The model is built on the meta
+device and each tensor is read from the (memory-mapped) file straight to the target device and dtype,
+then assigned: no random initialisation of 19 B parameters, no second copy in host memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from liveact.config import ModelConfig
+
+if TYPE_CHECKING:
+    from liveact.model import LiveActTransformer
+
+logger = logging.getLogger(__name__)
+
+DIT_CONFIG = "config.json"
+DIT_WEIGHTS = "diffusion_pytorch_model.safetensors"
+DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+
+
+class AssetError(ValueError):
+    """A checkpoint file is missing, unreadable or does not match what the model expects."""
+
+
+def dit_shards(folder: Path) -> list[Path]:
+    """Safetensors files of a DiT folder: the index's shards, or the single file."""
+    index = folder / DIT_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise AssetError(f"{index}: not a safetensors index (expected a JSON with 'weight_map'): {exc}") from exc
+        shards = [folder / name for name in dict.fromkeys(weight_map.values())]
+        missing = [str(p) for p in shards if not p.is_file()]
+        if missing:
+            raise AssetError(f"{index} lists shards that are missing: {', '.join(missing)}")
+        return shards
+    single = folder / DIT_WEIGHTS
+    if single.is_file():
+        return [single]
+    raise AssetError(f"{folder}: no {DIT_WEIGHTS} and no {DIT_INDEX}; is this the DiT checkpoint folder?")
+
+
+def read_dit_config(folder: Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a DiT folder, with a clear error when absent or malformed."""
+    path = folder / DIT_CONFIG
+    if not path.is_file():
+        raise AssetError(f"{path} is missing: the DiT folder needs its diffusers config.json")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise AssetError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def iter_safetensors(paths: list[Path], device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(key, tensor)`` from safetensors files, each tensor read straight onto ``device``."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in paths:
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                for key in f.keys():
+                    yield key, f.get_tensor(key)
+        except SafetensorError as exc:
+            raise AssetError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def _shapes(paths: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor in the files, from their headers alone."""
+    from safetensors import SafetensorError, safe_open
+
+    out: dict[str, tuple[int, ...]] = {}
+    for path in paths:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    out[key] = tuple(f.get_slice(key).get_shape())
+        except SafetensorError as exc:
+            raise AssetError(f"{path} is not a readable safetensors file: {exc}") from exc
+    return out
+
+
+def infer_model_config(config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
+    """``ModelConfig`` from ``config.json``, with the dims the official config leaves out read off the weights."""
+    overrides: dict[str, Any] = {}
+    if "img_emb.proj.0.weight" in shapes:
+        overrides["clip_dim"] = shapes["img_emb.proj.0.weight"][0]
+    if "text_embedding.0.weight" in shapes:
+        overrides["text_dim"] = shapes["text_embedding.0.weight"][1]
+    if "blocks.0.self_attn.memory_proj_k.weight" in shapes:
+        overrides["memory_ratio"] = shapes["blocks.0.self_attn.memory_proj_k.weight"][-1]
+    if "patch_embedding.weight" in shapes:
+        overrides["patch_size"] = tuple(shapes["patch_embedding.weight"][2:])
+    if "audio_proj.proj1.weight" in shapes:
+        window = config.get("audio_window", ModelConfig.audio_window)
+        feat = shapes["audio_proj.proj1.weight"][1] // window
+        layers = ModelConfig.audio_layers if feat % ModelConfig.audio_layers == 0 else 1
+        overrides.update(audio_layers=layers, audio_channels=feat // layers)
+    return ModelConfig.from_diffusers_config(config, **overrides)
+
+
+def check_state_dict_shapes(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Raise ``AssetError`` naming every missing, unexpected or mis-shaped key."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = [f"{k}: file {shapes[k]}, expected {expected[k]}" for k in expected if k in shapes and shapes[k] != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys, e.g. " + ", ".join(f"{k} {expected[k]}" for k in missing[:5]))
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys, e.g. " + ", ".join(unexpected[:5]))
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches, e.g. " + "; ".join(wrong[:5]))
+    if problems:
+        raise AssetError(f"{source} does not match the LiveAct transformer: " + " | ".join(problems))
+
+
+def load_transformer(
+    folder: str | Path, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+) -> LiveActTransformer:
+    """Build ``LiveActTransformer`` on the meta device and assign the folder's weights.
+
+    Args:
+        folder: diffusers-layout DiT folder (``config.json`` + safetensors, single or sharded).
+        dtype: parameter dtype (the official files hold bf16).
+        device: where the parameters end up; tensors are read straight there.
+    """
+    from liveact.model import LiveActTransformer
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AssetError(f"{folder} is not a folder: pass the DiT checkpoint folder")
+    shards = dit_shards(folder)
+    shapes = _shapes(shards)
+    config = infer_model_config(read_dit_config(folder), shapes)
+    with torch.device("meta"):
+        model = LiveActTransformer(config)
+    check_state_dict_shapes(model, shapes, str(folder))
+    state = {key: t.to(dtype) for key, t in iter_safetensors(shards, device)}
+    model.load_state_dict(state, strict=True, assign=True)
+    logger.info("loaded %s: %.2fB parameters, %s", folder, sum(p.numel() for p in model.parameters()) / 1e9, dtype)
+    return model.eval().requires_grad_(False)
+
+
+def save_transformer(model: LiveActTransformer, folder: str | Path, max_shard_bytes: int | None = None) -> None:
+    """Write a model in the official layout (``config.json`` + safetensors, sharded above ``max_shard_bytes``)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"_class_name": "WanModel", "model_type": "i2v", **model.config.to_dict()}
+    (folder / DIT_CONFIG).write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if max_shard_bytes is None:
+        save_file(state, str(folder / DIT_WEIGHTS))
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / name))
+        weight_map.update(dict.fromkeys(shard, name))
+    (folder / DIT_INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))

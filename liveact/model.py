@@ -1,0 +1,469 @@
+"""LiveAct transformer: the Wan2.1-I2V DiT with an audio cross-attention adapter.
+
+Parameter names are those of the official checkpoint (``self_attn.q``, ``cross_attn.k_img``,
+``audio_cross_attn.kv_linear``, ``norm3``, ``modulation`` ...), so its safetensors load as they are.
+One forward pass denoises one block of ``T`` latent frames at one timestep against a ``KVMemory``.
+
+Precision follows the reference: modulation sums in the model dtype, norms and the modulated-norm
+expressions in fp32 ("fp32 islands"), sinusoidal time features in float64.
+
+Work the reference repeats and we do once:
+* text/image cross-attention K/V: ``prepare_context()`` per prompt, not per call;
+* audio projection: ``audio_tokens()`` for the block's frames only, not the whole 14-frame window;
+* RoPE tables: once per resolution in float32 instead of a complex128 re-rope of the cache per call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from liveact.attention import attention
+from liveact.config import MemoryConfig, ModelConfig
+from liveact.memory import KVMemory
+from liveact.rope import apply_rope, rope_table
+
+logger = logging.getLogger(__name__)
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over the last dim, computed in fp32 and cast back before the weight."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., dim] -> [..., dim]``."""
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm evaluated in fp32 (affine parameters too), output in the input dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., dim] -> [..., dim]``."""
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
+
+
+@dataclass(frozen=True)
+class Modulation:
+    """Adaptive-norm parameters of one branch, each ``[B, 1, dim]``."""
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+    gate: torch.Tensor
+
+    def apply(self, normed: torch.Tensor) -> torch.Tensor:
+        """``normed * (1 + scale) + shift`` in fp32, cast back to the dtype of ``normed``."""
+        return (normed.float() * (1 + self.scale) + self.shift).type_as(normed)
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """``[cos(t w), sin(t w)]`` with ``w_j = 10000^(-j / (dim/2))``, computed in float64.
+
+    Args:
+        t: ``[B]`` timesteps (any float dtype; promoted to float64 as the reference does).
+
+    Returns:
+        ``[B, dim]`` float32.
+    """
+    half = dim // 2
+    pos = t.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(pos, freqs)
+    return torch.cat([angles.cos(), angles.sin()], dim=1).float()
+
+
+@dataclass
+class CrossContext:
+    """Per-layer cross-attention keys/values of one prompt and one reference image.
+
+    ``text[i]`` and ``image[i]`` are ``(k, v)`` pairs of layer ``i``, each ``[B, L, H, D]``
+    (``L`` = ``text_len`` padded text tokens, or the CLIP tokens).
+    """
+
+    text: list[tuple[torch.Tensor, torch.Tensor]]
+    image: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class BlockInputs:
+    """What every layer needs for one forward pass over a block."""
+
+    grid: tuple[int, int, int]
+    memory: KVMemory
+    context: CrossContext
+    audio: torch.Tensor | None
+    silent_frames: int
+    rope_q: tuple[torch.Tensor, torch.Tensor]
+    rope_k: tuple[torch.Tensor, torch.Tensor]
+
+
+class SelfAttention(nn.Module):
+    """Block-causal self-attention against the ConvKV memory."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, cfg.eps)
+        self.norm_k = RMSNorm(dim, cfg.eps)
+        conv = dict(kernel_size=cfg.memory_ratio, stride=cfg.memory_ratio, groups=dim, bias=False)
+        self.memory_proj_k = nn.Conv1d(dim, dim, **conv)
+        self.memory_proj_v = nn.Conv1d(dim, dim, **conv)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, L, dim]`` -> q, k, v ``[B, L, H, D]`` (q and k RMS-normed over the full dim)."""
+        shape = (*x.shape[:2], -1, self.head_dim)
+        return (self.norm_q(self.q(x)).view(shape), self.norm_k(self.k(x)).view(shape), self.v(x).view(shape))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, inp: BlockInputs) -> torch.Tensor:
+        """Update the memory with ``k, v`` ``[B, L, H, D]`` and attend; returns ``[B, L, H, D]``."""
+        k_all, v_all = inp.memory.update(layer, k, v, self.memory_proj_k.weight, self.memory_proj_v.weight)
+        q = apply_rope(q, *inp.rope_q)
+        k_all = apply_rope(k_all, inp.rope_k[0][: k_all.shape[1]], inp.rope_k[1][: k_all.shape[1]])
+        return attention(q, k_all, v_all)
+
+    def forward(self, x: torch.Tensor, layer: int, inp: BlockInputs) -> torch.Tensor:
+        """``[B, L, dim] -> [B, L, dim]``."""
+        q, k, v = self.project(x)
+        return self.o(self.attend(q, k, v, layer, inp).flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """I2V cross-attention: text and image tokens in two attentions, outputs summed."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.head_dim = cfg.head_dim
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.k_img = nn.Linear(dim, dim)
+        self.v_img = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, cfg.eps)
+        self.norm_k = RMSNorm(dim, cfg.eps)
+        self.norm_k_img = RMSNorm(dim, cfg.eps)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:2], -1, self.head_dim)
+
+    def text_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedded text ``[B, Lt, dim]`` -> k, v ``[B, Lt, H, D]``."""
+        return self._heads(self.norm_k(self.k(text))), self._heads(self.v(text))
+
+    def image_kv(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedded image tokens ``[B, Li, dim]`` -> k, v ``[B, Li, H, D]``."""
+        return self._heads(self.norm_k_img(self.k_img(image))), self._heads(self.v_img(image))
+
+    def forward(self, x: torch.Tensor, text_kv: tuple[torch.Tensor, torch.Tensor],
+                image_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``[B, L, dim] -> [B, L, dim]``."""
+        q = self._heads(self.norm_q(self.q(x)))
+        out = attention(q, *text_kv) + attention(q, *image_kv)
+        return self.o(out.flatten(2))
+
+
+class AudioCrossAttention(nn.Module):
+    """Each latent frame's tokens attend to that frame's audio tokens (no q/k norm)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.head_dim = cfg.head_dim
+        self.q_linear = nn.Linear(cfg.dim, cfg.dim)
+        self.kv_linear = nn.Linear(cfg.output_dim, 2 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Frame-wise audio attention.
+
+        Args:
+            x: ``[B, T * fl, dim]`` visual tokens, frame-major.
+            audio: ``[T, N, output_dim]`` audio tokens of the same T frames.
+
+        Returns:
+            ``[B, T * fl, dim]``.
+        """
+        b, n, dim = x.shape
+        frames = audio.shape[0]
+        q = self.q_linear(x).view(b * frames, n // frames, -1, self.head_dim)
+        kv = self.kv_linear(audio).view(frames, audio.shape[1], 2, -1, self.head_dim)
+        k, v = kv.unbind(2)
+        if b > 1:
+            k, v = k.repeat(b, 1, 1, 1), v.repeat(b, 1, 1, 1)
+        out = attention(q, k, v)
+        return self.proj(out.reshape(b, n, dim))
+
+
+class AttentionBlock(nn.Module):
+    """One DiT block: modulated self-attention, cross-attention, audio attention, modulated FFN."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.norm1 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(cfg)
+        self.norm3 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(cfg)
+        self.norm2 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.audio_cross_attn = AudioCrossAttention(cfg)
+        self.norm_x = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True) if cfg.norm_input_visual else nn.Identity()
+
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, layer: int, inp: BlockInputs) -> torch.Tensor:
+        """``x`` ``[B, L, dim]``, ``e0`` ``[B, 6, dim]`` time projection -> ``[B, L, dim]``."""
+        c = (self.modulation + e0).chunk(6, dim=1)
+        attn_mod, ffn_mod = Modulation(c[0], c[1], c[2]), Modulation(c[3], c[4], c[5])
+
+        x = x + self.self_attn(attn_mod.apply(self.norm1(x)), layer, inp) * attn_mod.gate
+        x = x + self.cross_attn(self.norm3(x), inp.context.text[layer], inp.context.image[layer])
+        if inp.audio is not None:
+            x_audio = self.audio_cross_attn(self.norm_x(x), inp.audio)
+            if inp.silent_frames:
+                # The clip's very first latent frame is the reference image: it gets no audio.
+                fl = x.shape[1] // inp.grid[0]
+                x_audio[:, : inp.silent_frames * fl] = 0
+            x = x + x_audio
+        return x + self.ffn(ffn_mod.apply(self.norm2(x))) * ffn_mod.gate
+
+
+class Head(nn.Module):
+    """Output projection with its own 2-way modulation driven by the time embedding."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.norm = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, math.prod(cfg.patch_size) * cfg.out_dim)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, L, dim]``, ``e`` ``[B, dim]`` -> ``[B, L, prod(patch) * out_dim]``."""
+        shift, scale = (self.modulation + e.unsqueeze(1)).chunk(2, dim=1)
+        # The reference modulates the head in the model dtype (no fp32 island here).
+        return self.head(self.norm(x) * (1 + scale) + shift)
+
+
+class ImageProjection(nn.Module):
+    """CLIP features -> model width: LayerNorm, Linear, GELU (exact), Linear, LayerNorm."""
+
+    def __init__(self, clip_dim: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.LayerNorm(clip_dim), nn.Linear(clip_dim, clip_dim), nn.GELU(), nn.Linear(clip_dim, dim), nn.LayerNorm(dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, Li, clip_dim] -> [B, Li, dim]``."""
+        return self.proj(x)
+
+
+class AudioProjection(nn.Module):
+    """wav2vec windows -> ``context_tokens`` audio tokens per latent frame.
+
+    The clip's first latent frame sees a ``audio_window``-frame window (``proj1``); every other
+    latent frame covers ``vae_scale`` video frames and sees ``audio_window + vae_scale - 1`` frames
+    (``proj1_vf``).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        feat = cfg.audio_feature_dim
+        self.context_tokens = cfg.context_tokens
+        self.output_dim = cfg.output_dim
+        self.proj1 = nn.Linear(cfg.audio_window * feat, cfg.intermediate_dim)
+        self.proj1_vf = nn.Linear((cfg.audio_window + cfg.vae_scale - 1) * feat, cfg.intermediate_dim)
+        self.proj2 = nn.Linear(cfg.intermediate_dim, cfg.intermediate_dim)
+        self.proj3 = nn.Linear(cfg.intermediate_dim, cfg.context_tokens * cfg.output_dim)
+        self.norm = nn.LayerNorm(cfg.output_dim) if cfg.norm_output_audio else nn.Identity()
+
+    def forward(self, first: torch.Tensor | None, later: torch.Tensor) -> torch.Tensor:
+        """Project audio windows.
+
+        Args:
+            first: ``[audio_window, layers, channels]`` window of the clip's first frame, or None.
+            later: ``[T', audio_window + vae_scale - 1, layers, channels]`` windows of other frames.
+
+        Returns:
+            ``[T, context_tokens, output_dim]`` with ``T = T' + (first is not None)``.
+        """
+        hidden = F.relu(self.proj1_vf(later.flatten(1)))
+        if first is not None:
+            hidden = torch.cat([F.relu(self.proj1(first.flatten()[None])), hidden], dim=0)
+        tokens = self.proj3(F.relu(self.proj2(hidden)))
+        return self.norm(tokens.view(-1, self.context_tokens, self.output_dim))
+
+
+class LiveActTransformer(nn.Module):
+    """The LiveAct DiT.
+
+    Args:
+        config: the architecture (``liveact.config.PRESETS`` or a checkpoint's config).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        dim = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(AttentionBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+        self.img_emb = ImageProjection(cfg.clip_dim, dim)
+        self.audio_proj = AudioProjection(cfg)
+        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ----------------------------------------------------------------------------------------
+    # loading
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype = torch.bfloat16,
+                        device: torch.device | str = "cpu") -> LiveActTransformer:
+        """Load an official diffusers-layout folder (``config.json`` + single or sharded safetensors).
+
+        The model is built on the meta device and the weights are assigned straight from the
+        (memory-mapped) files, so 19 B parameters are never randomly initialised first.
+        """
+        from liveact.loading import load_transformer
+
+        return load_transformer(folder, dtype=torch_dtype, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.patch_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype (the parameters' dtype)."""
+        return self.patch_embedding.weight.dtype
+
+    @property
+    def kv_heads(self) -> int:
+        """Heads whose K/V this process keeps (all of them unless sequence-parallel)."""
+        return getattr(self, "_local_heads", self.config.num_heads)
+
+    def new_memory(self, memory_config: MemoryConfig, frame_len: int, batch: int = 1) -> KVMemory:
+        """A fresh ``KVMemory`` sized for this model and resolution."""
+        if memory_config.ratio != self.config.memory_ratio:
+            raise ValueError(
+                f"MemoryConfig.ratio={memory_config.ratio} does not match the model's ConvKV kernel "
+                f"size {self.config.memory_ratio}")
+        return KVMemory(memory_config, self.config.num_layers, self.kv_heads, self.config.head_dim,
+                        frame_len, self.device, self.dtype, batch=batch)
+
+    # ----------------------------------------------------------------------------------------
+    # conditioning computed once
+
+    @torch.no_grad()
+    def embed_text(self, text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer text K/V of one prompt.
+
+        Args:
+            text: ``[L, text_dim]`` unpadded text-encoder output (``L <= text_len``).
+
+        Returns:
+            per layer ``(k, v)``, each ``[1, text_len, H, D]``. Like the reference, the text is
+            zero-padded to ``text_len`` and the padded rows are attended to (no mask).
+        """
+        cfg = self.config
+        if text.ndim != 2 or text.shape[1] != cfg.text_dim:
+            raise ValueError(f"text must be [L, {cfg.text_dim}], got {tuple(text.shape)}")
+        if text.shape[0] > cfg.text_len:
+            raise ValueError(f"text has {text.shape[0]} tokens, more than text_len={cfg.text_len}")
+        padded = text.new_zeros(cfg.text_len, cfg.text_dim)
+        padded[: text.shape[0]] = text
+        ctx = self.text_embedding(padded.to(self.device, self.dtype)[None])
+        return [block.cross_attn.text_kv(ctx) for block in self.blocks]
+
+    @torch.no_grad()
+    def embed_image(self, clip: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer image K/V: ``clip`` ``[1, Li, clip_dim]`` -> per layer ``(k, v)`` ``[1, Li, H, D]``."""
+        ctx = self.img_emb(clip.to(self.device, self.dtype))
+        return [block.cross_attn.image_kv(ctx) for block in self.blocks]
+
+    @torch.no_grad()
+    def prepare_context(self, text: torch.Tensor, clip: torch.Tensor) -> CrossContext:
+        """Cross-attention K/V of a prompt ``[L, text_dim]`` and image ``[1, Li, clip_dim]``."""
+        return CrossContext(text=self.embed_text(text), image=self.embed_image(clip))
+
+    def audio_tokens(self, first: torch.Tensor | None, later: torch.Tensor) -> torch.Tensor:
+        """Audio tokens of a block: see ``AudioProjection.forward`` (``[T, N, output_dim]``)."""
+        dt = self.dtype
+        return self.audio_proj(None if first is None else first.to(self.device, dt), later.to(self.device, dt))
+
+    def rope(self, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached cos/sin tables ``[frames * height * width, D/2]`` for a token grid."""
+        key = (frames, height, width, self.device)
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_table(frames, height, width, self.config.rope_split,
+                                               self.config.rope_theta, device=self.device)
+        return self._rope_cache[key]
+
+    # ----------------------------------------------------------------------------------------
+    # forward
+
+    def patchify(self, latent: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """``latent`` ``[C, T, lh, lw]`` + ``y`` ``[C_y, T, lh, lw]`` -> tokens ``[1, T*h*w, dim]`` and grid."""
+        x = torch.cat([latent, y], dim=0).to(self.dtype)[None]
+        x = self.patch_embedding(x)
+        grid = tuple(x.shape[2:])
+        return x.flatten(2).transpose(1, 2), grid
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``[1, T*h*w, prod(patch)*C]`` -> ``[C, T*pt, h*ph, w*pw]``."""
+        t, h, w = grid
+        pt, ph, pw = self.config.patch_size
+        x = x[0].view(t, h, w, pt, ph, pw, self.config.out_dim)
+        return torch.einsum("fhwpqrc->cfphqwr", x).reshape(self.config.out_dim, t * pt, h * ph, w * pw)
+
+    def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``t`` ``[1]`` -> ``e`` ``[1, dim]`` and block modulation input ``e0`` ``[1, 6, dim]``."""
+        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).to(self.device, self.dtype))
+        return e, self.time_projection(e).unflatten(1, (6, self.config.dim))
+
+    def forward(
+        self, latent: torch.Tensor, y: torch.Tensor, t: torch.Tensor, context: CrossContext,
+        memory: KVMemory, audio: torch.Tensor | None = None, silent_frames: int = 0,
+    ) -> torch.Tensor:
+        """Predict the flow velocity of one block at one timestep.
+
+        Args:
+            latent: ``[C, T, lh, lw]`` noisy latent block.
+            y: ``[C_y, T, lh, lw]`` I2V conditioning of the same frames (mask + image latent).
+            t: ``[1]`` timestep (float32, 0..1000).
+            context: cross-attention K/V of the prompt and image (``prepare_context``).
+            memory: this step's KV memory; ``memory.begin_block(k)`` must have been called.
+            audio: ``[T, N, output_dim]`` audio tokens (``audio_tokens``), or None to skip audio.
+            silent_frames: leading latent frames that get no audio (1 for the clip's first block).
+
+        Returns:
+            ``[C, T, lh, lw]`` velocity.
+        """
+        x, grid = self.patchify(latent.to(self.device), y.to(self.device))
+        e, e0 = self.time_embed(t)
+        start = memory.query_start_frame
+        cos, sin = self.rope(memory.config.total_frames, grid[1], grid[2])
+        fl = grid[1] * grid[2]
+        q_tokens = slice(start * fl, (start + grid[0]) * fl)
+        inp = BlockInputs(grid=grid, memory=memory, context=context, audio=audio, silent_frames=silent_frames,
+                          rope_q=(cos[q_tokens], sin[q_tokens]), rope_k=(cos, sin))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, e0, layer, inp)
+        return self.unpatchify(self.head(x, e), grid)

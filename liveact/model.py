@@ -100,7 +100,13 @@ class CrossContext:
 
 @dataclass
 class BlockInputs:
-    """What every layer needs for one forward pass over a block."""
+    """What every layer needs for one forward pass over a block.
+
+    The layers see the block's tokens ``[token_offset, token_offset + L)`` (all of them in a single
+    process; a contiguous shard under sequence parallelism). Only the token-local parts of a layer
+    read ``token_offset``: the audio attention (which latent frame a token belongs to) and the
+    silent-first-frame zeroing.
+    """
 
     grid: tuple[int, int, int]
     memory: KVMemory
@@ -109,6 +115,17 @@ class BlockInputs:
     silent_frames: int
     rope_q: tuple[torch.Tensor, torch.Tensor]
     rope_k: tuple[torch.Tensor, torch.Tensor]
+    token_offset: int = 0
+
+    @property
+    def frame_len(self) -> int:
+        """Tokens per latent frame (``h * w`` of the token grid)."""
+        return self.grid[1] * self.grid[2]
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of the whole block (``T * h * w``)."""
+        return self.grid[0] * self.frame_len
 
 
 class SelfAttention(nn.Module):
@@ -187,25 +204,59 @@ class AudioCrossAttention(nn.Module):
         self.kv_linear = nn.Linear(cfg.output_dim, 2 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
-    def forward(self, x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        """Frame-wise audio attention.
+    def forward(self, x: torch.Tensor, audio: torch.Tensor, frame_len: int, token_offset: int = 0) -> torch.Tensor:
+        """Frame-wise audio attention over a contiguous range of the block's tokens.
 
         Args:
-            x: ``[B, T * fl, dim]`` visual tokens, frame-major.
-            audio: ``[T, N, output_dim]`` audio tokens of the same T frames.
+            x: ``[B, L, dim]`` visual tokens ``[token_offset, token_offset + L)`` of the block,
+                frame-major (the whole block, ``L = T * frame_len``, in a single process).
+            audio: ``[T, N, output_dim]`` audio tokens of all T frames of the block.
+            frame_len: tokens per latent frame.
+            token_offset: block index of the first token of ``x``.
 
         Returns:
-            ``[B, T * fl, dim]``.
+            ``[B, L, dim]``.
         """
         b, n, dim = x.shape
-        frames = audio.shape[0]
-        q = self.q_linear(x).view(b * frames, n // frames, -1, self.head_dim)
-        kv = self.kv_linear(audio).view(frames, audio.shape[1], 2, -1, self.head_dim)
-        k, v = kv.unbind(2)
-        if b > 1:
-            k, v = k.repeat(b, 1, 1, 1), v.repeat(b, 1, 1, 1)
-        out = attention(q, k, v)
-        return self.proj(out.reshape(b, n, dim))
+        q = self.q_linear(x).view(b, n, -1, self.head_dim)
+        runs = frame_runs(token_offset, n, frame_len)
+        if not runs:
+            return self.proj(x.new_zeros(b, n, dim))
+        # Project only the audio of the frames these tokens belong to.
+        first = runs[0][2]
+        used = audio[first: runs[-1][2] + runs[-1][3]]
+        k, v = self.kv_linear(used).view(used.shape[0], used.shape[1], 2, -1, self.head_dim).unbind(2)
+        outs = []
+        for lo, hi, frame, frames in runs:
+            # One "batch" entry per (sample, frame): each frame attends only to its own audio tokens.
+            q_run = q[:, lo:hi].reshape(b * frames, (hi - lo) // frames, *q.shape[2:])
+            k_run, v_run = (t[frame - first: frame - first + frames].repeat(b, 1, 1, 1) for t in (k, v))
+            outs.append(attention(q_run, k_run, v_run).reshape(b, hi - lo, dim))
+        return self.proj(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
+
+
+def frame_runs(token_offset: int, num_tokens: int, frame_len: int) -> list[tuple[int, int, int, int]]:
+    """Split tokens ``[token_offset, token_offset + num_tokens)`` into runs of whole or partial frames.
+
+    Returns:
+        ``(lo, hi, frame, frames)`` per run: local token range ``[lo, hi)`` covering ``frames``
+        latent frames from ``frame`` on, each with ``(hi - lo) // frames`` tokens. Whole frames are
+        grouped into one run; a partial frame at either end is a run of its own. Host integers only.
+    """
+    runs = []
+    lo, end = 0, num_tokens
+    head = (-token_offset) % frame_len
+    if head and end:
+        hi = min(head, end)
+        runs.append((0, hi, token_offset // frame_len, 1))
+        lo = hi
+    whole = (end - lo) // frame_len
+    if whole:
+        runs.append((lo, lo + whole * frame_len, (token_offset + lo) // frame_len, whole))
+        lo += whole * frame_len
+    if lo < end:
+        runs.append((lo, end, (token_offset + lo) // frame_len, 1))
+    return runs
 
 
 class AttentionBlock(nn.Module):
@@ -232,11 +283,11 @@ class AttentionBlock(nn.Module):
         x = x + self.self_attn(attn_mod.apply(self.norm1(x)), layer, inp) * attn_mod.gate
         x = x + self.cross_attn(self.norm3(x), inp.context.text[layer], inp.context.image[layer])
         if inp.audio is not None:
-            x_audio = self.audio_cross_attn(self.norm_x(x), inp.audio)
-            if inp.silent_frames:
+            x_audio = self.audio_cross_attn(self.norm_x(x), inp.audio, inp.frame_len, inp.token_offset)
+            silent = inp.silent_frames * inp.frame_len - inp.token_offset
+            if silent > 0:
                 # The clip's very first latent frame is the reference image: it gets no audio.
-                fl = x.shape[1] // inp.grid[0]
-                x_audio[:, : inp.silent_frames * fl] = 0
+                x_audio[:, :silent] = 0
             x = x + x_audio
         return x + self.ffn(ffn_mod.apply(self.norm2(x))) * ffn_mod.gate
 
@@ -458,12 +509,25 @@ class LiveActTransformer(nn.Module):
         """
         x, grid = self.patchify(latent.to(self.device), y.to(self.device))
         e, e0 = self.time_embed(t)
+        inp = self.block_inputs(grid, memory, context, audio, silent_frames)
+        return self.unpatchify(self.denoise_tokens(x, e, e0, inp), grid)
+
+    def block_inputs(self, grid: tuple[int, int, int], memory: KVMemory, context: CrossContext,
+                     audio: torch.Tensor | None, silent_frames: int) -> BlockInputs:
+        """Per-call inputs shared by all layers (RoPE tables of the query frames and the whole cache)."""
         start = memory.query_start_frame
         cos, sin = self.rope(memory.config.total_frames, grid[1], grid[2])
         fl = grid[1] * grid[2]
         q_tokens = slice(start * fl, (start + grid[0]) * fl)
-        inp = BlockInputs(grid=grid, memory=memory, context=context, audio=audio, silent_frames=silent_frames,
-                          rope_q=(cos[q_tokens], sin[q_tokens]), rope_k=(cos, sin))
+        return BlockInputs(grid=grid, memory=memory, context=context, audio=audio, silent_frames=silent_frames,
+                           rope_q=(cos[q_tokens], sin[q_tokens]), rope_k=(cos, sin))
+
+    def denoise_tokens(self, x: torch.Tensor, e: torch.Tensor, e0: torch.Tensor, inp: BlockInputs) -> torch.Tensor:
+        """All layers then the head: tokens ``[B, L, dim]`` -> ``[B, L, prod(patch) * out_dim]``.
+
+        ``x`` holds the block's tokens from ``inp.token_offset`` on. This is the extension point of
+        ``liveact.parallel``, which shards the tokens around it.
+        """
         for layer, block in enumerate(self.blocks):
             x = block(x, e0, layer, inp)
-        return self.unpatchify(self.head(x, e), grid)
+        return self.head(x, e)

@@ -200,8 +200,9 @@ class _RawVideoWriter:
                 # Pad with silence to exactly the planned video length and stop at the shorter stream:
                 # the audio then ends with the last frame, also when the run stops early. The pad is
                 # finite on purpose: an endless `apad` races ahead of the video and defeats
-                # -shortest's sync queue (measured: up to +1 s of audio past the last frame).
-                audio_filter += f",apad=whole_dur={self.max_frames / self.fps:.6f}"
+                # -shortest's sync queue (measured: up to +1 s of audio past the last frame). Half a
+                # frame extra: an audio end a few samples short of the last frame's end drops that frame.
+                audio_filter += f",apad=whole_dur={(self.max_frames + 0.5) / self.fps:.6f}"
                 cmd += ["-af", audio_filter, "-shortest"]
             else:
                 cmd += ["-af", audio_filter]
@@ -372,7 +373,9 @@ class ProgressiveVideoWriter(_RawVideoWriter):
 
     def _output_args(self) -> list[str]:
         args = self._video_codec_args(self.preset, self.crf, self.tune, self.gop)
-        return args + ["-movflags", FRAGMENTED_MP4_FLAGS, "-f", "mp4", str(self.path)]
+        # flush_packets: push each finished fragment to the file at once instead of when avio's buffer
+        # fills, so a hard kill loses at most the fragment in progress.
+        return args + ["-movflags", FRAGMENTED_MP4_FLAGS, "-flush_packets", "1", "-f", "mp4", str(self.path)]
 
     def __enter__(self) -> ProgressiveVideoWriter:
         return self

@@ -18,7 +18,7 @@ video take the same memory as one block.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +41,9 @@ class Conditions:
             the first block and one later block (14 latent frames with the default layout).
         audio: ``[S, layers, channels]`` audio-encoder hidden states, one row per video frame.
         edits: ``[((first_block, last_block), text), ...]`` inclusive ranges; first match wins.
+        audio_source: streaming audio (``--steam_audio``): ``f(start, end)`` returns the hidden
+            states ``[S', layers, channels]`` of a slice whose row 0 is video frame ``start``,
+            encoded on that slice alone. When set it replaces ``audio`` for every block.
     """
 
     text: torch.Tensor
@@ -48,6 +51,7 @@ class Conditions:
     y: torch.Tensor
     audio: torch.Tensor
     edits: list[Edit] = field(default_factory=list)
+    audio_source: Callable[[int, int], torch.Tensor] | None = None
 
     def prompt_for(self, block: int) -> int:
         """Index of the prompt used by ``block``: 0 = main, ``j + 1`` = ``edits[j]``."""
@@ -76,6 +80,10 @@ class BlockSpan:
     y_start: int
     first_video_frame: int
 
+    def video_frames(self, temporal_stride: int) -> int:
+        """Video frames the block decodes to: latent 0 gives one frame, every other latent ``stride``."""
+        return self.frames * temporal_stride - (temporal_stride - 1 if self.first_latent == 0 else 0)
+
 
 def block_span(index: int, memory: MemoryConfig, temporal_stride: int) -> BlockSpan:
     """Geometry of block ``index``: the first block is ``first_block_frames``, later ones ``block_frames``."""
@@ -95,11 +103,13 @@ def num_blocks_for(num_video_frames: int, memory: MemoryConfig, temporal_stride:
     return 1 + -(-rest // per_block)
 
 
-def audio_rows(span: BlockSpan, num_rows: int, window: int, temporal_stride: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+def audio_rows(span: BlockSpan, num_rows: int, window: int, temporal_stride: int,
+               offset: int = 0) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Audio-encoder rows feeding each latent frame of a block, clamped to ``[0, num_rows - 1]``.
 
     The clip's latent 0 sees video frame 0 and ``window // 2`` neighbours each side; every other latent
     covering video frames ``p .. p + stride - 1`` sees rows ``p - window//2 .. p + stride - 1 + window//2``.
+    Row ``r`` holds video frame ``offset + r``.
 
     Returns:
         ``(first, later)``: ``first`` ``[window]`` row indices (or None when the block does not hold
@@ -109,13 +119,24 @@ def audio_rows(span: BlockSpan, num_rows: int, window: int, temporal_stride: int
     first_latent = span.first_latent
     first = None
     if first_latent == 0:
-        first = torch.arange(-half, half + 1).clamp(0, num_rows - 1)
+        first = (torch.arange(-half, half + 1) - offset).clamp(0, num_rows - 1)
         first_latent, count = 1, span.frames - 1
     else:
         count = span.frames
-    starts = 1 + (torch.arange(first_latent, first_latent + count) - 1) * temporal_stride - half
+    starts = 1 + (torch.arange(first_latent, first_latent + count) - 1) * temporal_stride - half - offset
     later = starts[:, None] + torch.arange(window + temporal_stride - 1)[None]
     return first, later.clamp(0, num_rows - 1)
+
+
+def audio_window(span: BlockSpan, memory: MemoryConfig, temporal_stride: int) -> tuple[int, int]:
+    """Video frames ``[start, end)`` of the reference's per-block audio window.
+
+    The window spans the first block plus one later block (53 frames with the default layout) and
+    ends where the block ends; the first two blocks share the window that starts at frame 0.
+    """
+    length = 1 + (memory.first_block_frames + memory.block_frames - 1) * temporal_stride
+    start = max(0, span.first_video_frame + span.video_frames(temporal_stride) - length)
+    return start, start + length
 
 
 class NeighborForcingSampler:
@@ -181,10 +202,12 @@ class NeighborForcingSampler:
 
     def block_audio(self, cond: Conditions, span: BlockSpan, null: bool = False) -> torch.Tensor:
         """Audio tokens ``[T, N, output_dim]`` of a block (zeros through the projection when ``null``)."""
-        cfg = self.model.config
-        stride = self.config.vae_stride[0]
-        first, later = audio_rows(span, cond.audio.shape[0], cfg.audio_window, stride)
-        audio = cond.audio
+        window, stride = self.model.config.audio_window, self.config.vae_stride[0]
+        audio, offset = cond.audio, 0
+        if cond.audio_source is not None and not null:
+            offset, end = audio_window(span, self.memory_config, stride)
+            audio = cond.audio_source(offset, end)
+        first, later = audio_rows(span, audio.shape[0], window, stride, offset)
         if null:
             audio = torch.zeros(1, *audio.shape[1:], dtype=audio.dtype, device=audio.device)
             first = None if first is None else torch.zeros_like(first)

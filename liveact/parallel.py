@@ -132,7 +132,8 @@ def _seq_to_heads(x: torch.Tensor, splits: list[int], sp: _Shard) -> torch.Tenso
     s, b, lr, h, d = x.shape
     hl = h // sp.world_size
     # Chunk j of the send buffer (heads of rank j) goes to rank j; dim 0 is what the splits cut.
-    send = x.view(s, b, lr, sp.world_size, hl, d).permute(3, 2, 0, 1, 4, 5).reshape(sp.world_size * lr, s, b, hl, d)
+    send = x.view(s, b, lr, sp.world_size, hl, d).permute(3, 2, 0, 1, 4, 5)
+    send = send.reshape(sp.world_size * lr, s, b, hl, d)
     recv = x.new_empty(sum(splits), s, b, hl, d)
     dist.all_to_all_single(recv, send, output_split_sizes=splits, input_split_sizes=[lr] * sp.world_size,
                            group=sp.group)
@@ -166,14 +167,16 @@ def _gather_tokens(x: torch.Tensor, splits: list[int], sp: _Shard) -> torch.Tens
 def _shard_depthwise_conv(conv: nn.Conv1d, channels: slice) -> None:
     """Keep the taps of ``channels`` only (depthwise: output channel ``i`` reads input channel ``i``)."""
     width = channels.stop - channels.start
-    conv.weight = nn.Parameter(conv.weight.detach()[channels].clone(), requires_grad=conv.weight.requires_grad)
+    taps = conv.weight.detach()[channels].clone()
+    conv.weight = nn.Parameter(taps, requires_grad=conv.weight.requires_grad)
     conv.in_channels = conv.out_channels = conv.groups = width
 
 
 def _wrap_attend(attend: Callable[..., torch.Tensor], sp: _Shard) -> Callable[..., torch.Tensor]:
     """``attend`` on local tokens x all heads, computed as full sequence x local heads."""
 
-    def sp_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, inp: BlockInputs) -> torch.Tensor:
+    def sp_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
+                  inp: BlockInputs) -> torch.Tensor:
         """q, k, v ``[B, L_r, H, D]`` (this rank's tokens) -> ``[B, L_r, H, D]``."""
         splits = token_splits(inp.num_tokens, sp.world_size)
         q_h, k_h, v_h = _seq_to_heads(torch.stack((q, k, v)), splits, sp).unbind(0)
@@ -182,7 +185,8 @@ def _wrap_attend(attend: Callable[..., torch.Tensor], sp: _Shard) -> Callable[..
     return sp_attend
 
 
-def _wrap_denoise(denoise: Callable[..., torch.Tensor], local_heads: int, sp: _Shard) -> Callable[..., torch.Tensor]:
+def _wrap_denoise(denoise: Callable[..., torch.Tensor], local_heads: int,
+                  sp: _Shard) -> Callable[..., torch.Tensor]:
     """``denoise_tokens`` on this rank's token range, output gathered from all ranks."""
 
     def sp_denoise(x: torch.Tensor, e: torch.Tensor, e0: torch.Tensor, inp: BlockInputs) -> torch.Tensor:

@@ -180,7 +180,8 @@ def test_sequence_parallel_matches_single_process(world_size: int, reference: tu
     for name, want in expected.items():
         errors = [max(_rel(a, b) for a, b in zip(r[name]["x0"], want["x0"])) for r in ranks]
         per_block = [_rel(a, b) for a, b in zip(ranks[0][name]["x0"], want["x0"])]
-        logger.info("world %d %s: per-block max rel error %s", world_size, name, ["%.1e" % e for e in per_block])
+        logger.info("world %d %s: per-block max rel error %s", world_size, name,
+                    ["%.1e" % e for e in per_block])
         assert len(ranks[0][name]["x0"]) == len(want["x0"]) == SCENARIOS[name][1]
         assert max(errors) <= BOUND, f"{name}: per-rank max rel error {errors} > {BOUND}"
         # Every rank returns the same bytes, so samplers stay in lock-step.

@@ -32,10 +32,13 @@ import subprocess
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +310,7 @@ class _RawVideoWriter:
         tail = self._stderr.text() if self._stderr is not None else ""
         return f"ffmpeg exited with status {rc} while writing {self.path}:\n{tail or '(no stderr)'}"
 
-    def __enter__(self) -> _RawVideoWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -377,9 +380,6 @@ class ProgressiveVideoWriter(_RawVideoWriter):
         # fills, so a hard kill loses at most the fragment in progress.
         return args + ["-movflags", FRAGMENTED_MP4_FLAGS, "-flush_packets", "1", "-f", "mp4", str(self.path)]
 
-    def __enter__(self) -> ProgressiveVideoWriter:
-        return self
-
 
 class HLSWriter(_RawVideoWriter):
     """Live HLS stream (H.264 + AAC in MPEG-TS segments) from frame blocks, for a browser player.
@@ -443,9 +443,6 @@ class HLSWriter(_RawVideoWriter):
             args += ["-hls_playlist_type", "event"]
         return args + [str(self.path)]
 
-    def __enter__(self) -> HLSWriter:
-        return self
-
 
 # ---------------------------------------------------------------------- probing
 
@@ -474,7 +471,7 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"no such media file: {path}")
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0?", "-map", "0:a:0?",
            "-c", "copy", "-f", "framecrc", "-"]
-    res = subprocess.run(cmd, capture_output=True)
+    res = subprocess.run(cmd, capture_output=True, check=False)  # a truncated file still counts
     err = res.stderr.decode(errors="replace")
     out = res.stdout.decode(errors="replace")
 

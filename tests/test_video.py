@@ -44,7 +44,7 @@ def make_frames(start: int, n: int, h: int = H, w: int = W) -> np.ndarray:
 
 def write_sine(path: Path, seconds: float, sr: int = 16000) -> Path:
     """A 16-bit mono sine wav of the given length."""
-    t = np.arange(int(round(seconds * sr))) / sr
+    t = np.arange(round(seconds * sr)) / sr
     sf.write(path, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), sr, subtype="PCM_16")
     return path
 
@@ -125,18 +125,17 @@ def test_bad_input_and_ffmpeg_failure(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="differs"):
             writer.write(make_frames(0, 2, h=32))
         writer.write(make_frames(0, 2))
-    with pytest.raises(FFmpegError, match="status"):
-        with ProgressiveVideoWriter(tmp_path / "bad.mp4", fps=8, preset="no-such-preset") as writer:
-            writer.write(make_frames(0, 4))
+    with pytest.raises(FFmpegError, match="status"), \
+            ProgressiveVideoWriter(tmp_path / "bad.mp4", fps=8, preset="no-such-preset") as writer:
+        writer.write(make_frames(0, 4))
 
 
 def test_keyboard_interrupt_finalises(tmp_path: Path) -> None:
     out = tmp_path / "ctrlc.mp4"
-    with pytest.raises(KeyboardInterrupt):
-        with ProgressiveVideoWriter(out, fps=25) as writer:
-            writer.write(make_frames(0, 25))
-            writer.write(make_frames(25, 25))
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), ProgressiveVideoWriter(out, fps=25) as writer:
+        writer.write(make_frames(0, 25))
+        writer.write(make_frames(25, 25))
+        raise KeyboardInterrupt
     assert_frames_match(read_frames(out), 0)
     assert probe_video(out)["num_frames"] == 50
 
@@ -147,6 +146,11 @@ def test_hls_playlist_and_segments(tmp_path: Path) -> None:
     with HLSWriter(playlist, fps=20, audio=wav, segment_seconds=1) as writer:
         for b in range(3):
             writer.write(make_frames(20 * b, 20))
+        # Live: finished segments are listed while the writer is still open.
+        deadline = time.monotonic() + 10
+        while not (playlist.exists() and ".ts" in playlist.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "#EXT-X-ENDLIST" not in playlist.read_text()
     text = playlist.read_text()
     assert "#EXT-X-ENDLIST" in text
     segments = writer.segments()

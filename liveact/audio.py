@@ -19,10 +19,14 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +53,12 @@ def _ffmpeg_exe() -> str:
 
 def _run_ffmpeg(args: list[str], what: str) -> None:
     """Run ffmpeg quietly; raise ValueError with its last error lines on failure."""
-    proc = subprocess.run([_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], capture_output=True, text=True)
+    proc = subprocess.run(
+        [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         raise ValueError(f"ffmpeg could not {what}: {tail or 'unknown error'}")
@@ -92,7 +101,7 @@ def load_audio(path: str | Path, allow_silent: bool = False) -> tuple[torch.Tens
     if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
         try:
             wave, sr = _read_soundfile(path)
-        except Exception as err:  # libsndfile raises its own error types; ffmpeg gets a second chance
+        except RuntimeError as err:  # soundfile's errors derive from it; ffmpeg gets a second chance
             logger.debug("soundfile could not read %s (%s); trying ffmpeg", path, err)
     if wave is None:
         try:
@@ -155,7 +164,10 @@ def change_tempo(waveform: torch.Tensor, sample_rate: int, factor: float) -> tor
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.wav", Path(tmp) / "out.wav"
         sf.write(str(src), waveform.detach().cpu().float().T.numpy(), sample_rate, subtype="FLOAT")
-        _run_ffmpeg(["-i", str(src), "-filter:a", _atempo_chain(factor), "-c:a", "pcm_f32le", str(dst)], "change the audio tempo")
+        _run_ffmpeg(
+            ["-i", str(src), "-filter:a", _atempo_chain(factor), "-c:a", "pcm_f32le", str(dst)],
+            "change the audio tempo",
+        )
         out, _ = _read_soundfile(dst)
     return out.to(waveform.device)
 
@@ -192,7 +204,9 @@ class Resampler:
     row of the kernel, so a strided ``conv1d`` over the padded input computes all outputs at once.
     """
 
-    def __init__(self, orig_freq: int, new_freq: int, lowpass_filter_width: int = 6, rolloff: float = 0.99) -> None:
+    def __init__(
+        self, orig_freq: int, new_freq: int, lowpass_filter_width: int = 6, rolloff: float = 0.99
+    ) -> None:
         if orig_freq <= 0 or new_freq <= 0:
             raise ValueError(f"sample rates must be positive, got {orig_freq} -> {new_freq}")
         gcd = math.gcd(int(orig_freq), int(new_freq))
@@ -226,7 +240,7 @@ def prepare_speech(
     gain: float = REFERENCE_GAIN,
     audio_fps: float = AUDIO_FPS,
 ) -> torch.Tensor:
-    """The reference's ``resample_audio``: tempo ``audio_fps/fps``, resample to ``target_rate``, times ``gain``.
+    """The reference's ``resample_audio``: tempo ``audio_fps/fps``, resample to ``target_rate``, ``* gain``.
 
     Args:
         waveform: ``[C, N]`` at ``sample_rate``.
@@ -251,7 +265,9 @@ class Wav2VecEncoder:
         audio_fps: embedding rows per second of (tempo-adjusted) audio.
     """
 
-    def __init__(self, model, feature_extractor, audio_fps: float = AUDIO_FPS) -> None:
+    def __init__(
+        self, model: Wav2Vec2Model, feature_extractor: Wav2Vec2FeatureExtractor, audio_fps: float = AUDIO_FPS
+    ) -> None:
         self.model = model.eval().requires_grad_(False)
         self.feature_extractor = feature_extractor
         self.audio_fps = audio_fps
@@ -288,11 +304,15 @@ class Wav2VecEncoder:
 
     def input_values(self, speech: torch.Tensor) -> torch.Tensor:
         """``[N]`` speech at 16 kHz -> feature-extractor output ``[1, N]`` float32."""
-        values = self.feature_extractor(speech.detach().cpu().float().numpy(), sampling_rate=self.sample_rate).input_values
+        values = self.feature_extractor(
+            speech.detach().cpu().float().numpy(), sampling_rate=self.sample_rate
+        ).input_values
         return torch.from_numpy(np.asarray(values, dtype=np.float32)).reshape(1, -1)
 
     @torch.no_grad()
-    def encode(self, speech: torch.Tensor, return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, speech: torch.Tensor, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Embed speech.
 
         Args:
@@ -320,7 +340,7 @@ class Wav2VecEncoder:
 
 
 def _interpolate_hook(seq_len: int, captured: list[torch.Tensor]) -> Callable:
-    """Forward hook resampling the CNN output ``[B, C, T50]`` to ``[B, C, seq_len]`` (linear, corners aligned)."""
+    """Forward hook resizing CNN output ``[B, C, T50]`` to ``[B, C, seq_len]`` (linear, aligned corners)."""
 
     def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         resized = F.interpolate(output, size=seq_len, mode="linear", align_corners=True)
@@ -377,5 +397,7 @@ class StreamingAudio:
         piece = self.waveform[:1, lo:hi]
         if piece.shape[-1] == 0:
             raise ValueError(f"frames [{start}, {end}) lie past the end of the audio")
-        speech = prepare_speech(piece, self.sample_rate, self.fps, self.encoder.sample_rate, self.gain, self.encoder.audio_fps)
+        speech = prepare_speech(
+            piece, self.sample_rate, self.fps, self.encoder.sample_rate, self.gain, self.encoder.audio_fps
+        )
         return block_window(self.encoder.encode(speech[0]), 0, end - start, self.audio_window)

@@ -20,7 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    PreTrainedTokenizerBase,
+    UMT5Config,
+    UMT5EncoderModel,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +45,20 @@ def _load_pth(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: Path, allow_missing: Sequence[str] = ()) -> None:
+def _load_into(
+    model: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: Path,
+    allow_missing: Sequence[str] = (),
+) -> None:
     """Load with ``assign=True``; raise naming ``source`` when keys are missing or left over."""
     result = model.load_state_dict(state_dict, strict=False, assign=True)
     missing = [k for k in result.missing_keys if k not in allow_missing]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{source}: weights do not match the inferred model: missing {missing[:8]}, unexpected {result.unexpected_keys[:8]}")
+        raise ValueError(
+            f"{source}: weights do not match the inferred model: "
+            f"missing {missing[:8]}, unexpected {result.unexpected_keys[:8]}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -63,11 +77,12 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def infer_umt5_config(state_dict: dict[str, torch.Tensor]) -> UMT5Config:
+def infer_umt5_config(state_dict: dict[str, torch.Tensor], max_distance: int = 128) -> UMT5Config:
     """``UMT5Config`` from an original umT5 encoder state dict.
 
     vocab/d_model from the token embedding, heads and relative buckets from the per-layer position table
     ``[buckets, heads]``, d_kv from the q projection, d_ff from ``fc1``, layers from the block count.
+    The relative-position ``max_distance`` is not stored in the weights (umT5 uses 128).
     """
     try:
         vocab, d_model = state_dict["token_embedding.weight"].shape
@@ -85,7 +100,7 @@ def infer_umt5_config(state_dict: dict[str, torch.Tensor]) -> UMT5Config:
         num_layers=num_layers,
         num_heads=heads,
         relative_attention_num_buckets=buckets,
-        relative_attention_max_distance=128,  # not stored in the weights; umT5's value
+        relative_attention_max_distance=max_distance,
         feed_forward_proj="gated-gelu",
         layer_norm_epsilon=1e-6,
         dropout_rate=0.0,
@@ -134,7 +149,9 @@ class T5TextEncoder:
         text_len: padded token length (512 in the reference).
     """
 
-    def __init__(self, model: UMT5EncoderModel, tokenizer=None, text_len: int = 512) -> None:
+    def __init__(
+        self, model: UMT5EncoderModel, tokenizer: PreTrainedTokenizerBase | None = None, text_len: int = 512
+    ) -> None:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.text_len = text_len
@@ -154,17 +171,27 @@ class T5TextEncoder:
         """
         state_dict = _load_pth(path, "umT5 encoder")
         config = infer_umt5_config(state_dict)
-        logger.info("umT5 %s: d_model %d, %d layers, %d heads", Path(path).name, config.d_model, config.num_layers, config.num_heads)
+        logger.info(
+            "umT5 %s: d_model %d, %d layers, %d heads",
+            Path(path).name,
+            config.d_model,
+            config.num_layers,
+            config.num_heads,
+        )
         with torch.device("meta"):
             model = UMT5EncoderModel(config)
-        converted = {k: v.to(device=device, dtype=dtype) for k, v in convert_umt5_state_dict(state_dict).items()}
+        converted = {
+            k: v.to(device=device, dtype=dtype) for k, v in convert_umt5_state_dict(state_dict).items()
+        }
         _load_into(model, converted, Path(path))
         tokenizer = None
         if tokenizer_dir is not None:
             from transformers import AutoTokenizer
 
             if not Path(tokenizer_dir).is_dir():
-                raise FileNotFoundError(f"umT5 tokenizer folder not found: {tokenizer_dir} (expected google/umt5-xxl/)")
+                raise FileNotFoundError(
+                    f"umT5 tokenizer folder not found: {tokenizer_dir} (expected google/umt5-xxl/)"
+                )
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         return cls(model, tokenizer, text_len)
 
@@ -202,16 +229,22 @@ class T5TextEncoder:
         lengths = mask.gt(0).sum(dim=1).tolist()
         return [h[:n] for h, n in zip(hidden, lengths)]
 
-    def encode(self, prompts: Sequence[str]) -> list[torch.Tensor]:
-        """Encode prompts -> ``B`` tensors ``[L_i, d_model]`` (real tokens incl. EOS, no padding)."""
-        return self.encode_ids(*self.tokenize(prompts))
+    def encode(self, prompts: Sequence[str], device: torch.device | str | None = None) -> list[torch.Tensor]:
+        """Encode prompts -> ``B`` tensors ``[L_i, d_model]`` (real tokens incl. EOS, no padding).
+
+        ``device`` moves the results (e.g. to the GPU when the encoder itself is kept on the CPU).
+        """
+        contexts = self.encode_ids(*self.tokenize(prompts))
+        return contexts if device is None else [c.to(device) for c in contexts]
 
 
 # --------------------------------------------------------------------------------------------------------
 # CLIP
 
 
-def infer_clip_vision_config(state_dict: dict[str, torch.Tensor], num_heads: int | None = None) -> CLIPVisionConfig:
+def infer_clip_vision_config(
+    state_dict: dict[str, torch.Tensor], num_heads: int | None = None
+) -> CLIPVisionConfig:
     """``CLIPVisionConfig`` for the *full* open-clip visual tower from its ``visual.*`` weights.
 
     Width from the class embedding, patch size from the patch conv, image size from the position table,
@@ -257,7 +290,9 @@ _CLIP_BLOCK_RENAME = {
 }
 
 
-def convert_clip_vision_state_dict(state_dict: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+def convert_clip_vision_state_dict(
+    state_dict: dict[str, torch.Tensor], num_layers: int
+) -> dict[str, torch.Tensor]:
     """Rename the first ``num_layers`` blocks of the open-clip visual tower to ``CLIPVisionModel`` keys.
 
     Keys outside ``visual.*``, the projection ``visual.head`` and blocks past ``num_layers`` are dropped.
@@ -334,7 +369,14 @@ class CLIPImageEncoder:
         state_dict = _load_pth(path, "CLIP")
         full = infer_clip_vision_config(state_dict, num_heads)
         config = CLIPVisionConfig(**{**full.to_dict(), "num_hidden_layers": full.num_hidden_layers - 1})
-        logger.info("CLIP %s: width %d, %d of %d blocks, %d heads", Path(path).name, config.hidden_size, config.num_hidden_layers, full.num_hidden_layers, config.num_attention_heads)
+        logger.info(
+            "CLIP %s: width %d, %d of %d blocks, %d heads",
+            Path(path).name,
+            config.hidden_size,
+            config.num_hidden_layers,
+            full.num_hidden_layers,
+            config.num_attention_heads,
+        )
         with torch.device("meta"):
             model = CLIPVisionModel(config)
         converted = convert_clip_vision_state_dict(state_dict, config.num_hidden_layers)
@@ -364,4 +406,6 @@ class CLIPImageEncoder:
 def _rebuild_position_ids(model: CLIPVisionModel, device: torch.device | str) -> None:
     """Recreate the non-persistent ``position_ids`` buffer, which stays on meta after a meta-device build."""
     emb = model.embeddings
-    emb.register_buffer("position_ids", torch.arange(emb.num_positions, device=device).unsqueeze(0), persistent=False)
+    emb.register_buffer(
+        "position_ids", torch.arange(emb.num_positions, device=device).unsqueeze(0), persistent=False
+    )

@@ -38,7 +38,12 @@ WAN21_LATENT_STD: tuple[float, ...] = (
 StitchMode = Literal["continuous", "reference"]
 
 # Inner layer names of one original residual block -> diffusers' WanResidualBlock.
-_RESIDUAL_RENAME = {"residual.0": "norm1", "residual.2": "conv1", "residual.3": "norm2", "residual.6": "conv2"}
+_RESIDUAL_RENAME = {
+    "residual.0": "norm1",
+    "residual.2": "conv1",
+    "residual.3": "norm2",
+    "residual.6": "conv2",
+}
 _RESIDUAL_RENAME_RE = re.compile(r"^(residual\.[0236]|shortcut)\.")
 
 
@@ -85,7 +90,9 @@ def infer_vae_config(state_dict: dict[str, torch.Tensor]) -> VAEArch:
     except KeyError as err:
         raise ValueError(f"not an original Wan VAE state dict: missing key {err}") from err
     if any("to_qkv" in k and ".middle." not in k for k in state_dict):
-        raise NotImplementedError("Wan VAE checkpoints with attention outside the middle block are not supported")
+        raise NotImplementedError(
+            "Wan VAE checkpoints with attention outside the middle block are not supported"
+        )
     base_dim = conv_in.shape[0]
     down = _layer_indices(state_dict, "encoder.downsamples")
     resample_idx = [i for i in down if f"encoder.downsamples.{i}.resample.1.weight" in state_dict]
@@ -139,10 +146,15 @@ def _convert_key(key: str, up_names: list[str]) -> str:
         if key.startswith(old):
             return new + key[len(old) :]
     part, rest = key.split(".", 1)  # part: encoder | decoder
-    fixed = {"conv1.": "conv_in.", "head.0.": "norm_out.", "head.2.": "conv_out.", "middle.1.": "mid_block.attentions.0."}
+    fixed = {
+        "conv1.": "conv_in.",
+        "head.0.": "norm_out.",
+        "head.2.": "conv_out.",
+        "middle.1.": "mid_block.attentions.0.",
+    }
     for old, new in fixed.items():
         if rest.startswith(old):
-            return f"{part}.{new}{rest[len(old):]}"
+            return f"{part}.{new}{rest[len(old) :]}"
     m = re.match(r"(middle|downsamples|upsamples)\.(\d+)\.(.*)", rest)
     if m is None:
         raise KeyError(f"unexpected Wan VAE key {key!r}")
@@ -155,8 +167,10 @@ def _convert_key(key: str, up_names: list[str]) -> str:
     return f"{up_names[idx]}.{inner}"
 
 
-def convert_wan_vae_state_dict(state_dict: dict[str, torch.Tensor], arch: VAEArch | None = None) -> dict[str, torch.Tensor]:
-    """Rename an original ``Wan2.1_VAE.pth`` state dict to diffusers ``AutoencoderKLWan`` keys (tensors shared)."""
+def convert_wan_vae_state_dict(
+    state_dict: dict[str, torch.Tensor], arch: VAEArch | None = None
+) -> dict[str, torch.Tensor]:
+    """Rename an original ``Wan2.1_VAE.pth`` state dict to ``AutoencoderKLWan`` keys (tensors shared)."""
     arch = arch or infer_vae_config(state_dict)
     up_names = _decoder_up_names(arch)
     return {_convert_key(k, up_names): v for k, v in state_dict.items()}
@@ -194,7 +208,11 @@ class WanVAE(torch.nn.Module):
         # The reference keeps mean and 1/std in the model dtype and multiplies by 1/std; keep that exactly.
         mean_t = torch.tensor(mean, dtype=dtype, device=device)
         self.register_buffer("latent_mean", mean_t.view(1, -1, 1, 1, 1), persistent=False)
-        self.register_buffer("latent_inv_std", (1.0 / torch.tensor(std, dtype=dtype, device=device)).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer(
+            "latent_inv_std",
+            (1.0 / torch.tensor(std, dtype=dtype, device=device)).view(1, -1, 1, 1, 1),
+            persistent=False,
+        )
 
     @classmethod
     def from_pth(
@@ -208,7 +226,9 @@ class WanVAE(torch.nn.Module):
         """Load an original-format ``Wan2.1_VAE.pth`` (architecture inferred from its shapes)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"Wan VAE checkpoint not found: {path} (expected the original Wan2.1_VAE.pth)")
+            raise FileNotFoundError(
+                f"Wan VAE checkpoint not found: {path} (expected the original Wan2.1_VAE.pth)"
+            )
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
         arch = infer_vae_config(state_dict)
         logger.info("Wan VAE %s: %s", path.name, arch)
@@ -225,7 +245,10 @@ class WanVAE(torch.nn.Module):
                 latents_mean=list(mean),
                 latents_std=list(std),
             )
-        converted = {k: v.to(device=device, dtype=dtype) for k, v in convert_wan_vae_state_dict(state_dict, arch).items()}
+        converted = {
+            k: v.to(device=device, dtype=dtype)
+            for k, v in convert_wan_vae_state_dict(state_dict, arch).items()
+        }
         result = model.load_state_dict(converted, strict=False, assign=True)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
@@ -283,7 +306,9 @@ class WanVAE(torch.nn.Module):
         outs = []
         for i in range(x.shape[2]):
             is_first = first and i == 0
-            outs.append(self.model.decoder(x[:, :, i : i + 1], feat_cache=cache, feat_idx=[0], first_chunk=is_first))
+            outs.append(
+                self.model.decoder(x[:, :, i : i + 1], feat_cache=cache, feat_idx=[0], first_chunk=is_first)
+            )
         return torch.cat(outs, dim=2).clamp_(-1.0, 1.0)
 
     def new_cache(self) -> list:
@@ -300,7 +325,9 @@ class WanVAE(torch.nn.Module):
         """
         return self.decode_frames(latent, self.new_cache(), first=True)
 
-    def stream_decoder(self, stitch: StitchMode = "continuous", context_latents: int | None = None) -> StreamingVAEDecoder:
+    def stream_decoder(
+        self, stitch: StitchMode = "continuous", context_latents: int | None = None
+    ) -> StreamingVAEDecoder:
         """A :class:`StreamingVAEDecoder` over this VAE."""
         return StreamingVAEDecoder(self, stitch=stitch, context_latents=context_latents)
 
@@ -318,7 +345,9 @@ class StreamingVAEDecoder:
     ``temporal_stride - 1`` (= 3 for Wan2.1, the reference's value).
     """
 
-    def __init__(self, vae: WanVAE, stitch: StitchMode = "continuous", context_latents: int | None = None) -> None:
+    def __init__(
+        self, vae: WanVAE, stitch: StitchMode = "continuous", context_latents: int | None = None
+    ) -> None:
         if stitch not in ("continuous", "reference"):
             raise ValueError(f"stitch must be 'continuous' or 'reference', got {stitch!r}")
         self.vae = vae

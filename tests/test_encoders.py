@@ -32,7 +32,15 @@ def test_t5_matches_reference(case: Path) -> None:
     path = case / meta["weights_file"]
     config = infer_umt5_config(torch.load(path, map_location="cpu", weights_only=True))
     want = meta["hf_equivalent_config"]
-    for key in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets"):
+    for key in (
+        "vocab_size",
+        "d_model",
+        "d_kv",
+        "d_ff",
+        "num_layers",
+        "num_heads",
+        "relative_attention_num_buckets",
+    ):
         assert getattr(config, key) == want[key], key
 
     enc = T5TextEncoder.from_pth(path, device="cpu", dtype=torch.float32, text_len=meta["config"]["text_len"])
@@ -42,7 +50,9 @@ def test_t5_matches_reference(case: Path) -> None:
     for b, ctx in enumerate(contexts):
         assert _rel_err(ctx, expected[f"context_{b}"]) < TOL
         # Each sample alone, unpadded and without a mask, gives the same rows.
-        alone = enc.encode_ids(inputs["input_ids"][b : b + 1, : ctx.shape[0]], torch.ones(1, ctx.shape[0], dtype=torch.long))
+        alone = enc.encode_ids(
+            inputs["input_ids"][b : b + 1, : ctx.shape[0]], torch.ones(1, ctx.shape[0], dtype=torch.long)
+        )
         assert _rel_err(alone[0], expected[f"context_{b}"]) < TOL
 
 
@@ -59,10 +69,14 @@ def test_t5_text_path_with_tokenizer(case: Path, tmp_path: Path) -> None:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(tmp_path)
 
     text_len = meta["config"]["text_len"]
-    enc = T5TextEncoder.from_pth(case / meta["weights_file"], tokenizer_dir=tmp_path, dtype=torch.float32, text_len=text_len)
+    enc = T5TextEncoder.from_pth(
+        case / meta["weights_file"], tokenizer_dir=tmp_path, dtype=torch.float32, text_len=text_len
+    )
     ids, mask = enc.tokenize(["hello  world", "a &amp;amp; b\n\tc"])
     assert ids.shape == mask.shape == (2, text_len)
     assert mask.sum(1).tolist() == [3, 5]

@@ -17,7 +17,9 @@ TOL = 1e-4  # absolute, as the fixture README states
 def _load_case(case: Path) -> tuple[WanVAE, dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     meta = load_meta(case)
     norm = meta["latent_normalisation"]
-    vae = WanVAE.from_pth(case / meta["weights_file"], "cpu", torch.float32, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+    vae = WanVAE.from_pth(
+        case / meta["weights_file"], "cpu", torch.float32, mean=tuple(norm["mean"]), std=tuple(norm["std"])
+    )
     return vae, meta, load_file(case / "inputs.safetensors"), load_file(case / "expected.safetensors")
 
 
@@ -43,7 +45,7 @@ def test_infer_config_and_conversion(case: Path) -> None:
 
 @pytest.mark.parametrize("case", case_params("components", "vae"))
 def test_vae_matches_reference(case: Path) -> None:
-    vae, meta, inputs, expected = _load_case(case)
+    vae, _, inputs, expected = _load_case(case)
     assert _max_err(vae.encode(inputs["video"]), expected["latent_video"]) < TOL
 
     # generate.py's conditioning video: the image followed by zero frames up to the expected latent length.

@@ -389,8 +389,12 @@ class StreamingAudio:
     audio_window: int = 5
     gain: float = REFERENCE_GAIN
 
-    def window(self, start: int, end: int) -> torch.Tensor:
-        """Window for centre frames ``[start, end)`` -> ``[1, end-start, audio_window, L, C]``."""
+    def embedding(self, start: int, end: int) -> torch.Tensor:
+        """Encode the slice for centre frames ``[start, end)`` alone -> ``[S', L, C]``, row 0 = frame ``start``.
+
+        The slice reaches ``half`` frames past ``end`` (the reference's ``end + 2``) so the right
+        neighbours of the last frames exist; the left context at ``start`` is clamped.
+        """
         half = self.audio_window // 2
         lo = int(self.sample_rate * start / self.fps)
         hi = int(self.sample_rate * (end + half) / self.fps)
@@ -400,4 +404,8 @@ class StreamingAudio:
         speech = prepare_speech(
             piece, self.sample_rate, self.fps, self.encoder.sample_rate, self.gain, self.encoder.audio_fps
         )
-        return block_window(self.encoder.encode(speech[0]), 0, end - start, self.audio_window)
+        return self.encoder.encode(speech[0])
+
+    def window(self, start: int, end: int) -> torch.Tensor:
+        """Window for centre frames ``[start, end)`` -> ``[1, end-start, audio_window, L, C]``."""
+        return block_window(self.embedding(start, end), 0, end - start, self.audio_window)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,3 +181,78 @@ def save_transformer(model: LiveActTransformer, folder: str | Path, max_shard_by
         save_file(shard, str(folder / name))
         weight_map.update(dict.fromkeys(shard, name))
     (folder / DIT_INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+
+
+# --------------------------------------------------------------------------------------------------
+# the official asset folder
+
+VAE_FILE = "Wan2.1_VAE.pth"
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+T5_TOKENIZER = "google/umt5-xxl"
+CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+CLIP_TOKENIZER = "xlm-roberta-large"
+WAV2VEC_FILES = ("config.json", "preprocessor_config.json")
+WAV2VEC_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class AssetPaths:
+    """Every file of the official layout (``--ckpt_dir`` and ``--wav2vec_dir``)."""
+
+    dit: Path
+    vae: Path
+    t5: Path
+    t5_tokenizer: Path
+    clip: Path
+    wav2vec: Path
+
+
+def resolve_assets(ckpt_dir: str | Path, wav2vec_dir: str | Path) -> AssetPaths:
+    """Check the official asset folders and return their paths.
+
+    Raises:
+        AssetError: listing every missing file by name with what it should be.
+    """
+    ckpt, w2v = Path(ckpt_dir), Path(wav2vec_dir)
+    problems = []
+    if not ckpt.is_dir():
+        raise AssetError(f"--ckpt_dir {ckpt} is not a folder (expected the LiveAct checkpoint folder)")
+    if not w2v.is_dir():
+        raise AssetError(f"--wav2vec_dir {w2v} is not a folder (expected a transformers wav2vec2 folder)")
+    expected = {
+        DIT_CONFIG: "the DiT's diffusers config.json",
+        VAE_FILE: "the Wan2.1 VAE weights",
+        T5_FILE: "the umT5-XXL encoder weights",
+        CLIP_FILE: "the open-clip XLM-RoBERTa ViT-H/14 weights",
+    }
+    problems += [f"{ckpt / name} ({what})" for name, what in expected.items() if not (ckpt / name).is_file()]
+    if not (ckpt / DIT_WEIGHTS).is_file() and not (ckpt / DIT_INDEX).is_file():
+        problems.append(f"{ckpt / DIT_WEIGHTS} or {ckpt / DIT_INDEX} (the DiT weights)")
+    if not (ckpt / T5_TOKENIZER).is_dir():
+        problems.append(f"{ckpt / T5_TOKENIZER}/ (the umT5 tokenizer folder)")
+    problems += [f"{w2v / name} (wav2vec2 {name})" for name in WAV2VEC_FILES if not (w2v / name).is_file()]
+    if not any((w2v / name).is_file() for name in WAV2VEC_WEIGHTS):
+        problems.append(f"{w2v / WAV2VEC_WEIGHTS[0]} or {w2v / WAV2VEC_WEIGHTS[1]} (wav2vec2 weights)")
+    if problems:
+        raise AssetError("missing asset files:\n  " + "\n  ".join(problems))
+    if not (ckpt / CLIP_TOKENIZER).is_dir():
+        logger.info("%s is absent; it is not needed (the CLIP text tower is never used)", ckpt / CLIP_TOKENIZER)
+    return AssetPaths(dit=ckpt, vae=ckpt / VAE_FILE, t5=ckpt / T5_FILE, t5_tokenizer=ckpt / T5_TOKENIZER,
+                      clip=ckpt / CLIP_FILE, wav2vec=w2v)
+
+
+def load_pth(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """``torch.load`` of an original ``.pth`` state dict (memory-mapped), with an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AssetError(f"{path} is missing ({what})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001
+            raise AssetError(f"{path} is not a readable PyTorch state dict ({what}): {exc}") from exc
+    if not isinstance(state, dict):
+        raise AssetError(f"{path} holds a {type(state).__name__}, expected a state dict ({what})")
+    return state

@@ -1,0 +1,242 @@
+"""LiveActPipeline: (image, audio, prompt, edits) -> a stream of RGB frame blocks.
+
+    pipe = LiveActPipeline.from_pretrained(ckpt_dir, wav2vec_dir, device="cuda", dtype=torch.bfloat16)
+    clip = pipe.prepare(Request(image="face.png", audio="speech.wav", prompt="A person talks."))
+    for frames in pipe.stream(clip, seed=42):      # [1, 3, F, H, W] in [-1, 1]
+        writer.write(frames)
+
+The order of work per clip is the reference's (REFERENCE.md §6.2): T5 of the prompt and edits,
+image cover-resize + centre crop, CLIP, audio (tempo 25/fps, 16 kHz, x3, wav2vec2), the mask and
+VAE latent ``y``, then the streaming sampler and a streaming VAE decode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from liveact.audio import StreamingAudio, Wav2VecEncoder, load_audio, prepare_speech, select_channel
+from liveact.config import MemoryConfig, SamplerConfig
+from liveact.encoders import CLIPImageEncoder, T5TextEncoder
+from liveact.loading import AssetError, load_transformer, resolve_assets
+from liveact.model import LiveActTransformer
+from liveact.sampler import Conditions, NeighborForcingSampler, block_span
+from liveact.vae import WanVAE
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    """One clip to generate (one entry of the input JSON).
+
+    ``edits``: ``[((first_block, last_block), prompt), ...]``, inclusive, first match wins.
+    """
+
+    image: str | Path | Image.Image
+    audio: str | Path
+    prompt: str
+    edits: list[tuple[tuple[int, int], str]] = field(default_factory=list)
+
+
+@dataclass
+class PreparedClip:
+    """A request turned into sampler conditions, with the clip's length."""
+
+    request: Request
+    conditions: Conditions
+    duration: float
+    num_blocks: int
+    num_frames: int
+
+
+def load_image(image: str | Path | Image.Image) -> Image.Image:
+    """An RGB ``PIL.Image`` from a path or image, with a clear error for unreadable files."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - PIL raises several types for bad files
+        raise ValueError(f"unreadable image {path}: {exc}") from exc
+
+
+def cover_crop(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """Scale to cover ``width x height`` (bicubic), centre-crop, map to [-1, 1].
+
+    Returns:
+        ``[1, 3, 1, height, width]`` float32. The aspect ratio is kept; the excess is cropped.
+    """
+    w0, h0 = image.size
+    scale = max(width / w0, height / h0)
+    resized = image.resize((max(width, round(w0 * scale)), max(height, round(h0 * scale))), Image.BICUBIC)
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    crop = np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.float32) / 255.0
+    return (torch.from_numpy(crop).permute(2, 0, 1) * 2 - 1)[:, None][None]
+
+
+def first_frame_mask(latent_frames: int, temporal_stride: int, lh: int, lw: int) -> torch.Tensor:
+    """I2V mask ``[1, stride, F, lh, lw]``: all ``stride`` channels 1 on latent frame 0, else 0.
+
+    The reference builds it at video rate (frame 0 = 1) and folds ``stride`` video frames into each
+    latent's channels, repeating frame 0 so that latent 0 is fully marked.
+    """
+    mask = torch.zeros(1, temporal_stride, latent_frames, lh, lw)
+    mask[:, :, 0] = 1
+    return mask
+
+
+class LiveActPipeline:
+    """All models of LiveAct and the glue between them.
+
+    Args:
+        transformer, vae, text_encoder, image_encoder, audio_encoder: the loaded models.
+        size: ``(width, height)`` of the output, multiples of 16.
+        fps: output frame rate (also sets the audio tempo 25/fps).
+        audio_cfg, mean_memory, fp8_kv_cache, offload_cache: sampler options (see
+            ``NeighborForcingSampler``).
+        vae_stitch: ``continuous`` (one causal decode across blocks) or ``reference`` (the authors'
+            overlap-and-crop decode).
+        stream_audio: re-encode a short audio slice per block (``--steam_audio``) instead of the
+            whole file once.
+    """
+
+    def __init__(
+        self, transformer: LiveActTransformer, vae: WanVAE, text_encoder: T5TextEncoder,
+        image_encoder: CLIPImageEncoder, audio_encoder: Wav2VecEncoder, *, size: tuple[int, int] = (480, 832),
+        fps: float = 24, audio_cfg: float = 1.0, mean_memory: bool = False, fp8_kv_cache: bool = False,
+        offload_cache: bool = False, vae_stitch: str = "continuous", stream_audio: bool = False,
+        memory: MemoryConfig | None = None, schedule: SamplerConfig | None = None,
+    ) -> None:
+        width, height = size
+        stride = (schedule or SamplerConfig()).vae_stride
+        unit = stride[1] * transformer.config.patch_size[1]
+        if width % unit or height % unit or width <= 0 or height <= 0:
+            raise ValueError(f"size {width}*{height}: width and height must be positive multiples of {unit}")
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.transformer, self.vae = transformer, vae
+        self.text_encoder, self.image_encoder, self.audio_encoder = text_encoder, image_encoder, audio_encoder
+        self.size, self.fps = (width, height), float(fps)
+        self.vae_stitch, self.stream_audio = vae_stitch, stream_audio
+        self.sampler = NeighborForcingSampler(
+            transformer, audio_cfg=audio_cfg, mean_memory=mean_memory, fp8_kv_cache=fp8_kv_cache,
+            offload_cache=offload_cache, memory=memory, sampler=schedule)
+
+    @classmethod
+    def from_pretrained(
+        cls, ckpt_dir: str | Path, wav2vec_dir: str | Path, device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.bfloat16, t5_cpu: bool = False, **options: object,
+    ) -> LiveActPipeline:
+        """Load every model from the official asset folders (see ``liveact.loading.resolve_assets``).
+
+        ``t5_cpu`` keeps the 11 GB text encoder on the CPU; its output is moved to ``device``.
+        ``options`` go to the constructor (size, fps, sampler options ...).
+        """
+        paths = resolve_assets(ckpt_dir, wav2vec_dir)
+        transformer = load_transformer(paths.dit, dtype=dtype, device=device)
+        vae = WanVAE.from_pth(paths.vae, device=device, dtype=dtype)
+        text = T5TextEncoder.from_pth(paths.t5, paths.t5_tokenizer, device="cpu" if t5_cpu else device,
+                                      dtype=dtype, text_len=transformer.config.text_len)
+        image = CLIPImageEncoder.from_pth(paths.clip, device=device, dtype=dtype)
+        audio = Wav2VecEncoder.from_pretrained(paths.wav2vec, device=device, dtype=dtype)
+        return cls(transformer, vae, text, image, audio, **options)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the transformer runs."""
+        return self.transformer.device
+
+    @property
+    def temporal_stride(self) -> int:
+        """Video frames per latent frame (after the first)."""
+        return self.sampler.config.vae_stride[0]
+
+    @property
+    def seconds_per_block(self) -> float:
+        """Video seconds of one later block."""
+        return self.sampler.memory_config.block_frames * self.temporal_stride / self.fps
+
+    def num_blocks_for(self, duration: float) -> int:
+        """Blocks for ``duration`` seconds of audio: ``int(duration / seconds_per_block) + 1`` (the reference)."""
+        return int(duration / self.seconds_per_block) + 1
+
+    # ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> list[torch.Tensor]:
+        """T5 contexts ``[L_i, text_dim]`` on the transformer's device."""
+        return [t.to(self.device, self.transformer.dtype) for t in self.text_encoder.encode(prompts)]
+
+    @torch.no_grad()
+    def conditioning_latent(self, image: torch.Tensor) -> torch.Tensor:
+        """``y`` ``[1, stride + z, F, lh, lw]``: first-frame mask + VAE latent of (image, zeros ...)."""
+        mem = self.sampler.memory_config
+        latent_frames = mem.first_block_frames + mem.block_frames
+        video_frames = 1 + (latent_frames - 1) * self.temporal_stride
+        video = torch.zeros(1, 3, video_frames, *image.shape[-2:], dtype=self.vae.dtype, device=self.vae.device)
+        video[:, :, :1] = image.to(video)
+        z = self.vae.encode(video)[None].float()
+        mask = first_frame_mask(latent_frames, self.temporal_stride, *z.shape[-2:]).to(z)
+        return torch.cat([mask, z], dim=1)
+
+    @torch.no_grad()
+    def prepare(self, request: Request) -> PreparedClip:
+        """Encode everything a clip is conditioned on; checks inputs before any heavy work."""
+        waveform, sample_rate = load_audio(request.audio)
+        mono = select_channel(waveform)
+        duration = mono.shape[-1] / sample_rate
+        min_duration = 1.0 / self.fps
+        if duration < min_duration:
+            raise ValueError(f"audio {request.audio} is {duration:.3f} s long; at least one frame "
+                             f"({min_duration:.3f} s) is needed")
+        image = cover_crop(load_image(request.image), *self.size)
+        prompts = [request.prompt] + [text for _, text in request.edits]
+        texts = self.encode_text(prompts)
+        clip = self.image_encoder.encode(image.to(self.image_encoder.device)).to(self.device)
+        speech = prepare_speech(mono, sample_rate, self.fps, self.audio_encoder.sample_rate,
+                                audio_fps=self.audio_encoder.audio_fps)
+        embedding = self.audio_encoder.encode(speech[0]).to(self.device)
+        source = None
+        if self.stream_audio:
+            streaming = StreamingAudio(self.audio_encoder, mono, sample_rate, self.fps,
+                                       self.transformer.config.audio_window)
+            source = lambda start, end: streaming.embedding(start, end).to(self.device)  # noqa: E731
+        cond = Conditions(text=texts[0], clip=clip, y=self.conditioning_latent(image).to(self.device),
+                          audio=embedding, edits=[(rng, t) for (rng, _), t in zip(request.edits, texts[1:])],
+                          audio_source=source)
+        num_frames = max(1, math.ceil(duration * self.fps - 1e-9))
+        return PreparedClip(request, cond, duration, self.num_blocks_for(duration), num_frames)
+
+    def stream(self, clip: PreparedClip | Request, seed: int = 42, max_blocks: int | None = None,
+               generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Generate and decode block by block.
+
+        Yields:
+            ``[1, 3, F, H, W]`` float in [-1, 1]: ``F = 1 + stride (T0 - 1)`` frames for the first
+            block, ``stride * T`` after (21 then 32 with the default layout at 24 fps).
+        """
+        if isinstance(clip, Request):
+            clip = self.prepare(clip)
+        blocks = clip.num_blocks if max_blocks is None else min(clip.num_blocks, max_blocks)
+        generator = generator or torch.Generator().manual_seed(seed)
+        decoder = self.vae.stream_decoder(stitch=self.vae_stitch)
+        for latent in self.sampler.stream(clip.conditions, blocks, generator=generator):
+            yield decoder.decode_block(latent.to(self.vae.device, self.vae.dtype)).float()
+
+    def frames_of_block(self, index: int) -> int:
+        """Video frames block ``index`` decodes to."""
+        return block_span(index, self.sampler.memory_config, self.temporal_stride).video_frames(self.temporal_stride)
+
+
+__all__ = ["AssetError", "LiveActPipeline", "PreparedClip", "Request", "cover_crop", "first_frame_mask", "load_image"]

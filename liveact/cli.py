@@ -23,9 +23,12 @@ from pathlib import Path
 
 import torch
 
+from liveact.config import MemoryConfig, SamplerConfig
 from liveact.loading import AssetError
 
 logger = logging.getLogger("liveact")
+
+SILENCE_PEAK = 1e-4  # -80 dBFS: quieter than any recording of speech
 
 
 class UserError(ValueError):
@@ -163,6 +166,31 @@ def load_requests(path: str | Path) -> list:
     return requests
 
 
+def check_media(request, where: str, min_seconds: float) -> None:  # noqa: ANN001 - Request (lazy import)
+    """Open the image and audio of a request up front, so bad files fail before any model loads."""
+    from PIL import Image
+
+    from liveact.audio import load_audio
+
+    try:
+        with Image.open(request.image) as img:
+            img.verify()
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+        raise UserError(f"{where}: cond_image {request.image} is not a readable image ({exc})") from None
+    try:
+        waveform, sample_rate = load_audio(request.audio)
+    except ValueError as exc:
+        reason = "not a readable audio file" if "unreadable" in str(exc) else str(exc).splitlines()[0]
+        raise UserError(f"{where}: cond_audio {request.audio}: {reason}") from None
+    seconds = waveform.shape[-1] / sample_rate
+    if seconds < min_seconds:
+        raise UserError(f"{where}: cond_audio {request.audio} is {seconds:.2f} s long; at least "
+                        f"{min_seconds:.2f} s (the first block of video) is needed")
+    if float(waveform.abs().amax()) < SILENCE_PEAK:
+        raise UserError(f"{where}: cond_audio {request.audio} is silent (peak below -80 dBFS); "
+                        "the avatar needs speech to lip-sync to")
+
+
 def output_path(output_dir: str | Path, request) -> Path:  # noqa: ANN001 - Request (lazy import)
     """``<output_dir>/<image stem>_<audio stem>.mp4`` as the reference names it."""
     return Path(output_dir) / f"{Path(request.image).stem}_{Path(request.audio).stem}.mp4"
@@ -259,18 +287,18 @@ def generate_clip(pipe, request, args: GenerateArgs, path: Path, is_main: bool) 
     bar = tqdm(total=blocks, desc=path.name, unit="block", disable=not is_main or not sys.stderr.isatty())
     try:
         last = time.perf_counter()
-        for k, frames in enumerate(pipe.stream(clip, seed=args.seed, max_blocks=blocks)):
+        for k, frames in enumerate(pipe.stream(clip, seed=args.seed, max_blocks=blocks, decode=is_main)):
             if writer is not None:
                 writer.write(frames)
             now = time.perf_counter()
             if k == 0:
                 stats.first_block = now - start
-            stats.blocks, stats.frames = k + 1, stats.frames + frames.shape[2]
+            stats.blocks, stats.frames = k + 1, stats.frames + pipe.frames_of_block(k)
             if args.dura_print and is_main:
                 if pipe.device.type == "cuda":
                     torch.cuda.synchronize(pipe.device)
                     now = time.perf_counter()
-                video_ms = frames.shape[2] / args.fps * 1000
+                video_ms = pipe.frames_of_block(k) / args.fps * 1000
                 print(f"Done Block {k}: duration {video_ms:.0f}ms video cost {(now - last) * 1000:.0f}ms", flush=True)
             last = now
             bar.update(1)
@@ -293,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the mp4 written so far is playable", file=sys.stderr)
         return 130
     except (UserError, AssetError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        print("error: " + "; ".join(lines), file=sys.stderr)
         return 2
 
 
@@ -309,6 +338,10 @@ def run(args: GenerateArgs) -> int:
     if args.max_blocks is not None and args.max_blocks < 1:
         raise UserError(f"--max_blocks must be >= 1, got {args.max_blocks}")
     requests = load_requests(args.input_json)
+    memory, stride = MemoryConfig(), SamplerConfig().vae_stride[0]
+    first_block_seconds = (1 + (memory.first_block_frames - 1) * stride) / args.fps
+    for i, request in enumerate(requests):
+        check_media(request, f"{Path(args.input_json).name} entry {i}", first_block_seconds)
     num_heads = None
     if args.ckpt_dir and Path(args.ckpt_dir, "config.json").is_file():
         num_heads = json.loads(Path(args.ckpt_dir, "config.json").read_text()).get("num_heads")
@@ -317,10 +350,16 @@ def run(args: GenerateArgs) -> int:
     device = resolve_device(args, dist_info)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     check_hardware_flags(args, device)
-    pipe = build_pipeline(args, device, dtype, dist_info)
-    for request in requests:
-        path = output_path(args.output_dir, request)
-        stats = generate_clip(pipe, request, args, path, is_main)
-        if is_main:
-            logger.info("%s: %s", path, stats.summary(args.fps, peak_memory_bytes(device)))
+    try:
+        pipe = build_pipeline(args, device, dtype, dist_info)
+        for request in requests:
+            path = output_path(args.output_dir, request)
+            stats = generate_clip(pipe, request, args, path, is_main)
+            if is_main:
+                logger.info("%s: %s", path, stats.summary(args.fps, peak_memory_bytes(device)))
+    finally:
+        if dist_info is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0

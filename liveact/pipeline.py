@@ -219,12 +219,17 @@ class LiveActPipeline:
         return PreparedClip(request, cond, duration, self.num_blocks_for(duration), num_frames)
 
     def stream(self, clip: PreparedClip | Request, seed: int = 42, max_blocks: int | None = None,
-               generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+               generator: torch.Generator | None = None, decode: bool = True) -> Iterator[torch.Tensor]:
         """Generate and decode block by block.
+
+        Args:
+            decode: False yields the latent blocks undecoded (sequence-parallel ranks other than
+                the main one only take part in the transformer's collectives).
 
         Yields:
             ``[1, 3, F, H, W]`` float in [-1, 1]: ``F = 1 + stride (T0 - 1)`` frames for the first
-            block, ``stride * T`` after (21 then 32 with the default layout at 24 fps).
+            block, ``stride * T`` after (21 then 32 with the default layout at 24 fps); or the
+            latent ``[C, T, lh, lw]`` when ``decode`` is False.
         """
         if isinstance(clip, Request):
             clip = self.prepare(clip)
@@ -232,7 +237,7 @@ class LiveActPipeline:
         generator = generator or torch.Generator().manual_seed(seed)
         decoder = self.vae.stream_decoder(stitch=self.vae_stitch)
         for latent in self.sampler.stream(clip.conditions, blocks, generator=generator):
-            yield decoder.decode_block(latent.to(self.vae.device, self.vae.dtype)).float()
+            yield decoder.decode_block(latent.to(self.vae.device, self.vae.dtype)).float() if decode else latent
 
     def frames_of_block(self, index: int) -> int:
         """Video frames block ``index`` decodes to."""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from liveact.cli import parse_size
 from liveact.config import PRESETS, MemoryConfig, SamplerConfig
 from liveact.model import LiveActTransformer
 from liveact.sampler import BlockSpan, Conditions, NeighborForcingSampler, audio_rows, block_span
@@ -26,17 +27,6 @@ from liveact.sampler import BlockSpan, Conditions, NeighborForcingSampler, audio
 logger = logging.getLogger(__name__)
 
 PAPER_TFLOPS_PER_FRAME = 27.2
-
-
-def parse_size(size: str) -> tuple[int, int]:
-    """``"W*H"`` -> ``(width, height)``; both must be multiples of 16."""
-    try:
-        width, height = (int(v) for v in size.lower().replace("x", "*").split("*"))
-    except ValueError as exc:
-        raise ValueError(f"size {size!r} must look like WIDTH*HEIGHT, e.g. 512*512") from exc
-    if width <= 0 or height <= 0 or width % 16 or height % 16:
-        raise ValueError(f"size {size!r}: width and height must be positive multiples of 16")
-    return width, height
 
 
 def synthetic_conditions(model: LiveActTransformer, width: int, height: int, audio_frames: int,

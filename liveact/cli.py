@@ -236,21 +236,11 @@ def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype,
                         "checkpoint folder) and --wav2vec_dir (wav2vec2 folder)")
     width, height = parse_size(args.size)
     pipe = LiveActPipeline.from_pretrained(
-        args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype, t5_cpu=args.t5_cpu, size=(width, height),
+        args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype, t5_cpu=args.t5_cpu,
+        sequence_parallel=dist_info is not None, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,
+        size=(width, height),
         fps=args.fps, audio_cfg=args.audio_cfg, mean_memory=args.mean_memory, fp8_kv_cache=args.fp8_kv_cache,
         offload_cache=args.offload_cache, vae_stitch=args.vae_stitch, stream_audio=args.steam_audio)
-    if dist_info is not None:
-        from liveact.parallel import parallelize
-
-        parallelize(pipe.transformer)
-    if args.fp8_gemm:
-        from liveact.quant import convert_linears_to_fp8
-
-        convert_linears_to_fp8(pipe.transformer)
-    if args.block_offload:
-        from liveact.offload import enable_block_offload
-
-        enable_block_offload(pipe.transformer, device)
     return pipe
 
 

@@ -136,15 +136,32 @@ class LiveActPipeline:
     @classmethod
     def from_pretrained(
         cls, ckpt_dir: str | Path, wav2vec_dir: str | Path, device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.bfloat16, t5_cpu: bool = False, **options: object,
+        dtype: torch.dtype = torch.bfloat16, t5_cpu: bool = False, sequence_parallel: bool = False,
+        fp8_gemm: bool = False, block_offload: bool = False, **options: object,
     ) -> LiveActPipeline:
         """Load every model from the official asset folders (see ``liveact.loading.resolve_assets``).
 
+        The DiT is transformed in this order: sequence parallelism (``liveact.parallel``, needs an
+        initialised process group), FP8 linears (``liveact.quant``), block offload
+        (``liveact.offload``: the DiT stays in host memory and its blocks stream to ``device`` two at
+        a time, so the 14B model never sits on the GPU whole).
         ``t5_cpu`` keeps the 11 GB text encoder on the CPU; its output is moved to ``device``.
         ``options`` go to the constructor (size, fps, sampler options ...).
         """
         paths = resolve_assets(ckpt_dir, wav2vec_dir)
-        transformer = load_transformer(paths.dit, dtype=dtype, device=device)
+        transformer = load_transformer(paths.dit, dtype=dtype, device="cpu" if block_offload else device)
+        if sequence_parallel:
+            from liveact.parallel import parallelize
+
+            parallelize(transformer)
+        if fp8_gemm:
+            from liveact.quant import convert_linears_to_fp8
+
+            convert_linears_to_fp8(transformer, run_device=device)
+        if block_offload:
+            from liveact.offload import enable_block_offload
+
+            enable_block_offload(transformer, device)
         vae = WanVAE.from_pth(paths.vae, device=device, dtype=dtype)
         text = T5TextEncoder.from_pth(paths.t5, paths.t5_tokenizer, device="cpu" if t5_cpu else device,
                                       dtype=dtype, text_len=transformer.config.text_len)

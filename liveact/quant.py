@@ -188,7 +188,7 @@ def check_fp8_device(device: torch.device) -> None:
 
 
 def convert_linears_to_fp8(model: nn.Module, module_filter: ModuleFilter | None = None,
-                           emulate: bool = False) -> int:
+                           emulate: bool = False, run_device: torch.device | str | None = None) -> int:
     """Replace eligible ``nn.Linear`` modules of ``model`` by ``FP8Linear``, in place.
 
     A linear is eligible when both ``in_features`` and ``out_features`` are multiples of 16 and
@@ -203,13 +203,16 @@ def convert_linears_to_fp8(model: nn.Module, module_filter: ModuleFilter | None 
         model: a built model (weights on a CUDA device, or on the CPU to be moved later).
         module_filter: ``(module, fully qualified name) -> bool``.
         emulate: build emulated layers (no GPU needed); otherwise a CUDA sm89+ device is required.
+        run_device: where the layers will run, when that is not where the weights are now (block
+            offload quantises host-resident weights that later stream to the GPU).
 
     Returns:
         How many linears were converted.
     """
     if not emulate:
         first = next((m.weight for m in model.modules() if isinstance(m, nn.Linear)), None)
-        check_fp8_device(first.device if first is not None else torch.device("cuda"))
+        where = run_device if run_device is not None else (first.device if first is not None else "cuda")
+        check_fp8_device(torch.device(where))
     # Names only: holding the modules themselves would keep every high-precision weight alive
     # until the end of the conversion.
     names = [fqn for fqn, m in model.named_modules() if type(m) is nn.Linear]

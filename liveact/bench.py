@@ -2,6 +2,7 @@
 
     python -m liveact.bench flops --preset liveact-14b --size 512*512 --size 720*416
     python -m liveact.bench speed --preset nano --size 256*256 --blocks 6
+    python -m liveact.bench load
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device, so the 14B
 model is counted without any weights. Next to our count the report gives the work the reference
@@ -116,6 +117,39 @@ def run_speed(preset: str, size: str, blocks: int, device: str, dtype: torch.dty
             "real_time_factor": frames / fps / per_block}
 
 
+def component_sizes() -> list[tuple[str, int, int]]:
+    """``(component, parameters, largest tensor elements)`` of the 14B asset set, built on the meta device."""
+    from diffusers import AutoencoderKLWan
+    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel, Wav2Vec2Config, Wav2Vec2Model
+
+    with torch.device("meta"):
+        models = {
+            "DiT (liveact-14b)": LiveActTransformer(PRESETS["liveact-14b"]),
+            "umT5-XXL encoder": UMT5EncoderModel(UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240,
+                                                            num_layers=24, num_heads=64, feed_forward_proj="gated-gelu")),
+            "CLIP ViT-H/14 (31 blocks used)": CLIPVisionModel(CLIPVisionConfig(
+                hidden_size=1280, intermediate_size=5120, num_hidden_layers=31, num_attention_heads=16,
+                image_size=224, patch_size=14, hidden_act="gelu")),
+            "Wan2.1 VAE": AutoencoderKLWan(base_dim=96, z_dim=16),
+            "wav2vec2-base": Wav2Vec2Model(Wav2Vec2Config()),
+        }
+    return [(name, sum(p.numel() for p in m.parameters()), max(p.numel() for p in m.parameters()))
+            for name, m in models.items()]
+
+
+def print_load_plan(bytes_per_param: int = 2) -> None:
+    """Peak host RAM of loading each component (dry run: sizes from meta-device builds, no weights)."""
+    gib = 2**30
+    print(f"{'component':32} {'params':>8} {'bf16 GiB':>9} {'host peak -> GPU':>17} {'host peak, on CPU':>18}")
+    total = 0
+    for name, params, largest in component_sizes():
+        size = params * bytes_per_param
+        total += size
+        print(f"{name:32} {params / 1e9:7.2f}B {size / gib:9.2f} {largest * bytes_per_param / gib:14.3f} GiB "
+              f"{size / gib:14.2f} GiB")
+    print(f"{'all':32} {'':8} {total / gib:9.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point (see module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     fl.add_argument("--preset", default="liveact-14b", choices=sorted(PRESETS))
     fl.add_argument("--size", action="append", help="W*H, repeatable (default 512*512 and 720*416)")
     fl.add_argument("--audio_cfg", type=float, default=1.0)
+    sub.add_parser("load", help="peak host RAM of loading the 14B asset set (meta-device dry run)")
     sp = sub.add_parser("speed", help="wall time per block on the current device")
     sp.add_argument("--preset", default="nano", choices=sorted(PRESETS))
     sp.add_argument("--size", default="256*256")
@@ -140,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{args.preset:12} {size:9} {r.frame_len:5d} {r.block_flops / 1e12:12.1f} {r.per_frame / 1e12:12.2f} "
                   f"{PAPER_TFLOPS_PER_FRAME:6.1f} {r.per_frame / 1e12 / PAPER_TFLOPS_PER_FRAME:6.2f} "
                   f"{r.skipped_flops / 1e12:20.2f} {r.skipped_flops / (r.block_flops + r.skipped_flops):7.2%}")
+    elif args.command == "load":
+        print_load_plan()
     else:
         r = run_speed(args.preset, args.size, args.blocks, args.device, getattr(torch, args.dtype), args.fps)
         print(f"preset {args.preset} size {args.size} device {args.device} dtype {args.dtype}: "

@@ -278,15 +278,36 @@ class Wav2VecEncoder:
         cls, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> Wav2VecEncoder:
         """Load a transformers wav2vec2 folder (config.json, weights, preprocessor_config.json)."""
-        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+        from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
         folder = Path(folder)
         for name in ("config.json", "preprocessor_config.json"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"wav2vec2 folder {folder} lacks {name}")
-        model = Wav2Vec2Model.from_pretrained(str(folder), dtype=dtype, local_files_only=True).to(device)
-        extractor = Wav2Vec2FeatureExtractor.from_pretrained(str(folder), local_files_only=True)
-        return cls(model, extractor)
+        # transformers/safetensors/pickle raise many unrelated types for a bad file, and their
+        # messages do not always name it; say which file of the folder failed.
+        try:
+            config = Wav2Vec2Config.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:
+            raise ValueError(f"{folder / 'config.json'}: not a readable wav2vec2 config: {exc}") from exc
+        try:
+            model = Wav2Vec2Model.from_pretrained(
+                str(folder), config=config, dtype=dtype, local_files_only=True
+            )
+        except Exception as exc:
+            weights = [
+                str(folder / n) for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()
+            ]
+            raise ValueError(
+                f"{' / '.join(weights) or folder}: wav2vec2 weights could not be loaded: {exc}"
+            ) from exc
+        try:
+            extractor = Wav2Vec2FeatureExtractor.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:
+            raise ValueError(
+                f"{folder / 'preprocessor_config.json'}: not a readable feature-extractor config: {exc}"
+            ) from exc
+        return cls(model.to(device), extractor)
 
     @property
     def device(self) -> torch.device:

@@ -28,6 +28,8 @@ from transformers import (
     UMT5EncoderModel,
 )
 
+from liveact.loading import load_pth
+
 logger = logging.getLogger(__name__)
 
 # OpenAI CLIP normalisation, used by the open-clip ViT-H/14 checkpoint.
@@ -38,11 +40,11 @@ CLIP_DEFAULT_HEAD_DIM = 80
 
 
 def _load_pth(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """``torch.load`` a flat state dict with a clear error when the file is missing."""
+    """``torch.load`` a flat state dict with a clear error naming the file when missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_pth(path, f"{what} weights")
 
 
 def _load_into(
@@ -170,7 +172,10 @@ class T5TextEncoder:
         ``device`` is where the encoder runs; the reference can keep it on the CPU (``--t5_cpu``).
         """
         state_dict = _load_pth(path, "umT5 encoder")
-        config = infer_umt5_config(state_dict)
+        try:
+            config = infer_umt5_config(state_dict)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
         logger.info(
             "umT5 %s: d_model %d, %d layers, %d heads",
             Path(path).name,
@@ -367,7 +372,10 @@ class CLIPImageEncoder:
         ``num_heads`` defaults to ``width // 80`` (16 for the real ViT-H/14).
         """
         state_dict = _load_pth(path, "CLIP")
-        full = infer_clip_vision_config(state_dict, num_heads)
+        try:
+            full = infer_clip_vision_config(state_dict, num_heads)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
         config = CLIPVisionConfig(**{**full.to_dict(), "num_hidden_layers": full.num_hidden_layers - 1})
         logger.info(
             "CLIP %s: width %d, %d of %d blocks, %d heads",

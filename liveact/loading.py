@@ -59,7 +59,7 @@ def read_dit_config(folder: Path) -> dict[str, Any]:
         raise AssetError(f"{path} is missing: the DiT folder needs its diffusers config.json")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AssetError(f"{path} is not valid JSON: {exc}") from exc
 
 
@@ -251,8 +251,10 @@ def load_pth(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001
-            raise AssetError(f"{path} is not a readable PyTorch state dict ({what}): {exc}") from exc
+        except Exception as plain_exc:  # noqa: BLE001
+            # Report the plain load's error: the mmap attempt's ("mmap can only be used with ...")
+            # says nothing about what is wrong with the file.
+            raise AssetError(f"{path} is not a readable PyTorch state dict ({what}): {plain_exc}") from exc
     if not isinstance(state, dict):
         raise AssetError(f"{path} holds a {type(state).__name__}, expected a state dict ({what})")
     return state

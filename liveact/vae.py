@@ -23,6 +23,8 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
+from liveact.loading import AssetError, load_pth
+
 logger = logging.getLogger(__name__)
 
 # Per-channel latent statistics of the Wan2.1 VAE. They are not stored in Wan2.1_VAE.pth.
@@ -229,8 +231,11 @@ class WanVAE(torch.nn.Module):
             raise FileNotFoundError(
                 f"Wan VAE checkpoint not found: {path} (expected the original Wan2.1_VAE.pth)"
             )
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        arch = infer_vae_config(state_dict)
+        state_dict = load_pth(path, "the Wan2.1 VAE weights")
+        try:
+            arch = infer_vae_config(state_dict)
+        except ValueError as exc:
+            raise AssetError(f"{path}: {exc}") from exc
         logger.info("Wan VAE %s: %s", path.name, arch)
         with torch.device("meta"):
             model = AutoencoderKLWan(

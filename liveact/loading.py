@@ -103,10 +103,15 @@ def infer_model_config(config: dict[str, Any], shapes: dict[str, tuple[int, ...]
     if "patch_embedding.weight" in shapes:
         overrides["patch_size"] = tuple(shapes["patch_embedding.weight"][2:])
     if "audio_proj.proj1.weight" in shapes:
+        # Only layers * channels is in the weights; keep the config's split when it agrees.
         window = config.get("audio_window", ModelConfig.audio_window)
         feat = shapes["audio_proj.proj1.weight"][1] // window
-        layers = ModelConfig.audio_layers if feat % ModelConfig.audio_layers == 0 else 1
-        overrides.update(audio_layers=layers, audio_channels=feat // layers)
+        layers = config.get("audio_layers", ModelConfig.audio_layers)
+        channels = config.get("audio_channels", ModelConfig.audio_channels)
+        if layers * channels != feat:
+            layers = layers if feat % layers == 0 else 1
+            channels = feat // layers
+        overrides.update(audio_layers=layers, audio_channels=channels)
     return ModelConfig.from_diffusers_config(config, **overrides)
 
 

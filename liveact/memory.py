@@ -105,6 +105,11 @@ def compress(
     """
     b, n, h, d = x.shape
     r = config.ratio
+    if config.grouping == "raster" and config.compression == "conv":
+        # The conv view keeps the reference's exact summation order.
+        flat = x.reshape(b, n, h * d).transpose(1, 2)
+        out = F.conv1d(flat, weight.to(x.dtype), stride=r, groups=h * d)
+        return out.transpose(1, 2).reshape(b, n // r, h, d)
     if config.grouping == "raster":
         groups = x.reshape(b, n // r, r, h, d)
     else:
@@ -112,11 +117,6 @@ def compress(
         groups = groups.reshape(b, n // r, r, h, d)
     if config.compression == "mean":
         return groups.mean(dim=2)
-    if config.grouping == "raster":
-        # The conv view keeps the reference's exact summation order.
-        flat = x.reshape(b, n, h * d).transpose(1, 2)
-        out = F.conv1d(flat, weight.to(x.dtype), stride=r, groups=h * d)
-        return out.transpose(1, 2).reshape(b, n // r, h, d)
     taps = weight.to(x.dtype).reshape(h, d, r).permute(2, 0, 1)  # [r, H, D]
     return (groups * taps).sum(dim=2)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -158,8 +158,6 @@ class NeighborForcingSampler:
         fp8_kv_cache: bool = False, offload_cache: bool = False, memory: MemoryConfig | None = None,
         sampler: SamplerConfig | None = None, max_cached_prompts: int = 2,
     ) -> None:
-        from dataclasses import replace
-
         memory = memory or MemoryConfig()
         self.memory_config = replace(memory, compression="mean" if mean_memory else memory.compression,
                                      fp8=fp8_kv_cache or memory.fp8, offload=offload_cache or memory.offload)
@@ -217,7 +215,6 @@ class NeighborForcingSampler:
     @torch.no_grad()
     def stream(
         self, cond: Conditions, num_blocks: int, generator: torch.Generator | None = None,
-        start_block: int = 0,
     ) -> Iterator[torch.Tensor]:
         """Generate ``num_blocks`` latent blocks, one at a time.
 
@@ -230,8 +227,6 @@ class NeighborForcingSampler:
             ``x0`` ``[C, T, lh, lw]`` per block, ``T = first_block_frames`` for the first block,
             ``block_frames`` after; on the model's device, float32.
         """
-        if start_block != 0:
-            raise ValueError("streams start at block 0 (the memory holds the clip's reference frames)")
         self._check(cond)
         model, scfg = self.model, self.config
         generator = generator or torch.Generator()

@@ -80,10 +80,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str
         backend: ``sdpa`` | ``sage`` | ``flash``; ``None`` reads ``LIVEACT_ATTENTION``.
 
     Returns:
-        ``[B, Lq, H, D]``, scaled by ``1/sqrt(D)``. Fast kernels only run on CUDA; CPU tensors
-        always take SDPA.
+        ``[B, Lq, H, D]``, scaled by ``1/sqrt(D)``. Fast kernels only run on CUDA in fp16/bf16;
+        anything else takes SDPA.
     """
     name = backend or default_backend()
-    if not q.is_cuda:
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        # The fast kernels take half precision on CUDA only; SDPA covers everything else.
         return _sdpa(q, k, v)
     return _resolve(name)(q, k, v)

@@ -25,6 +25,7 @@ import torch
 
 from liveact.config import MemoryConfig, SamplerConfig
 from liveact.loading import AssetError
+from liveact.sampler import block_span
 
 logger = logging.getLogger("liveact")
 
@@ -311,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the mp4 written so far is playable", file=sys.stderr)
         return 130
     except (UserError, AssetError, FileNotFoundError, ValueError) as exc:
+        logger.debug("user error", exc_info=True)
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         print("error: " + "; ".join(lines), file=sys.stderr)
         return 2
@@ -328,14 +330,15 @@ def run(args: GenerateArgs) -> int:
     if args.max_blocks is not None and args.max_blocks < 1:
         raise UserError(f"--max_blocks must be >= 1, got {args.max_blocks}")
     requests = load_requests(args.input_json)
-    memory, stride = MemoryConfig(), SamplerConfig().vae_stride[0]
-    first_block_seconds = (1 + (memory.first_block_frames - 1) * stride) / args.fps
+    stride = SamplerConfig().vae_stride[0]
+    first_block_seconds = block_span(0, MemoryConfig(), stride).video_frames(stride) / args.fps
     for i, request in enumerate(requests):
         check_media(request, f"{Path(args.input_json).name} entry {i}", first_block_seconds)
     num_heads = None
     if args.ckpt_dir and Path(args.ckpt_dir, "config.json").is_file():
         num_heads = json.loads(Path(args.ckpt_dir, "config.json").read_text()).get("num_heads")
-    dist_info = maybe_init_dist(num_heads=num_heads)
+    wants_cpu = args.device is not None and torch.device(args.device).type == "cpu"
+    dist_info = maybe_init_dist(num_heads=num_heads, backend="gloo" if wants_cpu else None)
     is_main = dist_info is None or dist_info.is_main
     device = resolve_device(args, dist_info)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)

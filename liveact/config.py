@@ -7,7 +7,7 @@ these fields and derived properties instead of spelling numbers such as ``6 * fr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 Compression = Literal["conv", "mean"]
@@ -216,19 +216,6 @@ class SamplerConfig:
     def use_cfg(self) -> bool:
         """Whether the null-audio pass runs at all."""
         return self.audio_cfg > 1.0 and bool(self.cfg_steps)
-
-
-@dataclass(frozen=True)
-class LiveActConfig:
-    """Everything needed to build and sample a model: the three concerns together."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    memory: MemoryConfig = field(default_factory=MemoryConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-
-    def with_(self, **kwargs: Any) -> LiveActConfig:
-        """A copy with whole sub-configs replaced."""
-        return replace(self, **kwargs)
 
 
 PRESETS: dict[str, ModelConfig] = {

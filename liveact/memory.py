@@ -164,8 +164,7 @@ class KVMemory(nn.Module):
         pin = config.offload and self.device.type == "cuda"
 
         def alloc(shape_: tuple[int, ...], dt: torch.dtype) -> torch.Tensor:
-            t = torch.zeros(shape_, dtype=dt, device=store_device)
-            return t.pin_memory() if pin else t
+            return torch.zeros(shape_, dtype=dt, device=store_device, pin_memory=pin)
 
         self.register_buffer("k", alloc(shape, store_dtype), persistent=False)
         self.register_buffer("v", alloc(shape, store_dtype), persistent=False)
@@ -184,9 +183,11 @@ class KVMemory(nn.Module):
         return self.config.fp8 or self.config.offload
 
     def reset(self) -> None:
-        """Forget everything: the next block is a new clip's first block."""
-        for buf in self.buffers():
-            buf.zero_()
+        """Forget everything: the next block is a new clip's first block.
+
+        Only the counters: block 0 writes every slot it reads and block 1 every slot after that, so
+        stale contents are never attended to (and zeroing gigabytes per clip would cost seconds).
+        """
         self.block_index = -1
         self._compressed_for = [-1] * self.num_layers
 

@@ -486,7 +486,7 @@ class LiveActTransformer(nn.Module):
 
     def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``t`` ``[1]`` -> ``e`` ``[1, dim]`` and block modulation input ``e0`` ``[1, 6, dim]``."""
-        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).to(self.device, self.dtype))
+        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t.to(self.device)).to(self.dtype))
         return e, self.time_projection(e).unflatten(1, (6, self.config.dim))
 
     def forward(

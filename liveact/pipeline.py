@@ -27,7 +27,7 @@ from liveact.config import MemoryConfig, SamplerConfig
 from liveact.encoders import CLIPImageEncoder, T5TextEncoder
 from liveact.loading import AssetError, load_transformer, resolve_assets
 from liveact.model import LiveActTransformer
-from liveact.sampler import Conditions, NeighborForcingSampler, block_span
+from liveact.sampler import Conditions, NeighborForcingSampler, audio_window, block_span
 from liveact.vae import WanVAE
 
 logger = logging.getLogger(__name__)
@@ -221,14 +221,18 @@ class LiveActPipeline:
         prompts = [request.prompt] + [text for _, text in request.edits]
         texts = self.encode_text(prompts)
         clip = self.image_encoder.encode(image.to(self.image_encoder.device)).to(self.device)
-        speech = prepare_speech(mono, sample_rate, self.fps, self.audio_encoder.sample_rate,
-                                audio_fps=self.audio_encoder.audio_fps)
-        embedding = self.audio_encoder.encode(speech[0]).to(self.device)
         source = None
         if self.stream_audio:
+            # Encode per block on short slices only: an hour of audio is never encoded at once.
             streaming = StreamingAudio(self.audio_encoder, mono, sample_rate, self.fps,
                                        self.transformer.config.audio_window)
             source = lambda start, end: streaming.embedding(start, end).to(self.device)  # noqa: E731
+            embedding = source(*audio_window(block_span(0, self.sampler.memory_config, self.temporal_stride),
+                                             self.sampler.memory_config, self.temporal_stride))
+        else:
+            speech = prepare_speech(mono, sample_rate, self.fps, self.audio_encoder.sample_rate,
+                                    audio_fps=self.audio_encoder.audio_fps)
+            embedding = self.audio_encoder.encode(speech[0]).to(self.device)
         cond = Conditions(text=texts[0], clip=clip, y=self.conditioning_latent(image).to(self.device),
                           audio=embedding, edits=[(rng, t) for (rng, _), t in zip(request.edits, texts[1:])],
                           audio_source=source)

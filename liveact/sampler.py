@@ -95,16 +95,8 @@ def block_span(index: int, memory: MemoryConfig, temporal_stride: int) -> BlockS
     return BlockSpan(index, first_latent, later, first, 1 + (first_latent - 1) * temporal_stride)
 
 
-def num_blocks_for(num_video_frames: int, memory: MemoryConfig, temporal_stride: int) -> int:
-    """Blocks needed to cover ``num_video_frames`` frames (at least one)."""
-    first_frames = 1 + (memory.first_block_frames - 1) * temporal_stride
-    rest = max(0, num_video_frames - first_frames)
-    per_block = memory.block_frames * temporal_stride
-    return 1 + -(-rest // per_block)
-
-
-def audio_rows(span: BlockSpan, num_rows: int, window: int, temporal_stride: int,
-               offset: int = 0) -> tuple[torch.Tensor | None, torch.Tensor]:
+def audio_rows(span: BlockSpan, num_rows: int, window: int, temporal_stride: int, offset: int = 0,
+               device: torch.device | str | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Audio-encoder rows feeding each latent frame of a block, clamped to ``[0, num_rows - 1]``.
 
     The clip's latent 0 sees video frame 0 and ``window // 2`` neighbours each side; every other latent
@@ -119,12 +111,12 @@ def audio_rows(span: BlockSpan, num_rows: int, window: int, temporal_stride: int
     first_latent = span.first_latent
     first = None
     if first_latent == 0:
-        first = (torch.arange(-half, half + 1) - offset).clamp(0, num_rows - 1)
+        first = (torch.arange(-half, half + 1, device=device) - offset).clamp(0, num_rows - 1)
         first_latent, count = 1, span.frames - 1
     else:
         count = span.frames
-    starts = 1 + (torch.arange(first_latent, first_latent + count) - 1) * temporal_stride - half - offset
-    later = starts[:, None] + torch.arange(window + temporal_stride - 1)[None]
+    starts = 1 + (torch.arange(first_latent, first_latent + count, device=device) - 1) * temporal_stride - half - offset
+    later = starts[:, None] + torch.arange(window + temporal_stride - 1, device=device)[None]
     return first, later.clamp(0, num_rows - 1)
 
 
@@ -205,7 +197,7 @@ class NeighborForcingSampler:
         if cond.audio_source is not None and not null:
             offset, end = audio_window(span, self.memory_config, stride)
             audio = cond.audio_source(offset, end)
-        first, later = audio_rows(span, audio.shape[0], window, stride, offset)
+        first, later = audio_rows(span, audio.shape[0], window, stride, offset, device=audio.device)
         if null:
             audio = torch.zeros(1, *audio.shape[1:], dtype=audio.dtype, device=audio.device)
             first = None if first is None else torch.zeros_like(first)
@@ -238,7 +230,8 @@ class NeighborForcingSampler:
         memories, null_memories = self.memories((lh // ph) * (lw // pw))
         image_kv = model.embed_image(cond.clip)
         text_cache: OrderedDict[int, list] = OrderedDict()
-        t_all = [torch.tensor([t], dtype=torch.float32) for t in scfg.timesteps]
+        # Built on the device once: a host tensor used on CUDA would be a blocking copy per step.
+        t_all = [torch.tensor([t], dtype=torch.float32, device=model.device) for t in scfg.timesteps]
         sigmas = [t / scfg.num_train_timesteps for t in t_all]
 
         for k in range(num_blocks):
@@ -257,7 +250,6 @@ class NeighborForcingSampler:
             null_audio = self.block_audio(cond, span, null=True) if scfg.use_cfg else None
 
             latent = self._noise(shape, generator)
-            x0 = latent
             for i in range(scfg.num_steps):
                 memories[i].begin_block(k)
                 v = model(latent, y_block, t_all[i], context, memories[i],
@@ -267,9 +259,8 @@ class NeighborForcingSampler:
                     v_null = model(latent, y_block, t_all[i], context, null_memories[i], audio=null_audio,
                                    silent_frames=silent)
                     v = v_null + scfg.audio_cfg * (v - v_null)
-                x0 = latent - sigmas[i].to(latent.device) * v.float()
-                sigma_next = sigmas[i + 1].to(latent.device)
-                latent = (1 - sigma_next) * x0 + sigma_next * self._noise(shape, generator)
+                x0 = latent - sigmas[i] * v.float()
+                latent = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * self._noise(shape, generator)
             yield latent
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

@@ -106,8 +106,7 @@ def test_torchrun_two_processes_match_one(workspace: dict[str, Path]) -> None:
                           timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     cmd = _command(workspace, "long.json", multi, *extra)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                "--master_port=29517", *cmd[1:]]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cmd[1:]]
     proc = subprocess.run(torchrun, capture_output=True, text=True, timeout=900, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in multi.iterdir()) == ["face_long.mp4"]

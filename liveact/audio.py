@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from liveact.video import ffmpeg_exe
+
 if TYPE_CHECKING:
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
@@ -44,17 +46,10 @@ _SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", 
 # Loading
 
 
-def _ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 def _run_ffmpeg(args: list[str], what: str) -> None:
     """Run ffmpeg quietly; raise ValueError with its last error lines on failure."""
     proc = subprocess.run(
-        [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
+        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
         check=False,
         capture_output=True,
         text=True,

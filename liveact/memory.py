@@ -15,6 +15,10 @@ first block 6, later blocks 8, ratio 5):
 The storage is allocated once; nothing grows with the number of blocks. Optional FP8 storage
 (e4m3, one fp32 scale per token and head) quantises only what changed, and optional CPU placement
 keeps the storage in host memory with one device work buffer shared by all layers.
+
+For training (``differentiable=True``) the same layout and compression run out of place
+(``slice_scatter``), so gradients flow from a block's loss into the keys/values earlier blocks wrote
+and into the ConvKV taps: the training rollouts use exactly the inference memory.
 """
 
 from __future__ import annotations
@@ -146,13 +150,19 @@ class KVMemory(nn.Module):
         frame_len: tokens per latent frame at this resolution.
         device: compute device (where attention reads the cache).
         dtype: compute dtype of keys/values.
+        batch: samples per forward pass.
+        differentiable: keep autograd history (training): writes are out of place and each layer's
+            keys/values are plain tensors instead of preallocated buffers. Not with FP8 or offload.
     """
 
     def __init__(
         self, config: MemoryConfig, num_layers: int, num_heads: int, head_dim: int, frame_len: int,
-        device: torch.device | str, dtype: torch.dtype, batch: int = 1,
+        device: torch.device | str, dtype: torch.dtype, batch: int = 1, differentiable: bool = False,
     ) -> None:
         super().__init__()
+        if differentiable and (config.fp8 or config.offload):
+            raise ValueError("a differentiable (training) memory cannot be FP8 or offloaded")
+        self.differentiable = differentiable
         self.config = config
         self.layout = MemoryLayout(config, frame_len)
         self.num_layers = num_layers
@@ -162,6 +172,13 @@ class KVMemory(nn.Module):
         store_dtype = FP8_DTYPE if config.fp8 else dtype
         shape = (num_layers, batch, self.layout.num_tokens, num_heads, head_dim)
         pin = config.offload and self.device.type == "cuda"
+        self.block_index = -1
+        self._compressed_for = [-1] * num_layers
+        if differentiable:
+            # Per-layer tensors replaced (not written) on every update; zeros are never attended to.
+            zeros = torch.zeros(shape[1:], dtype=dtype, device=self.device)
+            self._layers = [(zeros, zeros) for _ in range(num_layers)]
+            return
 
         def alloc(shape_: tuple[int, ...], dt: torch.dtype) -> torch.Tensor:
             return torch.zeros(shape_, dtype=dt, device=store_device, pin_memory=pin)
@@ -175,8 +192,6 @@ class KVMemory(nn.Module):
             # One device-side dequantised/fetched copy, shared by all layers (they run in turn).
             self.register_buffer("k_work", torch.zeros(shape[1:], dtype=dtype, device=self.device), persistent=False)
             self.register_buffer("v_work", torch.zeros(shape[1:], dtype=dtype, device=self.device), persistent=False)
-        self.block_index = -1
-        self._compressed_for = [-1] * num_layers
 
     @property
     def _needs_work_buffer(self) -> bool:
@@ -190,6 +205,9 @@ class KVMemory(nn.Module):
         """
         self.block_index = -1
         self._compressed_for = [-1] * self.num_layers
+        if self.differentiable:
+            # Drop the autograd history of the previous clip.
+            self._layers = [(k.detach(), v.detach()) for k, v in self._layers]
 
     def begin_block(self, block_index: int) -> None:
         """Announce the block the next forward pass belongs to (host-side counter, no sync)."""
@@ -236,19 +254,35 @@ class KVMemory(nn.Module):
         k_buf, v_buf = self._load(layer)
         if self.block_index >= 2 and self._compressed_for[layer] != self.block_index:
             v_taps = k_conv if self.config.value_conv == "k" else v_conv
-            for buf, taps in ((k_buf, k_conv), (v_buf, v_taps)):
-                buf[:, lay.long_term] = compress(buf[:, lay.compress_source], taps, self.config, lay.frame_len)
-                buf[:, lay.short_term] = buf[:, lay.short_term_source]
+            k_buf = self._compress(k_buf, k_conv)
+            v_buf = self._compress(v_buf, v_taps)
             self._compressed_for[layer] = self.block_index
         written = lay.frames(lay.write_start(self.block_index), k_new.shape[1] // lay.frame_len)
-        k_buf[:, written] = k_new
-        v_buf[:, written] = v_new
+        k_buf = self._write(k_buf, written, k_new)
+        v_buf = self._write(v_buf, written, v_new)
+        if self.differentiable:
+            self._layers[layer] = (k_buf, v_buf)
         self._store(layer, written)
         visible = lay.frames(0, self.visible_frames)
         return k_buf[:, visible], v_buf[:, visible]
 
+    def _write(self, buf: torch.Tensor, where: slice, x: torch.Tensor) -> torch.Tensor:
+        """``buf[:, where] = x``: in place, or out of place (``slice_scatter``) when differentiable."""
+        if self.differentiable:
+            return buf.slice_scatter(x.to(buf.dtype), dim=1, start=where.start, end=where.stop)
+        buf[:, where] = x
+        return buf
+
+    def _compress(self, buf: torch.Tensor, taps: torch.Tensor | None) -> torch.Tensor:
+        """Compress the source span into the long-term slots, then move the short-term frames."""
+        lay = self.layout
+        buf = self._write(buf, lay.long_term, compress(buf[:, lay.compress_source], taps, self.config, lay.frame_len))
+        return self._write(buf, lay.short_term, buf[:, lay.short_term_source])
+
     def _load(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Working K/V of ``layer`` on the compute device (the storage itself when possible)."""
+        if self.differentiable:
+            return self._layers[layer]
         if not self._needs_work_buffer:
             return self.k[layer], self.v[layer]
         # Block 0 overwrites everything it reads; block 1 reads the memory slots; later blocks

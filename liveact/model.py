@@ -210,7 +210,8 @@ class AudioCrossAttention(nn.Module):
         Args:
             x: ``[B, L, dim]`` visual tokens ``[token_offset, token_offset + L)`` of the block,
                 frame-major (the whole block, ``L = T * frame_len``, in a single process).
-            audio: ``[T, N, output_dim]`` audio tokens of all T frames of the block.
+            audio: ``[T, N, output_dim]`` audio tokens of all T frames of the block, shared by the
+                batch, or ``[B, T, N, output_dim]`` per sample.
             frame_len: tokens per latent frame.
             token_offset: block index of the first token of ``x``.
 
@@ -222,15 +223,18 @@ class AudioCrossAttention(nn.Module):
         runs = frame_runs(token_offset, n, frame_len)
         if not runs:
             return self.proj(x.new_zeros(b, n, dim))
+        if audio.ndim == 3:
+            audio = audio[None]
         # Project only the audio of the frames these tokens belong to.
         first = runs[0][2]
-        used = audio[first: runs[-1][2] + runs[-1][3]]
-        k, v = self.kv_linear(used).view(used.shape[0], used.shape[1], 2, -1, self.head_dim).unbind(2)
+        used = audio[:, first: runs[-1][2] + runs[-1][3]]
+        k, v = self.kv_linear(used).unflatten(-1, (2, -1, self.head_dim)).unbind(-3)  # [Ba, T', N, H, D]
         outs = []
         for lo, hi, frame, frames in runs:
             # One "batch" entry per (sample, frame): each frame attends only to its own audio tokens.
             q_run = q[:, lo:hi].reshape(b * frames, (hi - lo) // frames, *q.shape[2:])
-            k_run, v_run = (t[frame - first: frame - first + frames].repeat(b, 1, 1, 1) for t in (k, v))
+            k_run, v_run = (t[:, frame - first: frame - first + frames].expand(b, -1, -1, -1, -1)
+                            .reshape(b * frames, *t.shape[2:]) for t in (k, v))
             outs.append(attention(q_run, k_run, v_run).reshape(b, hi - lo, dim))
         return self.proj(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
 
@@ -346,17 +350,25 @@ class AudioProjection(nn.Module):
         """Project audio windows.
 
         Args:
-            first: ``[audio_window, layers, channels]`` window of the clip's first frame, or None.
-            later: ``[T', audio_window + vae_scale - 1, layers, channels]`` windows of other frames.
+            first: ``[audio_window, layers, channels]`` window of the clip's first frame, or None;
+                ``[B, audio_window, layers, channels]`` when batched.
+            later: ``[T', audio_window + vae_scale - 1, layers, channels]`` windows of other frames;
+                ``[B, T', ...]`` when batched.
 
         Returns:
-            ``[T, context_tokens, output_dim]`` with ``T = T' + (first is not None)``.
+            ``[T, context_tokens, output_dim]`` with ``T = T' + (first is not None)``, or
+            ``[B, T, context_tokens, output_dim]`` when batched.
         """
-        hidden = F.relu(self.proj1_vf(later.flatten(1)))
+        batched = later.ndim == 5
+        if not batched:
+            later = later[None]
+            first = None if first is None else first[None]
+        hidden = F.relu(self.proj1_vf(later.flatten(2)))  # [B, T', inter]
         if first is not None:
-            hidden = torch.cat([F.relu(self.proj1(first.flatten()[None])), hidden], dim=0)
+            hidden = torch.cat([F.relu(self.proj1(first.flatten(1)))[:, None], hidden], dim=1)
         tokens = self.proj3(F.relu(self.proj2(hidden)))
-        return self.norm(tokens.view(-1, self.context_tokens, self.output_dim))
+        tokens = self.norm(tokens.unflatten(-1, (self.context_tokens, self.output_dim)))
+        return tokens if batched else tokens[0]
 
 
 class LiveActTransformer(nn.Module):
@@ -410,52 +422,58 @@ class LiveActTransformer(nn.Module):
         """Heads whose K/V this process keeps (all of them unless sequence-parallel)."""
         return getattr(self, "_local_heads", self.config.num_heads)
 
-    def new_memory(self, memory_config: MemoryConfig, frame_len: int, batch: int = 1) -> KVMemory:
-        """A fresh ``KVMemory`` sized for this model and resolution."""
+    def new_memory(self, memory_config: MemoryConfig, frame_len: int, batch: int = 1,
+                   differentiable: bool = False) -> KVMemory:
+        """A fresh ``KVMemory`` sized for this model and resolution (``differentiable`` for training)."""
         if memory_config.ratio != self.config.memory_ratio:
             raise ValueError(
                 f"MemoryConfig.ratio={memory_config.ratio} does not match the model's ConvKV kernel "
                 f"size {self.config.memory_ratio}")
         return KVMemory(memory_config, self.config.num_layers, self.kv_heads, self.config.head_dim,
-                        frame_len, self.device, self.dtype, batch=batch)
+                        frame_len, self.device, self.dtype, batch=batch, differentiable=differentiable)
 
     # ----------------------------------------------------------------------------------------
     # conditioning computed once
 
-    @torch.no_grad()
-    def embed_text(self, text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer text K/V of one prompt.
+    def embed_text(self, text: torch.Tensor | list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer text K/V of one prompt, or of one prompt per sample.
 
         Args:
-            text: ``[L, text_dim]`` unpadded text-encoder output (``L <= text_len``).
+            text: ``[L, text_dim]`` unpadded text-encoder output (``L <= text_len``), or a list of
+                ``B`` such tensors (one per sample).
 
         Returns:
-            per layer ``(k, v)``, each ``[1, text_len, H, D]``. Like the reference, the text is
-            zero-padded to ``text_len`` and the padded rows are attended to (no mask).
+            per layer ``(k, v)``, each ``[B, text_len, H, D]`` (``B = 1`` for a single tensor). Like
+            the reference, the text is zero-padded to ``text_len`` and the padded rows are attended
+            to (no mask).
         """
         cfg = self.config
-        if text.ndim != 2 or text.shape[1] != cfg.text_dim:
-            raise ValueError(f"text must be [L, {cfg.text_dim}], got {tuple(text.shape)}")
-        if text.shape[0] > cfg.text_len:
-            raise ValueError(f"text has {text.shape[0]} tokens, more than text_len={cfg.text_len}")
-        padded = text.new_zeros(cfg.text_len, cfg.text_dim)
-        padded[: text.shape[0]] = text
-        ctx = self.text_embedding(padded.to(self.device, self.dtype)[None])
+        texts = [text] if isinstance(text, torch.Tensor) else list(text)
+        padded = texts[0].new_zeros(len(texts), cfg.text_len, cfg.text_dim)
+        for i, t in enumerate(texts):
+            if t.ndim != 2 or t.shape[1] != cfg.text_dim:
+                raise ValueError(f"text must be [L, {cfg.text_dim}], got {tuple(t.shape)}")
+            if t.shape[0] > cfg.text_len:
+                raise ValueError(f"text has {t.shape[0]} tokens, more than text_len={cfg.text_len}")
+            padded[i, : t.shape[0]] = t
+        ctx = self.text_embedding(padded.to(self.device, self.dtype))
         return [block.cross_attn.text_kv(ctx) for block in self.blocks]
 
-    @torch.no_grad()
     def embed_image(self, clip: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer image K/V: ``clip`` ``[1, Li, clip_dim]`` -> per layer ``(k, v)`` ``[1, Li, H, D]``."""
+        """Per-layer image K/V: ``clip`` ``[B, Li, clip_dim]`` -> per layer ``(k, v)`` ``[B, Li, H, D]``."""
         ctx = self.img_emb(clip.to(self.device, self.dtype))
         return [block.cross_attn.image_kv(ctx) for block in self.blocks]
 
-    @torch.no_grad()
-    def prepare_context(self, text: torch.Tensor, clip: torch.Tensor) -> CrossContext:
-        """Cross-attention K/V of a prompt ``[L, text_dim]`` and image ``[1, Li, clip_dim]``."""
+    def prepare_context(self, text: torch.Tensor | list[torch.Tensor], clip: torch.Tensor) -> CrossContext:
+        """Cross-attention K/V of prompts (see ``embed_text``) and images ``[B, Li, clip_dim]``.
+
+        Not wrapped in ``no_grad``: training differentiates through it; inference callers run under
+        ``torch.no_grad()`` (the sampler does).
+        """
         return CrossContext(text=self.embed_text(text), image=self.embed_image(clip))
 
     def audio_tokens(self, first: torch.Tensor | None, later: torch.Tensor) -> torch.Tensor:
-        """Audio tokens of a block: see ``AudioProjection.forward`` (``[T, N, output_dim]``)."""
+        """Audio tokens of a block: see ``AudioProjection.forward`` (``[T, N, output_dim]`` or batched)."""
         dt = self.dtype
         return self.audio_proj(None if first is None else first.to(self.device, dt), later.to(self.device, dt))
 
@@ -471,21 +489,21 @@ class LiveActTransformer(nn.Module):
     # forward
 
     def patchify(self, latent: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """``latent`` ``[C, T, lh, lw]`` + ``y`` ``[C_y, T, lh, lw]`` -> tokens ``[1, T*h*w, dim]`` and grid."""
-        x = torch.cat([latent, y], dim=0).to(self.dtype)[None]
-        x = self.patch_embedding(x)
+        """``latent`` ``[B, C, T, lh, lw]`` + ``y`` ``[B, C_y, T, lh, lw]`` -> tokens ``[B, T*h*w, dim]`` and grid."""
+        x = self.patch_embedding(torch.cat([latent, y], dim=1).to(self.dtype))
         grid = tuple(x.shape[2:])
         return x.flatten(2).transpose(1, 2), grid
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """``[1, T*h*w, prod(patch)*C]`` -> ``[C, T*pt, h*ph, w*pw]``."""
+        """``[B, T*h*w, prod(patch)*C]`` -> ``[B, C, T*pt, h*ph, w*pw]``."""
         t, h, w = grid
         pt, ph, pw = self.config.patch_size
-        x = x[0].view(t, h, w, pt, ph, pw, self.config.out_dim)
-        return torch.einsum("fhwpqrc->cfphqwr", x).reshape(self.config.out_dim, t * pt, h * ph, w * pw)
+        c = self.config.out_dim
+        x = x.view(x.shape[0], t, h, w, pt, ph, pw, c)
+        return torch.einsum("bfhwpqrc->bcfphqwr", x).reshape(x.shape[0], c, t * pt, h * ph, w * pw)
 
     def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``t`` ``[1]`` -> ``e`` ``[1, dim]`` and block modulation input ``e0`` ``[1, 6, dim]``."""
+        """``t`` ``[B]`` -> ``e`` ``[B, dim]`` and block modulation input ``e0`` ``[B, 6, dim]``."""
         e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t.to(self.device)).to(self.dtype))
         return e, self.time_projection(e).unflatten(1, (6, self.config.dim))
 
@@ -496,21 +514,27 @@ class LiveActTransformer(nn.Module):
         """Predict the flow velocity of one block at one timestep.
 
         Args:
-            latent: ``[C, T, lh, lw]`` noisy latent block.
-            y: ``[C_y, T, lh, lw]`` I2V conditioning of the same frames (mask + image latent).
-            t: ``[1]`` timestep (float32, 0..1000).
-            context: cross-attention K/V of the prompt and image (``prepare_context``).
-            memory: this step's KV memory; ``memory.begin_block(k)`` must have been called.
-            audio: ``[T, N, output_dim]`` audio tokens (``audio_tokens``), or None to skip audio.
+            latent: ``[C, T, lh, lw]`` noisy latent block, or ``[B, C, T, lh, lw]`` for a batch.
+            y: ``[C_y, T, lh, lw]`` (or ``[B, C_y, T, lh, lw]``) I2V conditioning of the same frames
+                (mask + image latent).
+            t: ``[1]`` timestep (float32, 0..1000), or ``[B]`` one per sample.
+            context: cross-attention K/V of the prompt and image (``prepare_context``), batch 1 or B.
+            memory: this step's KV memory (batch B); ``memory.begin_block(k)`` must have been called.
+            audio: ``[T, N, output_dim]`` audio tokens (``audio_tokens``) shared by the batch, or
+                ``[B, T, N, output_dim]``; None skips audio.
             silent_frames: leading latent frames that get no audio (1 for the clip's first block).
 
         Returns:
-            ``[C, T, lh, lw]`` velocity.
+            ``[C, T, lh, lw]`` velocity (``[B, C, T, lh, lw]`` for batched input).
         """
+        batched = latent.ndim == 5
+        if not batched:
+            latent, y = latent[None], y[None]
         x, grid = self.patchify(latent.to(self.device), y.to(self.device))
         e, e0 = self.time_embed(t)
         inp = self.block_inputs(grid, memory, context, audio, silent_frames)
-        return self.unpatchify(self.denoise_tokens(x, e, e0, inp), grid)
+        out = self.unpatchify(self.denoise_tokens(x, e, e0, inp), grid)
+        return out if batched else out[0]
 
     def block_inputs(self, grid: tuple[int, int, int], memory: KVMemory, context: CrossContext,
                      audio: torch.Tensor | None, silent_frames: int) -> BlockInputs:

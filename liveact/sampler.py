@@ -143,13 +143,20 @@ class NeighborForcingSampler:
         memory: slot layout (``MemoryConfig``); the flags above override its fields.
         sampler: schedule (``SamplerConfig``); ``audio_cfg`` overrides its field.
         max_cached_prompts: text prompts whose cross-attention K/V are kept (LRU).
+        context: ``neighbor`` (LiveAct): one memory per step, holding the neighbours' keys/values at
+            that step's noise level; ``clean`` (Teacher/Diffusion-Forcing models, as CausVid and
+            Self-Forcing sample): one memory for all steps, rewritten with the block's clean keys/values
+            by an extra pass at ``t = 0`` after its last step.
     """
 
     def __init__(
         self, model: LiveActTransformer, audio_cfg: float = 1.0, mean_memory: bool = False,
         fp8_kv_cache: bool = False, offload_cache: bool = False, memory: MemoryConfig | None = None,
-        sampler: SamplerConfig | None = None, max_cached_prompts: int = 2,
+        sampler: SamplerConfig | None = None, max_cached_prompts: int = 2, context: str = "neighbor",
     ) -> None:
+        if context not in ("neighbor", "clean"):
+            raise ValueError(f"context must be 'neighbor' or 'clean', got {context!r}")
+        self.context = context
         memory = memory or MemoryConfig()
         self.memory_config = replace(memory, compression="mean" if mean_memory else memory.compression,
                                      fp8=fp8_kv_cache or memory.fp8, offload=offload_cache or memory.offload)
@@ -165,14 +172,17 @@ class NeighborForcingSampler:
     def memories(self, frame_len: int) -> tuple[list[KVMemory], dict[int, KVMemory]]:
         """Per-step memories (and null-audio ones for CFG steps), allocated once per resolution."""
         if frame_len != self._frame_len:
-            self._memories = [self.model.new_memory(self.memory_config, frame_len) for _ in range(self.config.num_steps)]
+            # Clean context shares one memory across steps (and one for the null-audio passes).
+            count = self.config.num_steps if self.context == "neighbor" else 1
+            memories = [self.model.new_memory(self.memory_config, frame_len) for _ in range(count)]
+            self._memories = [memories[i % count] for i in range(self.config.num_steps)]
+            null = [self.model.new_memory(self.memory_config, frame_len) for _ in range(min(count, len(self.config.cfg_steps)))]
             self._null_memories = (
-                {i: self.model.new_memory(self.memory_config, frame_len) for i in self.config.cfg_steps}
-                if self.config.use_cfg else {}
+                {i: null[j % len(null)] for j, i in enumerate(self.config.cfg_steps)} if self.config.use_cfg else {}
             )
             self._frame_len = frame_len
         else:
-            for mem in [*self._memories, *self._null_memories.values()]:
+            for mem in {id(m): m for m in [*self._memories, *self._null_memories.values()]}.values():
                 mem.reset()
         return self._memories, self._null_memories
 
@@ -261,6 +271,15 @@ class NeighborForcingSampler:
                     v = v_null + scfg.audio_cfg * (v - v_null)
                 x0 = latent - sigmas[i] * v.float()
                 latent = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * self._noise(shape, generator)
+            if self.context == "clean":
+                # Rewrite this block's memory slots with its clean keys/values for the blocks after it.
+                t_clean = torch.zeros_like(t_all[0])
+                memories[0].begin_block(k)
+                model(x0, y_block, t_clean, context, memories[0], audio=audio, silent_frames=silent)
+                if null_memories:
+                    null_memories[scfg.cfg_steps[0]].begin_block(k)
+                    model(x0, y_block, t_clean, context, null_memories[scfg.cfg_steps[0]], audio=null_audio,
+                          silent_frames=silent)
             yield latent
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

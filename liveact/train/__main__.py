@@ -1,0 +1,31 @@
+"""``python -m liveact.train <command> ...``: one entry point for every trainer and data tool."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+COMMANDS = {
+    "autoencoder": ("liveact.train.autoencoder", "train the tiny causal autoencoder"),
+    "data": ("liveact.train.data", "render and encode synthetic clips into training shards"),
+    "stage1": ("liveact.train.stage1", "train the DiT with Neighbor (or Diffusion / Teacher) Forcing"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a command's ``main``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: python -m liveact.train <command> [options]\n\ncommands:")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:<14} {text}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    logging.basicConfig(level=os.environ.get("LIVEACT_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Train Nano's tiny causal autoencoder on synthetic avatar clips.
+
+Frames come from a pool of rendered clips (``synth.make_clip``, one block of 21 frames each, many
+people), cached on disk as a uint8 memmap so a resumed run does not render again. The loss is L1 plus
+an L1 on image gradients (sharp edges: lips, eyes, glasses); latents get a little noise during
+training so the decoder tolerates the diffusion model's imperfect latents. After training, the
+per-channel latent statistics are measured and stored, so the diffusion model sees ~unit latents.
+
+    python -m liveact.train autoencoder --out runs/tae --steps 3000 --minutes 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from liveact.tae import TAEConfig, TinyAutoencoder
+from liveact.train.common import (EMA, Budget, Checkpoint, MetricsLog, cosine_lr, load_optimizer_state,
+                                  optimizer_state, set_threads)
+
+logger = logging.getLogger(__name__)
+
+NANO_TAE = TAEConfig(latent_channels=16, encoder_width=16, decoder_widths=(64, 32, 16, 16))
+
+
+def frame_pool(folder: Path, clips: int, size: int, seed: int, held_out: bool = False) -> np.ndarray:
+    """``[clips, 21, size, size, 3]`` uint8 frames of one-block clips, rendered once and memory-mapped."""
+    from liveact.train.synth import make_clip
+
+    path = folder / f"pool_{'val' if held_out else 'train'}_{clips}_{size}_{seed}.npy"
+    done = path.with_suffix(".done")
+    if path.is_file() and done.is_file():
+        return np.load(path, mmap_mode="r")
+    folder.mkdir(parents=True, exist_ok=True)
+    first = make_clip(seed, num_blocks=1, size=size, held_out=held_out, action_prob=1.0)
+    pool = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(clips, *first.frames.shape))
+    pool[0] = first.frames
+    for i in tqdm(range(1, clips), desc="render frame pool", mininterval=5):
+        # One-block clips carry no action by default: force one in half of them for variety.
+        rng = np.random.default_rng(seed * 7919 + i)
+        action = str(rng.choice(["", "", "smile", "nod", "raise_brows", "close_eyes", "surprised", "shake"]))
+        pool[i] = make_clip(seed + i, num_blocks=1, size=size, held_out=held_out, actions=[action]).frames
+    pool.flush()
+    done.write_text("ok")
+    return np.load(path, mmap_mode="r")
+
+
+def to_video(frames: np.ndarray) -> torch.Tensor:
+    """``[N, T, H, W, 3]`` uint8 -> ``[N, 3, T, H, W]`` float in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+
+
+def random_crops(pool: np.ndarray, rng: np.random.Generator, batch: int, frames: int, crop: int) -> torch.Tensor:
+    """``[batch, 3, frames, crop, crop]`` windows of random clips, times and places (8-pixel aligned).
+
+    The autoencoder is fully convolutional, so small crops train it as well as whole frames at a
+    fraction of the cost; crops lean to the frame centre, where the face is.
+    """
+    _, length, size = pool.shape[:3]
+    out = np.empty((batch, frames, crop, crop, 3), np.uint8)
+    for b in range(batch):
+        clip = pool[rng.integers(0, len(pool))]
+        t0 = rng.integers(0, length - frames + 1)
+        centre = size / 2 + rng.normal(0, size / 8, size=2)
+        y0, x0 = (np.clip(((centre - crop / 2) // 8) * 8, 0, size - crop)).astype(int)
+        out[b] = clip[t0: t0 + frames, y0: y0 + crop, x0: x0 + crop]
+    return to_video(out)
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 on pixels plus L1 on horizontal and vertical differences (``[N, 3, T, H, W]``)."""
+    l1 = (recon - target).abs().mean()
+    dx = (recon.diff(dim=-1) - target.diff(dim=-1)).abs().mean()
+    dy = (recon.diff(dim=-2) - target.diff(dim=-2)).abs().mean()
+    return l1 + 0.5 * (dx + dy)
+
+
+def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
+    """PSNR in dB of videos in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(recon.float().clamp(-1, 1), target.float()).item()
+    return 10 * np.log10(4.0 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def latent_statistics(model: TinyAutoencoder, pool: np.ndarray, batches: int = 16, batch: int = 4
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the raw latents over part of the pool."""
+    model.latent_mean.zero_()
+    model.latent_std.fill_(1.0)
+    zs = []
+    for i in range(batches):
+        idx = np.arange(i * batch, (i + 1) * batch) % len(pool)
+        zs.append(model.encode_frames(to_video(pool[idx])).float())
+    z = torch.cat(zs).transpose(0, 1).flatten(1)
+    return z.mean(1), z.std(1)
+
+
+@torch.no_grad()
+def evaluate(model: TinyAutoencoder, pool: np.ndarray, count: int = 16) -> float:
+    """Mean PSNR (dB) of encode+decode over the first ``count`` clips of a (held-out) pool."""
+    scores = []
+    for i in range(0, count, 4):
+        video = to_video(pool[i: i + 4])
+        scores.append(psnr(model.decode_frames(model.encode_frames(video)), video))
+    return float(np.mean(scores))
+
+
+def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: int, seed: int,
+          minutes: float | None, latent_noise: float, threads: int | None, frames: int = 13, crop: int = 64) -> None:
+    """Train (or resume) the autoencoder; writes ``out/tae.safetensors`` + ``tae.json`` when done."""
+    set_threads(threads)
+    torch.manual_seed(seed)
+    pool = frame_pool(out, pool_clips, size, seed)
+    val_pool = frame_pool(out, 16, size, 10_000_000 + seed, held_out=True)
+    model = TinyAutoencoder(NANO_TAE).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    ema = EMA(model, 0.999)
+    ckpt, log, budget = Checkpoint(out), MetricsLog(out / "metrics.jsonl"), Budget(minutes)
+    step = 0
+    if ckpt.exists():
+        tensors, meta = ckpt.load()
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        ema.load({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        load_optimizer_state(opt, tensors)
+        step = meta["step"]
+        logger.info("resumed %s at step %d", out, step)
+    rng = np.random.default_rng(seed + step)
+    bar = tqdm(total=steps, initial=step, desc="autoencoder", mininterval=10)
+    last_save = time.monotonic()
+    while step < steps and not budget.exhausted():
+        video = random_crops(pool, rng, batch, frames, crop)
+        if rng.random() < 0.5:
+            video = video.flip(-1)  # mirror images: free variety
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, lr, 200, steps)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = model.encode_frames(video)
+            z_noisy = z + latent_noise * z.detach().float().std() * torch.randn_like(z)
+            recon = model.decode_frames(z_noisy)
+            loss = reconstruction_loss(recon.float(), video) + 1e-4 * z.float().square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model, step)
+        step += 1
+        bar.update(1)
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log.write(step=step, loss=loss.item(), lr=opt.param_groups[0]["lr"])
+        if step % 500 == 0 or step == steps:
+            ev = TinyAutoencoder(NANO_TAE)
+            ev.load_state_dict(ema.state_dict(), strict=False)
+            log.write(step=step, val_psnr=evaluate(ev.eval(), val_pool))
+        if time.monotonic() - last_save > 300 or step == steps:
+            _save(ckpt, model, ema, opt, step)
+            last_save = time.monotonic()
+    bar.close()
+    _save(ckpt, model, ema, opt, step)
+    if step >= steps:
+        export(out, ema, pool, val_pool)
+
+
+def _save(ckpt: Checkpoint, model: TinyAutoencoder, ema: EMA, opt: torch.optim.Optimizer, step: int) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    tensors.update(optimizer_state(opt))
+    ckpt.save(tensors, {"step": step})
+
+
+def export(out: Path, ema: EMA, pool: np.ndarray, val_pool: np.ndarray) -> None:
+    """Write the EMA weights with measured latent statistics, and the held-out PSNR."""
+    model = TinyAutoencoder(NANO_TAE)
+    model.load_state_dict(ema.state_dict(), strict=False)
+    model.eval()
+    mean, std = latent_statistics(model, pool)
+    model.latent_mean.copy_(mean)
+    model.latent_std.copy_(std)
+    score = evaluate(model, val_pool)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "tae.safetensors"))
+    (out / "tae.json").write_text(json.dumps({"config": NANO_TAE.to_dict(), "val_psnr_db": score}, indent=1))
+    logger.info("autoencoder exported to %s: held-out PSNR %.2f dB", out, score)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m liveact.train autoencoder``."""
+    p = argparse.ArgumentParser(prog="python -m liveact.train autoencoder", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a checkpoint)")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--frames", type=int, default=13, help="frames per training window (1 + 4n)")
+    p.add_argument("--crop", type=int, default=64, help="training crop size (multiple of 8)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--pool", type=int, default=1200, help="rendered one-block clips to sample from")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latent_noise", type=float, default=0.1)
+    p.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this wall time")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    train(a.out, a.steps, a.batch, a.lr, a.pool, a.size, a.seed, a.minutes, a.latent_noise, a.threads,
+          a.frames, a.crop)

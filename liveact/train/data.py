@@ -1,0 +1,149 @@
+"""Nano's training set: synthetic clips turned into exactly what the DiT consumes, stored in shards.
+
+Each clip (``synth.make_clip``) becomes: the video latents ``[16, F_lat, h, w]`` (tiny autoencoder),
+the I2V conditioning latent of ``(frame 0, zeros ...)`` ``[16, 14, h, w]`` (its latent 0 is also the
+reference image's latent, read by the image branch), the log-mel rows ``[S, 4, 80]`` of the audio
+with a random noise floor, the prompt of every block, and the ground truth kept for evaluation
+(mouth opening and blinks per frame, the action of each block, the person's accessories).
+
+    python -m liveact.train data --tae runs/tae/tae.safetensors --out runs/data --clips 4000
+
+Shards of ``--shard`` clips are written atomically and skipped when present, so the command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from liveact.config import MemoryConfig
+from liveact.logmel import LogMelEncoder
+from liveact.tae import TinyAutoencoder
+
+logger = logging.getLogger(__name__)
+
+VAL_SEED_OFFSET = 50_000_000  # validation clips: other people, held-out voices and sentences
+
+
+def conditioning_frames(first_frame: torch.Tensor, memory: MemoryConfig, stride: int) -> torch.Tensor:
+    """``[1, 3, F, H, W]``: frame 0 then zeros, ``F`` covering the first block and one later block."""
+    latents = memory.first_block_frames + memory.block_frames
+    video = torch.zeros(1, 3, 1 + (latents - 1) * stride, *first_frame.shape[-2:])
+    video[:, :, 0] = first_frame
+    return video
+
+
+def add_noise_floor(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Background noise at -75..-45 dBFS: silence in real recordings is never digital zero."""
+    level = 10 ** (rng.uniform(-75, -45) / 20)
+    return (wave + level * rng.standard_normal(len(wave)).astype(np.float32)).astype(np.float32)
+
+
+def encode_clip(seed: int, num_blocks: int, tae: TinyAutoencoder, mel: LogMelEncoder, held_out: bool,
+                size: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """Render clip ``seed`` and turn it into model inputs + ground truth."""
+    from liveact.train.synth import make_clip
+
+    clip = make_clip(seed, num_blocks=num_blocks, size=size, held_out=held_out)
+    rng = np.random.default_rng(seed + 1)
+    wave = add_noise_floor(clip.audio, rng)
+    video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # [1, 3, F, H, W]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        latents = tae.encode_frames(video).float()[0]
+        cond = tae.encode_frames(conditioning_frames(video[:, :, 0], MemoryConfig(), tae.temporal_stride)).float()[0]
+    audio = mel.rows(torch.from_numpy(wave), clip.fps, 0, clip.frames.shape[0])
+    tensors = {"latents": latents.half(), "cond": cond.half(), "audio": audio.half(),
+               "mouth": torch.from_numpy(clip.mouth), "blink": torch.from_numpy(clip.blink.astype(np.float32)),
+               "wave": torch.from_numpy(wave).half()}
+    meta = {"seed": seed, "prompts": clip.prompts, "actions": clip.block_actions, "main_prompt": clip.main_prompt,
+            "voice": clip.voice, "accessories": clip.avatar.accessories}
+    return tensors, meta
+
+
+def _worker(args: tuple) -> None:
+    """Write one shard (in a worker process with one thread)."""
+    shard_path, seeds, num_blocks, tae_path, held_out, size = args
+    torch.set_num_threads(1)
+    tae = TinyAutoencoder.from_file(tae_path)
+    mel = LogMelEncoder()
+    items = [encode_clip(s, num_blocks, tae, mel, held_out, size) for s in seeds]
+    tensors = {k: torch.stack([t[k] for t, _ in items]) for k in items[0][0]}
+    tmp = shard_path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    shard_path.with_suffix(".json").write_text(json.dumps([m for _, m in items]))
+    os.replace(tmp, shard_path)
+
+
+def build(out: Path, tae_path: Path, clips: int, shard: int, num_blocks: int, workers: int, seed: int,
+          held_out: bool, size: int) -> None:
+    """Render and encode ``clips`` clips into ``out/shard_*.safetensors`` (resumable)."""
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for i in range(0, clips, shard):
+        path = out / f"shard_{i // shard:05d}.safetensors"
+        if not path.is_file():
+            jobs.append((path, list(range(seed + i, seed + min(clips, i + shard))), num_blocks, tae_path, held_out, size))
+    if not jobs:
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        for _ in tqdm(pool.imap_unordered(_worker, jobs), total=len(jobs), desc=f"shards -> {out}"):
+            pass
+
+
+@dataclass
+class ClipSet:
+    """All shards of a folder in memory (float16 tensors, a few hundred MB)."""
+
+    latents: torch.Tensor  # [N, 16, F_lat, h, w]
+    cond: torch.Tensor  # [N, 16, 14, h, w]
+    audio: torch.Tensor  # [N, S, sub, mels]
+    mouth: torch.Tensor  # [N, S]
+    blink: torch.Tensor  # [N, S]
+    wave: torch.Tensor  # [N, samples]
+    meta: list[dict]
+
+    @classmethod
+    def load(cls, folder: Path, limit: int | None = None) -> ClipSet:
+        """Read every complete shard of ``folder`` (at most ``limit`` clips)."""
+        shards = sorted(folder.glob("shard_*.safetensors"))
+        if not shards:
+            raise FileNotFoundError(f"no shards in {folder}: build them with `python -m liveact.train data`")
+        parts, meta = [], []
+        for path in shards:
+            parts.append(load_file(str(path)))
+            meta += json.loads(path.with_suffix(".json").read_text())
+            if limit and len(meta) >= limit:
+                break
+        cat = {k: torch.cat([p[k] for p in parts])[:limit] for k in parts[0]}
+        return cls(meta=meta[:limit], **cat)
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m liveact.train data``."""
+    p = argparse.ArgumentParser(prog="python -m liveact.train data", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tae", type=Path, required=True, help="trained autoencoder (tae.safetensors)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--clips", type=int, default=4000)
+    p.add_argument("--shard", type=int, default=200)
+    p.add_argument("--blocks", type=int, default=3, help="blocks per clip (3 = 85 frames, 3.4 s at 25 fps)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1_000_000)
+    p.add_argument("--held_out", action="store_true", help="validation clips: held-out voices and sentences")
+    p.add_argument("--size", type=int, default=128)
+    a = p.parse_args(argv)
+    build(a.out, a.tae, a.clips, a.shard, a.blocks, a.workers, a.seed, a.held_out, a.size)

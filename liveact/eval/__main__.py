@@ -9,6 +9,7 @@ import sys
 
 COMMANDS = {
     "train-reader": ("liveact.eval.reader", "train the avatar reader (mouth, eyes, accessories) metrics use"),
+    "run": ("liveact.eval.runner", "sample a Nano model on held-out clips and print its metrics"),
 }
 
 

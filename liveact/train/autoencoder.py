@@ -133,10 +133,11 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         load_optimizer_state(opt, tensors)
         step = meta["step"]
         logger.info("resumed %s at step %d", out, step)
-    rng = np.random.default_rng(seed + step)
     bar = tqdm(total=steps, initial=step, desc="autoencoder", mininterval=10)
     last_save = time.monotonic()
     while step < steps and not budget.exhausted():
+        rng = np.random.default_rng((seed, step))  # a function of the step: resuming changes nothing
+        torch.manual_seed(seed * 1_000_003 + step)
         video = random_crops(pool, rng, batch, frames, crop)
         if rng.random() < 0.5:
             video = video.flip(-1)  # mirror images: free variety

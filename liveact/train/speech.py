@@ -6,7 +6,9 @@ Random sentences come from a fixed vocabulary, so training and held-out text are
 espeak-ng speaks about 800x faster than real time, so speech is made on the fly.
 
 The library is reached through ``ctypes`` (no Python binding is needed); it is process-global and
-not thread-safe, so one ``Speaker`` per process.
+not thread-safe. It also keeps running state between utterances (its pitch flutter advances with every
+sample), so the same text said twice in one process differs slightly; ``speech_timeline_isolated``
+therefore speaks each clip's lines in a fresh child process, which makes clips reproducible by seed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import io
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,3 +190,53 @@ def random_sentence(rng: np.random.Generator, min_words: int = 3, max_words: int
     words = rng.choice(WORDS, size=int(rng.integers(min_words, max_words + 1)))
     text = " ".join(words)
     return text[0].upper() + text[1:] + "."
+
+
+def speech_timeline(seed: int, seconds: float, held_out: bool, silence: float
+                    ) -> tuple[str, list[tuple[float, Utterance]]]:
+    """Random sentences separated by pauses, filling ``seconds``: ``(voice, [(start_s, utterance), ...])``.
+
+    ``silence`` is the chance of a long pause (0.8-2.5 s) before a sentence. In this process: see
+    ``speech_timeline_isolated`` for reproducible speech.
+    """
+    rng = np.random.default_rng(seed)
+    speaker = random_speaker(rng, held_out=held_out)
+    lines: list[tuple[float, Utterance]] = []
+    t = float(rng.uniform(0.0, 0.6)) if rng.random() < 0.7 else 0.0
+    while t < seconds:
+        if rng.random() < silence:
+            t += float(rng.uniform(0.8, 2.5))
+            continue
+        utt = speaker.say(random_sentence(rng))
+        lines.append((t, utt))
+        t += utt.seconds + float(rng.uniform(0.15, 0.8))
+    return speaker.voice, lines
+
+
+def speech_timeline_isolated(seed: int, seconds: float, held_out: bool, silence: float
+                             ) -> tuple[str, list[tuple[float, Utterance]]]:
+    """``speech_timeline`` run in a fresh process (``python -m liveact.train.speech``): reproducible."""
+    args = json.dumps({"seed": seed, "seconds": seconds, "held_out": held_out, "silence": silence})
+    proc = subprocess.run([sys.executable, "-m", "liveact.train.speech", args], capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"speech synthesis failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+    data = np.load(io.BytesIO(proc.stdout), allow_pickle=False)
+    meta = json.loads(str(data["meta"]))
+    lines = []
+    for i, (start, rate, phonemes) in enumerate(meta["lines"]):
+        lines.append((start, Utterance(data[f"wave{i}"], rate, tuple(Phoneme(n, t) for n, t in phonemes))))
+    return meta["voice"], lines
+
+
+def _child(argv: list[str]) -> None:
+    """Child side of ``speech_timeline_isolated``: writes an npz to stdout."""
+    args = json.loads(argv[0])
+    voice, lines = speech_timeline(args["seed"], args["seconds"], args["held_out"], args["silence"])
+    meta = {"voice": voice, "lines": [(t, u.sample_rate, [(p.name, p.start) for p in u.phonemes]) for t, u in lines]}
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)), **{f"wave{i}": u.waveform for i, (_, u) in enumerate(lines)})
+    sys.stdout.buffer.write(buf.getvalue())
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])

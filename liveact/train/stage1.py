@@ -128,11 +128,12 @@ def train(args: argparse.Namespace) -> None:
         log.write(event="start", params=sum(p.numel() for p in model.parameters()), mode=args.mode,
                   config=config.to_dict(), clips=len(data))
     patch, stride = config.patch_size[1], SamplerConfig().vae_stride[0]
-    rng = np.random.default_rng(args.seed + step)
-    generator = torch.Generator().manual_seed(args.seed + step)
     bar = tqdm(total=args.steps, initial=step, desc=f"stage1 {args.mode}", mininterval=10)
     last_save, started = time.monotonic(), time.monotonic()
     while step < args.steps and not budget.exhausted():
+        # Randomness is a function of (seed, step): a resumed run continues the same curve.
+        rng = np.random.default_rng((args.seed, step))
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         idx = rng.integers(0, len(data), size=args.batch)
         # Mostly two-block clips (blocks 0 and 1: no compression yet); some with a third block train the
         # ConvKV compression and the steady-state layout. Three blocks cost ~1.6x two.
@@ -149,7 +150,7 @@ def train(args: argparse.Namespace) -> None:
         ema.update(model, step)
         step += 1
         bar.update(1)
-        if step % 10 == 0:
+        if step % args.log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log.write(step=step, loss=loss.item(), blocks=per_block, grad=float(grad), lr=opt.param_groups[0]["lr"],
                       seconds=time.monotonic() - started)
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--limit", type=int, default=None, help="use at most this many training clips")
     p.add_argument("--val_every", type=int, default=250)
+    p.add_argument("--log_every", type=int, default=10)
     p.add_argument("--save_minutes", type=float, default=5.0)
     p.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this wall time")
     p.add_argument("--seed", type=int, default=0)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from liveact.audio import Resampler
-from liveact.train.speech import Phoneme, Utterance, random_sentence, random_speaker
+from liveact.train.speech import Phoneme, Utterance, speech_timeline_isolated
 
 FPS = 25.0
 SAMPLE_RATE = 16000
@@ -381,19 +381,14 @@ def _resampler(rate: int) -> Resampler:
     return Resampler(rate, SAMPLE_RATE)
 
 
-def _speech_track(rng: np.random.Generator, seconds: float, held_out: bool, silence: float
+def _speech_track(seed: int, seconds: float, held_out: bool, silence: float
                   ) -> tuple[np.ndarray, list[Phoneme], str]:
-    """Sentences separated by pauses filling ``seconds`` at 16 kHz, with shifted phoneme times."""
-    speaker = random_speaker(rng, held_out=held_out)
+    """Speech filling ``seconds`` at 16 kHz (sentences and pauses), its phonemes and the voice."""
+    voice, lines = speech_timeline_isolated(seed, seconds, held_out, silence)
     total = int(seconds * SAMPLE_RATE)
     wave = np.zeros(total, np.float32)
     phonemes: list[Phoneme] = []
-    t = float(rng.uniform(0.0, 0.6)) if rng.random() < 0.7 else 0.0
-    while t < seconds:
-        if rng.random() < silence:  # a long pause: the mouth must stay closed
-            t += float(rng.uniform(0.8, 2.5))
-            continue
-        utt = speaker.say(random_sentence(rng))
+    for t, utt in lines:
         audio = _resampler(utt.sample_rate)(torch.from_numpy(utt.waveform)).numpy()
         start = int(t * SAMPLE_RATE)
         n = min(len(audio), total - start)
@@ -401,9 +396,9 @@ def _speech_track(rng: np.random.Generator, seconds: float, held_out: bool, sile
             break
         wave[start: start + n] = audio[:n]
         phonemes += [Phoneme(p.name, p.start + t) for p in utt.phonemes if p.start + t < seconds]
-        t += len(audio) / SAMPLE_RATE + float(rng.uniform(0.15, 0.8))
-    gain = float(10 ** (rng.uniform(-12, 3) / 20))  # recording level varies: the model must not care
-    return np.clip(wave * gain, -1, 1), phonemes, speaker.voice
+    # Recording level varies: the model must not care.
+    gain = float(10 ** (np.random.default_rng(seed).uniform(-12, 3) / 20))
+    return np.clip(wave * gain, -1, 1), phonemes, voice
 
 
 def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS, held_out: bool = False,
@@ -427,7 +422,7 @@ def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS,
     num_frames = sum(counts)
     seconds = num_frames / fps
     if audio is None:
-        wave, phonemes, voice = _speech_track(rng, seconds, held_out, silence)
+        wave, phonemes, voice = _speech_track(int(rng.integers(2**31)), seconds, held_out, silence)
     else:
         wave = np.zeros(int(seconds * SAMPLE_RATE), np.float32)
         wave[: min(len(audio), len(wave))] = audio[: len(wave)]

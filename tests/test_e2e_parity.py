@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ def _argv(case: Path, meta: dict, out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a caching callable
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Run]:
     """Run each case once per module; tests of the same case share the run."""
     done: dict[Path, Run] = {}
 
@@ -190,7 +191,7 @@ def _tolerance_keys(name: str) -> tuple[str | None, str | None]:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_intermediates_match(case: Path, runs) -> None:  # noqa: ANN001
+def test_intermediates_match(case: Path, runs: Callable[[Path], Run]) -> None:
     meta, expected = load_meta(case), load_file(case / "expected.safetensors")
     tol = meta["tolerances"]
     assert tol["token_ids"] == "exact"
@@ -216,7 +217,7 @@ def test_intermediates_match(case: Path, runs) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_frames_match(case: Path, runs) -> None:  # noqa: ANN001
+def test_frames_match(case: Path, runs: Callable[[Path], Run]) -> None:
     meta, tol = load_meta(case), load_meta(case)["tolerances"]
     theirs = np.load(case / meta["frames_file"])
     assert theirs.shape[0] == meta["frames_generated"]
@@ -243,7 +244,7 @@ def _lowpass(frames: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_mp4_length_and_content(case: Path, runs) -> None:  # noqa: ANN001
+def test_mp4_length_and_content(case: Path, runs: Callable[[Path], Run]) -> None:
     meta = load_meta(case)
     tol, fps = meta["tolerances"], meta["flags"]["fps"]
     allowed = {math.floor(meta["audio"]["seconds"] * fps), math.ceil(meta["audio"]["seconds"] * fps)}

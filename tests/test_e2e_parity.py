@@ -29,10 +29,10 @@ import torch
 from conftest import case_params, load_meta
 from safetensors.torch import load_file
 
-from liveact.audio import AUDIO_FPS, load_audio, prepare_speech
+from liveact.audio import AUDIO_FPS, StreamingAudio, load_audio, prepare_speech
 from liveact.cli import main
 from liveact.pipeline import LiveActPipeline
-from liveact.tempo import change_tempo
+from liveact.tempo import change_tempo, tempo_argument
 from liveact.video import ProgressiveVideoWriter, read_frames, to_uint8_frames
 
 logger = logging.getLogger(__name__)
@@ -214,6 +214,23 @@ def test_intermediates_match(case: Path, runs: Callable[[Path], Run]) -> None:
         if rel_key is not None and rel > tol[rel_key]:
             failures.append(f"{name}: rel L2 {rel:.3g} > {tol[rel_key]}")
     assert not failures, f"{case.name}: " + "; ".join(failures)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_tempo_calls_match(case: Path) -> None:
+    """Every sox call of the authors' run: effect argument, rate, input slice and output length."""
+    meta = load_meta(case)
+    fps, windows = meta["flags"]["fps"], [b["audio_window"] for b in meta["blocks"]]
+    wave, sr = load_audio(case / meta["audio"]["file"])
+    pieces = [wave]  # the whole file, all channels (generate.py encodes it even with --steam_audio)
+    if meta["flags"]["steam_audio"]:
+        slicer = StreamingAudio(None, wave[:1], sr, fps)
+        pieces += [wave[:1, slice(*slicer.sample_range(start, end))] for start, end in windows]
+    assert len(meta["tempo_calls"]) == len(pieces)
+    for call, piece in zip(meta["tempo_calls"], pieces):
+        assert call["effects"] == [["tempo", tempo_argument(AUDIO_FPS / fps)]]
+        assert call["sr"] == sr and call["in_shape"] == list(piece.shape)
+        assert call["out_shape"] == list(change_tempo(piece, sr, AUDIO_FPS / fps).shape)
 
 
 @pytest.mark.parametrize("case", CASES)

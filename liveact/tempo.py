@@ -145,13 +145,15 @@ def _has_cysox() -> bool:
     return True
 
 
+def available_backends() -> list[str]:
+    """The backends usable here, best first (``atempo``, inexact, is always last)."""
+    found = {"cysox": _has_cysox(), "sox": _sox_exe() is not None, "atempo": True}
+    return [name for name in BACKENDS if found[name]]
+
+
 def available_backend() -> str:
     """The backend :func:`change_tempo` uses by default: ``cysox``, ``sox`` or ``atempo`` (inexact)."""
-    if _has_cysox():
-        return "cysox"
-    if _sox_exe() is not None:
-        return "sox"
-    return "atempo"
+    return available_backends()[0]
 
 
 _LIBSOX_RUNNERS: dict[str, Callable[[Path, Path, int, int, str], None]] = {

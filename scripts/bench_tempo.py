@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from liveact.audio import AUDIO_FPS, load_audio
-from liveact.tempo import BACKENDS, _has_cysox, _sox_exe, change_tempo
+from liveact.tempo import BACKENDS, available_backends, change_tempo
 
 
 def synthetic_speech(seconds: float, sample_rate: int, channels: int) -> torch.Tensor:
@@ -48,13 +48,13 @@ def main() -> None:
     else:
         wave, sr = synthetic_speech(args.seconds, args.sample_rate, args.channels), args.sample_rate
     seconds = wave.shape[1] / sr
-    available = {"cysox": _has_cysox(), "sox": _sox_exe() is not None, "atempo": True}
+    available = available_backends()
     factor = AUDIO_FPS / args.fps
     print(f"{wave.shape[0]} channel(s), {seconds:.1f} s at {sr} Hz, tempo {factor:g} (fps {args.fps:g}), "
           f"median of {args.repeats}")
     times: dict[str, float] = {}
     for backend in BACKENDS:
-        if not available[backend]:
+        if backend not in available:
             print(f"{backend:>7}: not available")
             continue
         runs = []

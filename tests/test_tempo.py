@@ -18,12 +18,12 @@ import soundfile as sf
 import torch
 
 from liveact import tempo
-from liveact.tempo import available_backend, change_tempo, tempo_argument
+from liveact.tempo import available_backend, available_backends, change_tempo, tempo_argument
 
 SOX = shutil.which("sox")
 needs_sox = pytest.mark.skipif(SOX is None, reason="the sox command line is not installed (.ci/run installs it)")
 EXACT_BACKENDS = [
-    pytest.param("cysox", marks=pytest.mark.skipif(not tempo._has_cysox(), reason="no cysox wheel here")),
+    pytest.param("cysox", marks=pytest.mark.skipif("cysox" not in available_backends(), reason="no cysox here")),
     pytest.param("sox", marks=needs_sox),
 ]
 FPS = [20, 24, 30, 12.5]  # tempo 25/fps: 1.25, 1.0416666666666667, 0.8333333333333334, 2.0

@@ -1,13 +1,13 @@
 """Audio front end: loading, tempo change, resampling, wav2vec2 features and per-block windows.
 
 The reference (generate.py ``resample_audio`` + ``get_embedding`` + ``get_audio_emb``) does:
-load -> channel 0 -> sox ``tempo`` by ``25/fps`` (pitch-preserving) -> torchaudio ``Resample(sr, 16000)``
--> x3 gain -> wav2vec2 with its CNN features linearly resampled to one row per video frame -> the 12
-transformer-layer outputs ``[S, L, C]`` -> for each pixel frame the rows of its +-2 neighbours.
+load -> sox ``tempo`` by ``25/fps`` on all channels (pitch-preserving) -> torchaudio ``Resample(sr, 16000)``
+-> x3 gain -> channel 0 -> wav2vec2 with its CNN features linearly resampled to one row per video frame ->
+the 12 transformer-layer outputs ``[S, L, C]`` -> for each pixel frame the rows of its +-2 neighbours.
 
-Here the tempo change runs through the ffmpeg binary shipped with imageio-ffmpeg (``atempo``) and the
-resampler is our own windowed-sinc implementation, numerically equal to torchaudio's ``Resample``
-(sinc_interp_hann), so neither sox nor torchaudio is needed.
+The tempo change is libsox's own ``tempo`` (``liveact.tempo``, sample for sample as torchaudio calls it);
+the resampler is our own windowed-sinc implementation, numerically equal to torchaudio's ``Resample``
+(sinc_interp_hann), so torchaudio is not needed.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from liveact.tempo import change_tempo
 from liveact.video import ffmpeg_exe
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ _SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", 
 # Loading
 
 
-def _run_ffmpeg(args: list[str], what: str) -> None:
+def run_ffmpeg(args: list[str], what: str) -> None:
     """Run ffmpeg quietly; raise ValueError with its last error lines on failure."""
     proc = subprocess.run(
         [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
@@ -71,7 +72,7 @@ def _read_with_ffmpeg(path: Path) -> tuple[torch.Tensor, int]:
     """Decode any ffmpeg-readable file to a temporary float WAV and read that."""
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "decoded.wav"
-        _run_ffmpeg(["-i", str(path), "-vn", "-c:a", "pcm_f32le", str(wav)], f"decode audio from {path}")
+        run_ffmpeg(["-i", str(path), "-vn", "-c:a", "pcm_f32le", str(wav)], f"decode audio from {path}")
         return _read_soundfile(wav)
 
 
@@ -125,46 +126,6 @@ def select_channel(waveform: torch.Tensor, downmix: bool = False) -> torch.Tenso
 
 # --------------------------------------------------------------------------------------------------------
 # Tempo and resampling
-
-
-def _atempo_chain(factor: float) -> str:
-    """ffmpeg ``atempo`` filters whose product is ``factor`` (each stage limited to [0.5, 100])."""
-    stages = []
-    while factor < 0.5:
-        stages.append(0.5)
-        factor /= 0.5
-    while factor > 100.0:
-        stages.append(100.0)
-        factor /= 100.0
-    stages.append(factor)
-    return ",".join(f"atempo={s:.10g}" for s in stages)
-
-
-def change_tempo(waveform: torch.Tensor, sample_rate: int, factor: float) -> torch.Tensor:
-    """Pitch-preserving time stretch (like sox ``tempo``): the result plays ``factor`` times faster.
-
-    Args:
-        waveform: ``[C, N]`` float32.
-        sample_rate: its rate (unchanged).
-        factor: speed factor (> 0); exactly 1.0 returns ``waveform`` itself.
-    Returns:
-        ``[C, ~N/factor]`` float32.
-    """
-    if factor <= 0:
-        raise ValueError(f"tempo factor must be > 0, got {factor}")
-    if factor == 1.0:
-        return waveform
-    import soundfile as sf
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "in.wav", Path(tmp) / "out.wav"
-        sf.write(str(src), waveform.detach().cpu().float().T.numpy(), sample_rate, subtype="FLOAT")
-        _run_ffmpeg(
-            ["-i", str(src), "-filter:a", _atempo_chain(factor), "-c:a", "pcm_f32le", str(dst)],
-            "change the audio tempo",
-        )
-        out, _ = _read_soundfile(dst)
-    return out.to(waveform.device)
 
 
 def sinc_resample_kernel(
@@ -234,17 +195,25 @@ def prepare_speech(
     target_rate: int = WAV2VEC_SAMPLE_RATE,
     gain: float = REFERENCE_GAIN,
     audio_fps: float = AUDIO_FPS,
+    downmix: bool = False,
 ) -> torch.Tensor:
-    """The reference's ``resample_audio``: tempo ``audio_fps/fps``, resample to ``target_rate``, ``* gain``.
+    """The reference's ``resample_audio(audio)[0]``: the mono speech wav2vec2 encodes.
+
+    Tempo ``audio_fps/fps`` on all channels together (libsox's overlap search looks at every channel,
+    so stretching channel 0 alone gives another waveform), then channel 0 (or the mean of the
+    stretched channels with ``downmix``), resampled to ``target_rate``, times ``gain``.
 
     Args:
         waveform: ``[C, N]`` at ``sample_rate``.
         fps: the output video frame rate.
     Returns:
-        ``[C, M]`` at ``target_rate``, with ``M / target_rate * audio_fps`` ~= video frames.
+        ``[M]`` at ``target_rate``, with ``M / target_rate * audio_fps`` ~= video frames.
     """
     stretched = change_tempo(waveform, sample_rate, audio_fps / fps)
-    return Resampler(sample_rate, target_rate)(stretched) * gain
+    mono = stretched.mean(dim=0) if downmix else stretched[0]
+    # Resampling is per channel, so resampling only the kept channel equals the reference's
+    # resample-all-then-take-channel-0.
+    return Resampler(sample_rate, target_rate)(mono) * gain
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -393,9 +362,12 @@ def block_window(embedding: torch.Tensor, start: int, end: int, audio_window: in
 class StreamingAudio:
     """The reference's ``--steam_audio`` mode: re-encode a short slice of the raw audio for every block.
 
-    Each call slices the original (pre-tempo) mono audio ``[int(sr*start/fps) : int(sr*(end+half)/fps)]``,
-    runs :func:`prepare_speech` and the encoder on it, and returns the window of frames ``0 .. end-start``.
-    Cheaper per block than encoding the whole file, but wav2vec sees only about two seconds of context.
+    Each call slices the original (pre-tempo) mono audio ``[int(sr*(start/fps)) : int(sr*((end+half)/fps))]``
+    (the reference's rounding: the division first; ``int(sr*start/fps)`` differs by one sample at some
+    blocks, which shifts every later window), runs :func:`prepare_speech` and the encoder on it, and
+    returns the window of frames ``0 .. end-start``. Like the reference (``audio_ori[:1, ...]``), only
+    the mono signal is sliced and stretched here, not all channels. Cheaper per block than encoding
+    the whole file, but wav2vec sees only about two seconds of context.
     """
 
     encoder: Wav2VecEncoder
@@ -405,22 +377,29 @@ class StreamingAudio:
     audio_window: int = 5
     gain: float = REFERENCE_GAIN
 
+    def sample_range(self, start: int, end: int) -> tuple[int, int]:
+        """Samples ``[lo, hi)`` of the original audio sliced for centre frames ``[start, end)``.
+
+        ``int(sr * (frame / fps))`` exactly as the reference writes it: ``int(sr * frame / fps)`` rounds
+        differently (44.1 kHz at 20 fps: frame 87 -> 191834 vs 191835 samples).
+        """
+        half = self.audio_window // 2
+        return int(self.sample_rate * (start / self.fps)), int(self.sample_rate * ((end + half) / self.fps))
+
     def embedding(self, start: int, end: int) -> torch.Tensor:
         """Encode the slice for centre frames ``[start, end)`` alone -> ``[S', L, C]``, row 0 = frame ``start``.
 
         The slice reaches ``half`` frames past ``end`` (the reference's ``end + 2``) so the right
         neighbours of the last frames exist; the left context at ``start`` is clamped.
         """
-        half = self.audio_window // 2
-        lo = int(self.sample_rate * start / self.fps)
-        hi = int(self.sample_rate * (end + half) / self.fps)
+        lo, hi = self.sample_range(start, end)
         piece = self.waveform[:1, lo:hi]
         if piece.shape[-1] == 0:
             raise ValueError(f"frames [{start}, {end}) lie past the end of the audio")
         speech = prepare_speech(
             piece, self.sample_rate, self.fps, self.encoder.sample_rate, self.gain, self.encoder.audio_fps
         )
-        return self.encoder.encode(speech[0])
+        return self.encoder.encode(speech)
 
     def window(self, start: int, end: int) -> torch.Tensor:
         """Window for centre frames ``[start, end)`` -> ``[1, end-start, audio_window, L, C]``."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +109,15 @@ class LiveActPipeline:
             overlap-and-crop decode).
         stream_audio: re-encode a short audio slice per block (``--steam_audio``) instead of the
             whole file once.
+        downmix: condition on the mean of the audio channels instead of channel 0 (the reference).
+
+    Attributes:
+        trace: None, or a callable ``trace(name, tensor)`` that sees the intermediates of each clip as
+            they are made, for debugging and parity tests: ``t5_input_ids`` / ``t5_attention_mask``
+            ``[P, text_len]`` and one ``t5_context`` ``[L_i, text_dim]`` per prompt (main, then edits),
+            ``cond_image`` ``[1, 3, 1, H, W]``, ``clip_fea`` ``[1, 257, C]``, ``speech`` ``[M]`` (16 kHz)
+            and ``audio_embedding`` ``[S, L, C]`` (whole-file audio only), ``y`` ``[1, 4 + z, F, lh, lw]``
+            and one ``latent`` ``[z, T, lh, lw]`` per block, before decoding.
     """
 
     def __init__(
@@ -116,7 +125,7 @@ class LiveActPipeline:
         image_encoder: CLIPImageEncoder, audio_encoder: Wav2VecEncoder, *, size: tuple[int, int] = (480, 832),
         fps: float = 24, audio_cfg: float = 1.0, mean_memory: bool = False, fp8_kv_cache: bool = False,
         offload_cache: bool = False, vae_stitch: str = "continuous", stream_audio: bool = False,
-        memory: MemoryConfig | None = None, schedule: SamplerConfig | None = None,
+        downmix: bool = False, memory: MemoryConfig | None = None, schedule: SamplerConfig | None = None,
     ) -> None:
         width, height = size
         stride = (schedule or SamplerConfig()).vae_stride
@@ -128,7 +137,8 @@ class LiveActPipeline:
         self.transformer, self.vae = transformer, vae
         self.text_encoder, self.image_encoder, self.audio_encoder = text_encoder, image_encoder, audio_encoder
         self.size, self.fps = (width, height), float(fps)
-        self.vae_stitch, self.stream_audio = vae_stitch, stream_audio
+        self.vae_stitch, self.stream_audio, self.downmix = vae_stitch, stream_audio, downmix
+        self.trace: Callable[[str, torch.Tensor], None] | None = None
         self.sampler = NeighborForcingSampler(
             transformer, audio_cfg=audio_cfg, mean_memory=mean_memory, fp8_kv_cache=fp8_kv_cache,
             offload_cache=offload_cache, memory=memory, sampler=schedule)
@@ -190,10 +200,21 @@ class LiveActPipeline:
 
     # ----------------------------------------------------------------------------------------
 
+    def _trace(self, name: str, tensor: torch.Tensor) -> None:
+        if self.trace is not None:
+            self.trace(name, tensor)
+
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> list[torch.Tensor]:
         """T5 contexts ``[L_i, text_dim]`` on the transformer's device."""
-        return [t.to(self.device, self.transformer.dtype) for t in self.text_encoder.encode(prompts)]
+        input_ids, attention_mask = self.text_encoder.tokenize(prompts)
+        self._trace("t5_input_ids", input_ids)
+        self._trace("t5_attention_mask", attention_mask)
+        contexts = [t.to(self.device, self.transformer.dtype)
+                    for t in self.text_encoder.encode_ids(input_ids, attention_mask)]
+        for context in contexts:
+            self._trace("t5_context", context)
+        return contexts
 
     @torch.no_grad()
     def conditioning_latent(self, image: torch.Tensor) -> torch.Tensor:
@@ -211,29 +232,37 @@ class LiveActPipeline:
     def prepare(self, request: Request) -> PreparedClip:
         """Encode everything a clip is conditioned on; checks inputs before any heavy work."""
         waveform, sample_rate = load_audio(request.audio)
-        mono = select_channel(waveform)
-        duration = mono.shape[-1] / sample_rate
+        mono = select_channel(waveform, self.downmix)  # also refuses a silent channel 0 up front
+        duration = waveform.shape[-1] / sample_rate
         min_duration = 1.0 / self.fps
         if duration < min_duration:
             raise ValueError(f"audio {request.audio} is {duration:.3f} s long; at least one frame "
                              f"({min_duration:.3f} s) is needed")
         image = cover_crop(load_image(request.image), *self.size)
+        self._trace("cond_image", image)
         prompts = [request.prompt] + [text for _, text in request.edits]
         texts = self.encode_text(prompts)
         clip = self.image_encoder.encode(image.to(self.image_encoder.device)).to(self.device)
+        self._trace("clip_fea", clip)
         source = None
         if self.stream_audio:
-            # Encode per block on short slices only: an hour of audio is never encoded at once.
+            # Encode per block on short slices only: an hour of audio is never encoded at once. Like
+            # the reference, the slices come from the mono signal (it slices `audio_ori[:1]`).
             streaming = StreamingAudio(self.audio_encoder, mono, sample_rate, self.fps,
                                        self.transformer.config.audio_window)
             source = lambda start, end: streaming.embedding(start, end).to(self.device)  # noqa: E731
             embedding = source(*audio_window(block_span(0, self.sampler.memory_config, self.temporal_stride),
                                              self.sampler.memory_config, self.temporal_stride))
         else:
-            speech = prepare_speech(mono, sample_rate, self.fps, self.audio_encoder.sample_rate,
-                                    audio_fps=self.audio_encoder.audio_fps)
-            embedding = self.audio_encoder.encode(speech[0]).to(self.device)
-        cond = Conditions(text=texts[0], clip=clip, y=self.conditioning_latent(image).to(self.device),
+            # All channels are stretched together, then channel 0 is kept (the reference's order).
+            speech = prepare_speech(waveform, sample_rate, self.fps, self.audio_encoder.sample_rate,
+                                    audio_fps=self.audio_encoder.audio_fps, downmix=self.downmix)
+            self._trace("speech", speech)
+            embedding = self.audio_encoder.encode(speech).to(self.device)
+            self._trace("audio_embedding", embedding)
+        y = self.conditioning_latent(image).to(self.device)
+        self._trace("y", y)
+        cond = Conditions(text=texts[0], clip=clip, y=y,
                           audio=embedding, edits=[(rng, t) for (rng, _), t in zip(request.edits, texts[1:])],
                           audio_source=source)
         num_frames = max(1, math.ceil(duration * self.fps - 1e-9))
@@ -258,6 +287,7 @@ class LiveActPipeline:
         generator = generator or torch.Generator().manual_seed(seed)
         decoder = self.vae.stream_decoder(stitch=self.vae_stitch)
         for latent in self.sampler.stream(clip.conditions, blocks, generator=generator):
+            self._trace("latent", latent)
             yield decoder.decode_block(latent.to(self.vae.device, self.vae.dtype)).float() if decode else latent
 
     def frames_of_block(self, index: int) -> int:

@@ -87,7 +87,7 @@ class TAEConfig:
     """Widths and strides of a tiny autoencoder (defaults: the public TAEW2.1)."""
 
     latent_channels: int = 16
-    encoder_width: int = 64
+    encoder_widths: tuple[int, int, int] = (64, 64, 64)
     decoder_widths: tuple[int, int, int, int] = (256, 128, 64, 64)
     encoder_time_downscale: tuple[bool, bool, bool] = (True, True, False)
     decoder_time_upscale: tuple[bool, bool, bool] = (False, True, True)
@@ -105,7 +105,7 @@ class TAEConfig:
 
     def to_dict(self) -> dict:
         """JSON-serialisable fields."""
-        return {"latent_channels": self.latent_channels, "encoder_width": self.encoder_width,
+        return {"latent_channels": self.latent_channels, "encoder_widths": list(self.encoder_widths),
                 "decoder_widths": list(self.decoder_widths),
                 "encoder_time_downscale": list(self.encoder_time_downscale),
                 "decoder_time_upscale": list(self.decoder_time_upscale), "blocks_per_stage": self.blocks_per_stage}
@@ -114,19 +114,21 @@ class TAEConfig:
     def from_dict(cls, d: dict) -> TAEConfig:
         """Inverse of ``to_dict`` (unknown keys are an error)."""
         d = dict(d)
-        for key in ("decoder_widths", "encoder_time_downscale", "decoder_time_upscale"):
+        for key in ("encoder_widths", "decoder_widths", "encoder_time_downscale", "decoder_time_upscale"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
 
 
 def _encoder(cfg: TAEConfig) -> nn.Sequential:
-    w, n = cfg.encoder_width, cfg.blocks_per_stage
-    layers: list[nn.Module] = [_conv(3, w), nn.ReLU(inplace=True)]
-    for down in cfg.encoder_time_downscale:
-        layers += [TimePool(w, 2 if down else 1), _conv(w, w, stride=2, bias=False)]
+    widths, n = cfg.encoder_widths, cfg.blocks_per_stage
+    layers: list[nn.Module] = [_conv(3, widths[0]), nn.ReLU(inplace=True)]
+    w_in = widths[0]
+    for w, down in zip(widths, cfg.encoder_time_downscale):
+        layers += [TimePool(w_in, 2 if down else 1), _conv(w_in, w, stride=2, bias=False)]
         layers += [MemBlock(w, w) for _ in range(n)]
-    layers.append(_conv(w, cfg.latent_channels))
+        w_in = w
+    layers.append(_conv(w_in, cfg.latent_channels))
     return nn.Sequential(*layers)
 
 
@@ -249,13 +251,16 @@ class TinyAutoencoder(nn.Module):
         z = run_causal(self.encoder, frames, n).unflatten(0, (n, -1)).transpose(1, 2)
         return (z - self.latent_mean.view(1, -1, 1, 1, 1)) / self.latent_std.view(1, -1, 1, 1, 1)
 
-    def decode_frames(self, latent: torch.Tensor, state: list | None = None, first: bool = True) -> torch.Tensor:
+    def decode_frames(self, latent: torch.Tensor, state: list | None = None, first: bool = True,
+                      clamp: bool = True) -> torch.Tensor:
         """Differentiable decode (training) or one streamed block (with ``state``).
 
         Args:
             latent: ``[N, C, T, h, w]`` normalised latents.
             state: per-layer previous frames of a stream (see ``run_causal``), or None.
             first: the block starts the video (its first 3 frames are dropped).
+            clamp: clamp to [-1, 1]. Training turns it off: a clamp passes no gradient to pixels out
+                of range, which stalls learning.
 
         Returns:
             ``[N, 3, 4T - 3 (first) or 4T, 8h, 8w]`` in [-1, 1].
@@ -263,7 +268,8 @@ class TinyAutoencoder(nn.Module):
         n = latent.shape[0]
         z = latent * self.latent_std.view(1, -1, 1, 1, 1) + self.latent_mean.view(1, -1, 1, 1, 1)
         x = run_causal(self.decoder, z.transpose(1, 2).flatten(0, 1).to(self.dtype), n, state)
-        video = x.unflatten(0, (n, -1)).transpose(1, 2).clamp(0, 1) * 2 - 1
+        video = x.unflatten(0, (n, -1)).transpose(1, 2)
+        video = (video.clamp(0, 1) if clamp else video) * 2 - 1
         return video[:, :, self.temporal_stride - 1:] if first else video
 
     @torch.no_grad()
@@ -309,20 +315,34 @@ class TAEStreamDecoder:
 def infer_tae_config(state: dict[str, torch.Tensor]) -> TAEConfig:
     """Read widths, latent channels and time strides off a TAEHV-layout state dict."""
     latent = state["decoder.1.weight"].shape[1]
-    enc_width = state["encoder.0.weight"].shape[0]
     dec_first = state["decoder.1.weight"].shape[0]
-    # TimePool / TimeGrow convs have 1x1 kernels and fold or unfold channel groups.
-    pools = sorted(int(k.split(".")[1]) for k in state if k.startswith("encoder.") and k.endswith(".conv.weight")
-                   and state[k].shape[-1] == 1 and state[k].ndim == 4 and k.count(".") == 3)
-    grows = sorted(int(k.split(".")[1]) for k in state if k.startswith("decoder.") and k.endswith(".conv.weight")
-                   and state[k].ndim == 4 and state[k].shape[-1] == 1 and k.count(".") == 3)
+
+    def one_by_one(part: str) -> list[int]:
+        # TimePool / TimeGrow: 1x1 convs directly under the sequence index (no deeper module path).
+        return sorted(int(k.split(".")[1]) for k in state if k.startswith(f"{part}.") and k.endswith(".conv.weight")
+                      and k.count(".") == 3 and state[k].ndim == 4 and state[k].shape[-1] == 1)
+
+    pools, grows = one_by_one("encoder"), one_by_one("decoder")
     if len(pools) != 3 or len(grows) != 3:
         raise ValueError(f"expected 3 time-pool and 3 time-grow layers, found {len(pools)} and {len(grows)}")
-    enc_down = tuple(state[f"encoder.{i}.conv.weight"].shape[1] // state[f"encoder.{i}.conv.weight"].shape[0] == 2
-                     for i in pools)
+    enc_down, enc_widths = [], []
+    for i in pools:
+        w = state[f"encoder.{i}.conv.weight"]
+        enc_down.append(w.shape[1] // w.shape[0] == 2)
+        enc_widths.append(state[f"encoder.{i + 1}.weight"].shape[0])  # the strided conv after the pool
     dec_up = tuple(state[f"decoder.{i}.conv.weight"].shape[0] // state[f"decoder.{i}.conv.weight"].shape[1] == 2
                    for i in grows)
     widths = [dec_first] + [state[f"decoder.{i + 1}.weight"].shape[0] for i in grows]
     per_stage = (grows[1] - grows[0]) - 3
-    return TAEConfig(latent_channels=latent, encoder_width=enc_width, decoder_widths=tuple(widths),
-                     encoder_time_downscale=enc_down, decoder_time_upscale=dec_up, blocks_per_stage=per_stage)
+    return TAEConfig(latent_channels=latent, encoder_widths=tuple(enc_widths), decoder_widths=tuple(widths),
+                     encoder_time_downscale=tuple(enc_down), decoder_time_upscale=dec_up, blocks_per_stage=per_stage)
+
+
+def he_init(model: nn.Module) -> None:
+    """He (fan-in, ReLU) initialisation of every convolution, zero biases: deep ReLU stacks keep their
+    signal scale from the first step, which makes training from scratch converge much sooner."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

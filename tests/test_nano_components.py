@@ -59,7 +59,7 @@ def test_taew21_layout_loads_and_decodes_like_wan(tmp_path) -> None:  # noqa: AN
 
 def test_streamed_decode_equals_whole_decode() -> None:
     torch.manual_seed(0)
-    tae = TinyAutoencoder(TAEConfig(encoder_width=8, decoder_widths=(16, 8, 8, 8))).eval()
+    tae = TinyAutoencoder(TAEConfig(encoder_widths=(8, 8, 8), decoder_widths=(16, 8, 8, 8))).eval()
     z = torch.randn(16, 14, 4, 4)
     whole = tae.decode(z)
     dec = tae.stream_decoder()
@@ -72,7 +72,7 @@ def test_streamed_decode_equals_whole_decode() -> None:
 
 def test_encoder_alignment_and_nano_config_roundtrip(tmp_path) -> None:  # noqa: ANN001
     torch.manual_seed(0)
-    cfg = TAEConfig(encoder_width=8, decoder_widths=(16, 8, 8, 8))
+    cfg = TAEConfig(encoder_widths=(8, 8, 8), decoder_widths=(16, 8, 8, 8))
     tae = TinyAutoencoder(cfg).eval()
     tae.latent_mean.fill_(0.5)
     video = torch.rand(1, 3, 9, 16, 24) * 2 - 1

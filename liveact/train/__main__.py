@@ -11,6 +11,7 @@ COMMANDS = {
     "autoencoder": ("liveact.train.autoencoder", "train the tiny causal autoencoder"),
     "data": ("liveact.train.data", "render and encode synthetic clips into training shards"),
     "stage1": ("liveact.train.stage1", "train the DiT with Neighbor (or Diffusion / Teacher) Forcing"),
+    "stage2": ("liveact.train.stage2", "distil to the 3-step sampler on rollouts with the ConvKV memory (DMD)"),
     "plot": ("liveact.train.plots", "plot loss / validation curves of runs to a PNG"),
 }
 

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from liveact.tae import TAEConfig, TinyAutoencoder
+from liveact.tae import TAEConfig, TinyAutoencoder, he_init
 from liveact.train.common import (EMA, Budget, Checkpoint, MetricsLog, cosine_lr, load_optimizer_state,
                                   optimizer_state, set_threads)
 
 logger = logging.getLogger(__name__)
 
-NANO_TAE = TAEConfig(latent_channels=16, encoder_width=16, decoder_widths=(64, 32, 16, 16))
+NANO_TAE = TAEConfig(latent_channels=16, encoder_widths=(16, 32, 64), decoder_widths=(64, 32, 16, 16))
 
 
 def frame_pool(folder: Path, clips: int, size: int, seed: int, held_out: bool = False) -> np.ndarray:
@@ -115,13 +115,16 @@ def evaluate(model: TinyAutoencoder, pool: np.ndarray, count: int = 16) -> float
 
 
 def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: int, seed: int,
-          minutes: float | None, latent_noise: float, threads: int | None, frames: int = 13, crop: int = 64) -> None:
+          minutes: float | None, latent_noise: float, threads: int | None, frames: int = 13, crop: int = 64,
+          config: TAEConfig = NANO_TAE, val_every: int = 500, init: str = "he") -> None:
     """Train (or resume) the autoencoder; writes ``out/tae.safetensors`` + ``tae.json`` when done."""
     set_threads(threads)
     torch.manual_seed(seed)
     pool = frame_pool(out, pool_clips, size, seed)
     val_pool = frame_pool(out, 16, size, 10_000_000 + seed, held_out=True)
-    model = TinyAutoencoder(NANO_TAE).train()
+    model = TinyAutoencoder(config).train()
+    if init == "he":
+        he_init(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     ema = EMA(model, 0.999)
     ckpt, log, budget = Checkpoint(out), MetricsLog(out / "metrics.jsonl"), Budget(minutes)
@@ -146,7 +149,7 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         with torch.autocast("cpu", dtype=torch.bfloat16):
             z = model.encode_frames(video)
             z_noisy = z + latent_noise * z.detach().float().std() * torch.randn_like(z)
-            recon = model.decode_frames(z_noisy)
+            recon = model.decode_frames(z_noisy, clamp=False)
             loss = reconstruction_loss(recon.float(), video) + 1e-4 * z.float().square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -158,8 +161,8 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         if step % 25 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log.write(step=step, loss=loss.item(), lr=opt.param_groups[0]["lr"])
-        if step % 500 == 0 or step == steps:
-            ev = TinyAutoencoder(NANO_TAE)
+        if step % val_every == 0 or step == steps:
+            ev = TinyAutoencoder(config)
             ev.load_state_dict(ema.state_dict(), strict=False)
             log.write(step=step, val_psnr=evaluate(ev.eval(), val_pool))
         if time.monotonic() - last_save > 300 or step == steps:
@@ -168,7 +171,7 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
     bar.close()
     _save(ckpt, model, ema, opt, step)
     if step >= steps:
-        export(out, ema, pool, val_pool)
+        export(out, ema, pool, val_pool, config)
 
 
 def _save(ckpt: Checkpoint, model: TinyAutoencoder, ema: EMA, opt: torch.optim.Optimizer, step: int) -> None:
@@ -178,9 +181,9 @@ def _save(ckpt: Checkpoint, model: TinyAutoencoder, ema: EMA, opt: torch.optim.O
     ckpt.save(tensors, {"step": step})
 
 
-def export(out: Path, ema: EMA, pool: np.ndarray, val_pool: np.ndarray) -> None:
+def export(out: Path, ema: EMA, pool: np.ndarray, val_pool: np.ndarray, config: TAEConfig) -> None:
     """Write the EMA weights with measured latent statistics, and the held-out PSNR."""
-    model = TinyAutoencoder(NANO_TAE)
+    model = TinyAutoencoder(config)
     model.load_state_dict(ema.state_dict(), strict=False)
     model.eval()
     mean, std = latent_statistics(model, pool)
@@ -188,7 +191,7 @@ def export(out: Path, ema: EMA, pool: np.ndarray, val_pool: np.ndarray) -> None:
     model.latent_std.copy_(std)
     score = evaluate(model, val_pool)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "tae.safetensors"))
-    (out / "tae.json").write_text(json.dumps({"config": NANO_TAE.to_dict(), "val_psnr_db": score}, indent=1))
+    (out / "tae.json").write_text(json.dumps({"config": config.to_dict(), "val_psnr_db": score}, indent=1))
     logger.info("autoencoder exported to %s: held-out PSNR %.2f dB", out, score)
 
 
@@ -208,6 +211,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latent_noise", type=float, default=0.1)
     p.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this wall time")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--val_every", type=int, default=500)
+    p.add_argument("--init", choices=("he", "default"), default="he")
+    p.add_argument("--encoder_widths", type=int, nargs=3, default=list(NANO_TAE.encoder_widths))
+    p.add_argument("--decoder_widths", type=int, nargs=4, default=list(NANO_TAE.decoder_widths))
     a = p.parse_args(argv)
+    config = TAEConfig(encoder_widths=tuple(a.encoder_widths), decoder_widths=tuple(a.decoder_widths))
     train(a.out, a.steps, a.batch, a.lr, a.pool, a.size, a.seed, a.minutes, a.latent_noise, a.threads,
-          a.frames, a.crop)
+          a.frames, a.crop, config, a.val_every, a.init)

@@ -86,12 +86,14 @@ def block_audio_tokens(model: LiveActTransformer, audio: torch.Tensor, span: obj
 def forcing_loss(model: LiveActTransformer, batch: Batch, mode: Mode, generator: torch.Generator,
                  memory_config: MemoryConfig = MemoryConfig(), schedule: SamplerConfig = SamplerConfig(),
                  shift: float = 3.0, sigmas: torch.Tensor | None = None,
-                 noise: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[float]]:
+                 noise: list[torch.Tensor] | None = None, collect: list | None = None,
+                 ) -> tuple[torch.Tensor, list[float]]:
     """Flow-matching loss of one batch of clips under a forcing mode.
 
     Args:
         sigmas: ``[blocks, B]`` to fix the noise levels (validation); drawn when None.
         noise: per-block noise to fix it (validation); drawn from ``generator`` when None.
+        collect: if given, each block's clean prediction ``x_t - sigma v`` ``[B, C, T, h, w]`` is appended.
 
     Returns:
         the mean loss over blocks, and each block's loss (floats) for logging.
@@ -121,6 +123,8 @@ def forcing_loss(model: LiveActTransformer, batch: Batch, mode: Mode, generator:
         v = model(x_t, y, sigmas[k] * schedule.num_train_timesteps, context, memory, audio=audio,
                   silent_frames=silent)
         losses.append(F.mse_loss(v.float(), eps - x0))
+        if collect is not None:
+            collect.append(x_t - sigma * v.float())
         if mode == "teacher" and k < blocks - 1:
             # Overwrite this block's memory slots with its clean keys/values for the blocks after it.
             memory.begin_block(k)

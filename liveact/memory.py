@@ -14,7 +14,12 @@ first block 6, later blocks 8, ratio 5):
 
 The storage is allocated once; nothing grows with the number of blocks. Optional FP8 storage
 (e4m3, one fp32 scale per token and head) quantises only what changed, and optional CPU placement
-keeps the storage in host memory with one device work buffer shared by all layers.
+keeps the storage in exact-size pinned host memory; both work in a device ``KVWorkspace`` that the
+memories of one sampler share. Offloaded layers are prefetched one layer ahead on a side stream.
+
+What a forward pass does depends on the block only through a host-decided *phase* (first block,
+second block, steady) and a compress flag, both set by ``begin_block``: a compiled model compiles
+for three phases and then never again, however long the stream.
 
 For training (``differentiable=True``) the same layout and compression run out of place
 (``slice_scatter``), so gradients flow from a block's loss into the keys/values earlier blocks wrote
@@ -23,6 +28,7 @@ and into the ConvKV taps: the training rollouts use exactly the inference memory
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -30,9 +36,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from liveact.config import MemoryConfig
+from liveact.hostmem import host_tensor
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
+
+FIRST_BLOCK, SECOND_BLOCK, STEADY = 0, 1, 2
+
+
+def block_phase(block_index: int) -> int:
+    """``FIRST_BLOCK``, ``SECOND_BLOCK`` or ``STEADY`` (every block from the third on).
+
+    A forward pass depends on its block only through the phase, so a compiled model sees three
+    values where it would otherwise see one per block (and recompile for each).
+    """
+    if block_index < 0:
+        raise ValueError(f"block_index must be >= 0, got {block_index}")
+    return min(block_index, STEADY)
 
 
 @dataclass(frozen=True)
@@ -83,13 +103,13 @@ class MemoryLayout:
         cfg = self.config
         return self.frames(cfg.total_frames - cfg.short_term_frames, cfg.short_term_frames)
 
-    def write_start(self, block_index: int) -> int:
-        """First slot the block ``block_index`` writes to (and its query's temporal position)."""
-        return 0 if block_index == 0 else self.config.current_start
+    def write_start(self, phase: int) -> int:
+        """First slot a block of ``phase`` (or block index) writes to, and its query's temporal position."""
+        return 0 if phase == FIRST_BLOCK else self.config.current_start
 
-    def visible_frames(self, block_index: int) -> int:
-        """Slots the block attends to."""
-        return self.config.first_block_frames if block_index == 0 else self.config.total_frames
+    def visible_frames(self, phase: int) -> int:
+        """Slots a block of ``phase`` (or block index) attends to."""
+        return self.config.first_block_frames if phase == FIRST_BLOCK else self.config.total_frames
 
 
 def compress(
@@ -140,8 +160,230 @@ def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (xf / scale).to(FP8_DTYPE), scale
 
 
+def _cuda_stream(device: torch.device) -> torch.cuda.Stream | None:
+    return torch.cuda.Stream(device) if device.type == "cuda" else None
+
+
+class KVWorkspace:
+    """Device buffers that an FP8 or offloaded ``KVMemory`` works in.
+
+    Memories that run one after another (the per-step memories of one sampler) share one workspace:
+    a layer's keys/values only need to be on the device, in the compute dtype, during that layer's
+    attention, so one set of buffers serves every layer of every memory.
+
+    * ``work``: one ``(k, v)`` pair in the compute dtype where FP8 storage is dequantised.
+    * ``staging`` (offload only): two slots of the storage dtype (FP8 + scales, or the compute dtype,
+      in which case a slot is itself the work buffer). While layer ``i`` runs, layer ``i + 1`` is
+      copied into the other slot on a side CUDA stream; CUDA events order the copies against compute.
+
+    Args:
+        shape: ``(B, N, H, D)`` of one layer's keys (``N`` the cache tokens).
+        dtype: compute dtype.
+        device: compute device.
+        fp8, offload: the storage options of the memories that use it.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str,
+                 fp8: bool, offload: bool) -> None:
+        self.shape, self.dtype, self.device = tuple(shape), dtype, torch.device(device)
+        self.fp8, self.offload = fp8, offload
+        store_dtype = FP8_DTYPE if fp8 else dtype
+        scale_shape = self.shape[:-1] + (1,)
+
+        def slot() -> dict[str, torch.Tensor]:
+            bufs = {name: torch.zeros(self.shape, dtype=store_dtype, device=self.device) for name in ("k", "v")}
+            if fp8:
+                bufs.update({f"{n}_scale": torch.ones(scale_shape, device=self.device) for n in ("k", "v")})
+            return bufs
+
+        self.staging = [slot(), slot()] if offload else []
+        self.work = (
+            (torch.zeros(self.shape, dtype=dtype, device=self.device),
+             torch.zeros(self.shape, dtype=dtype, device=self.device)) if fp8 else None
+        )
+        self.stream = _cuda_stream(self.device) if offload else None
+        # What each staging slot holds: (memory id, layer, frames) and the event of its copy.
+        self._holds: list[tuple[int, int, int] | None] = [None] * len(self.staging)
+        self._events: list[torch.cuda.Event | None] = [None] * len(self.staging)
+        self.sync_loads = 0
+        self.prefetched_loads = 0
+
+    def matches(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, fp8: bool,
+                offload: bool) -> bool:
+        """Whether a memory with these properties can use this workspace."""
+        return (self.shape, self.dtype, self.device, self.fp8, self.offload) == (tuple(shape), dtype, device, fp8,
+                                                                                offload)
+
+    def nbytes(self) -> int:
+        """Device bytes of all buffers."""
+        tensors = [t for s in self.staging for t in s.values()] + list(self.work or ())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    # -- offload: staging slots ---------------------------------------------------------------
+
+    def _copy_in(self, memory: KVMemory, layer: int, frames: int, slot: int, side: bool) -> None:
+        """Copy the first ``frames`` slots of ``layer``'s host storage into staging ``slot``."""
+        needed = memory.layout.frames(0, frames)
+        compute = torch.cuda.current_stream(self.device) if self.stream is not None else None
+        ctx = torch.cuda.stream(self.stream) if side and self.stream is not None else contextlib.nullcontext()
+        with ctx:
+            if side and self.stream is not None:
+                # The slot was last read by kernels already queued on the compute stream.
+                self.stream.wait_stream(compute)
+            for name, buf in self.staging[slot].items():
+                buf[:, needed].copy_(getattr(memory, name)[layer, :, needed], non_blocking=True)
+            event = None
+            if side and self.stream is not None:
+                event = torch.cuda.Event()
+                event.record(self.stream)
+        self._holds[slot] = (id(memory), layer, frames)
+        self._events[slot] = event
+
+    def fetch(self, memory: KVMemory, layer: int, frames: int) -> dict[str, torch.Tensor]:
+        """Staging slot holding ``layer``'s first ``frames`` slots (ready on the compute stream).
+
+        Starts copying ``layer + 1`` into the other slot so it overlaps this layer's compute.
+        """
+        slot = layer % 2
+        key = (id(memory), layer, frames)
+        if frames and self._holds[slot] == key:
+            event = self._events[slot]
+            if event is not None:
+                torch.cuda.current_stream(self.device).wait_event(event)
+            self.prefetched_loads += 1
+        elif frames:
+            self._copy_in(memory, layer, frames, slot, side=False)
+            self.sync_loads += 1
+        self._holds[slot] = None
+        self._events[slot] = None
+        if frames and layer + 1 < memory.num_layers:
+            self._copy_in(memory, layer + 1, frames, 1 - slot, side=True)
+        return self.staging[slot]
+
+    def store(self, memory: KVMemory, layer: int, parts: list[tuple[str, slice, torch.Tensor]]) -> None:
+        """Copy each ``(name, where, src)`` into ``getattr(memory, name)[layer, :, where]`` (host storage).
+
+        On CUDA the copies run on the side stream after the compute that produced them, so the GPU
+        goes on with the next layer; the stream's order keeps them ahead of any later copy-in.
+        """
+        compute = torch.cuda.current_stream(self.device) if self.stream is not None else None
+        ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+        with ctx:
+            if self.stream is not None:
+                self.stream.wait_stream(compute)
+            for name, where, src in parts:
+                getattr(memory, name)[layer, :, where].copy_(src, non_blocking=True)
+                if self.stream is not None:
+                    # Temporaries made on the compute stream must outlive the copy.
+                    src.record_stream(self.stream)
+
+    def forget(self, memory: KVMemory) -> None:
+        """Drop prefetched data of ``memory`` (its storage is about to be rewritten or reset)."""
+        for slot, held in enumerate(self._holds):
+            if held is not None and held[0] == id(memory):
+                self._holds[slot] = None
+                self._events[slot] = None
+
+
+class LayerKV:
+    """One layer's keys/values in a ``KVMemory``, for the current block.
+
+    Holds the layer's tensors, not its index, where it can: a block compiled on its own
+    (regional compilation) then sees the same kind of input for all layers and compiles once.
+    The memory's host-decided ``phase`` and ``compress_due`` are all it reads of the block.
+    """
+
+    def __init__(self, memory: KVMemory, index: int) -> None:
+        self.memory = memory
+        self.index = index
+        if memory.differentiable:
+            self.cell = memory._layers[index]
+        elif not memory.uses_workspace:
+            self.k, self.v = memory.k[index], memory.v[index]
+
+    def update(self, k_new: torch.Tensor, v_new: torch.Tensor, k_conv: torch.Tensor | None,
+               v_conv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compress if due, write the block's K/V and return what the block attends to.
+
+        Args:
+            k_new, v_new: ``[B, T * frame_len, H, D]`` un-roped keys/values of the current block.
+            k_conv, v_conv: the layer's ConvKV taps ``[H * D, 1, ratio]``; which one compresses V is
+                ``MemoryConfig.value_conv`` (the reference uses the K conv for both).
+
+        Returns:
+            ``(k, v)``, each ``[B, visible_frames * frame_len, H, D]`` un-roped, compute dtype.
+        """
+        mem = self.memory
+        if mem.phase < 0:
+            raise RuntimeError("call begin_block() before the forward pass")
+        lay = mem.layout
+        k_buf, v_buf = self._load()
+        if mem.compress_due:
+            v_taps = k_conv if mem.config.value_conv == "k" else v_conv
+            k_buf = mem._compress(k_buf, k_conv)
+            v_buf = mem._compress(v_buf, v_taps)
+        written = lay.frames(lay.write_start(mem.phase), k_new.shape[1] // lay.frame_len)
+        k_buf = mem._write(k_buf, written, k_new)
+        v_buf = mem._write(v_buf, written, v_new)
+        if mem.differentiable:
+            self.cell[0], self.cell[1] = k_buf, v_buf
+        elif mem.uses_workspace:
+            self._store(k_buf, v_buf, written)
+        visible = lay.frames(0, lay.visible_frames(mem.phase))
+        return k_buf[:, visible], v_buf[:, visible]
+
+    def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Working K/V of this layer on the compute device (the storage itself when possible)."""
+        mem = self.memory
+        if mem.differentiable:
+            return self.cell[0], self.cell[1]
+        if not mem.uses_workspace:
+            return self.k, self.v
+        # Block 0 overwrites everything it reads; block 1 reads the memory slots; later blocks
+        # also read the previous block (it feeds the compression and the short-term slots).
+        frames = {FIRST_BLOCK: 0, SECOND_BLOCK: mem.config.memory_frames}.get(mem.phase, mem.config.total_frames)
+        needed = mem.layout.frames(0, frames)
+        ws = mem.workspace
+        src: dict[str, torch.Tensor] = (ws.fetch(mem, self.index, frames) if mem.config.offload else
+                                        {n: getattr(mem, n)[self.index] for n in ("k", "v", "k_scale", "v_scale")
+                                         if hasattr(mem, n)})
+        if not mem.config.fp8:
+            return src["k"], src["v"]
+        for work, name in zip(ws.work, ("k", "v")):
+            if frames:
+                # Scales cast to the compute dtype before the product, as the reference does.
+                work[:, needed] = src[name][:, needed].to(mem.dtype) * src[f"{name}_scale"][:, needed].to(mem.dtype)
+        return ws.work
+
+    def _store(self, k_buf: torch.Tensor, v_buf: torch.Tensor, written: slice) -> None:
+        """Write back what this call changed (quantising it when the storage is FP8)."""
+        mem = self.memory
+        changed = [written]
+        if mem.compress_due:
+            changed += [mem.layout.long_term, mem.layout.short_term]
+        parts = []
+        for sl in changed:
+            for name, buf in (("k", k_buf), ("v", v_buf)):
+                if mem.config.fp8:
+                    # Quantised on the device: only FP8 bytes and scales cross the bus.
+                    q, scale = quantize_fp8(buf[:, sl])
+                    parts += [(name, sl, q), (f"{name}_scale", sl, scale)]
+                else:
+                    parts.append((name, sl, buf[:, sl]))
+        if mem.config.offload:
+            mem.workspace.store(mem, self.index, parts)
+        else:
+            for name, sl, src in parts:
+                getattr(mem, name)[self.index, :, sl].copy_(src)
+
+
 class KVMemory(nn.Module):
     """Keys/values of every layer for one denoising step, in a fixed slot layout.
+
+    Call ``begin_block(k)`` before each forward pass: it decides on the host, once per block, the
+    phase (first block / second block / steady) and whether the memory is compressed. A forward
+    pass reads only those flags, never the block index, so a compiled model stops recompiling
+    after the third block.
 
     Args:
         config: slot layout, compression and storage options.
@@ -153,11 +395,14 @@ class KVMemory(nn.Module):
         batch: samples per forward pass.
         differentiable: keep autograd history (training): writes are out of place and each layer's
             keys/values are plain tensors instead of preallocated buffers. Not with FP8 or offload.
+        workspace: device work buffers shared with other memories (FP8 / offload only); default a
+            new one of this memory's own.
     """
 
     def __init__(
         self, config: MemoryConfig, num_layers: int, num_heads: int, head_dim: int, frame_len: int,
         device: torch.device | str, dtype: torch.dtype, batch: int = 1, differentiable: bool = False,
+        workspace: KVWorkspace | None = None,
     ) -> None:
         super().__init__()
         if differentiable and (config.fp8 or config.offload):
@@ -173,29 +418,40 @@ class KVMemory(nn.Module):
         shape = (num_layers, batch, self.layout.num_tokens, num_heads, head_dim)
         pin = config.offload and self.device.type == "cuda"
         self.block_index = -1
-        self._compressed_for = [-1] * num_layers
+        self.phase = -1
+        self.compress_due = False
+        self._compressed_block = -1
+        self.workspace: KVWorkspace | None = None
+        self.owns_workspace = False
         if differentiable:
             # Per-layer tensors replaced (not written) on every update; zeros are never attended to.
             zeros = torch.zeros(shape[1:], dtype=dtype, device=self.device)
-            self._layers = [(zeros, zeros) for _ in range(num_layers)]
+            self._layers = [[zeros, zeros] for _ in range(num_layers)]
             return
 
         def alloc(shape_: tuple[int, ...], dt: torch.dtype) -> torch.Tensor:
-            return torch.zeros(shape_, dtype=dt, device=store_device, pin_memory=pin)
+            if pin:
+                # Exact-size page-locked memory (the caching allocator would round up to 2^n).
+                return host_tensor(shape_, dt, pin=True)
+            return torch.zeros(shape_, dtype=dt, device=store_device)
 
         self.register_buffer("k", alloc(shape, store_dtype), persistent=False)
         self.register_buffer("v", alloc(shape, store_dtype), persistent=False)
         if config.fp8:
             self.register_buffer("k_scale", alloc(shape[:-1] + (1,), torch.float32), persistent=False)
             self.register_buffer("v_scale", alloc(shape[:-1] + (1,), torch.float32), persistent=False)
-        if self._needs_work_buffer:
-            # One device-side dequantised/fetched copy, shared by all layers (they run in turn).
-            self.register_buffer("k_work", torch.zeros(shape[1:], dtype=dtype, device=self.device), persistent=False)
-            self.register_buffer("v_work", torch.zeros(shape[1:], dtype=dtype, device=self.device), persistent=False)
+        if self.uses_workspace:
+            if workspace is not None and not workspace.matches(shape[1:], dtype, self.device, config.fp8,
+                                                               config.offload):
+                raise ValueError("the shared KVWorkspace does not fit this memory (shape, dtype, device or "
+                                 "storage options differ)")
+            self.owns_workspace = workspace is None
+            self.workspace = workspace or KVWorkspace(shape[1:], dtype, self.device, config.fp8, config.offload)
 
     @property
-    def _needs_work_buffer(self) -> bool:
-        return self.config.fp8 or self.config.offload
+    def uses_workspace(self) -> bool:
+        """Whether layers are worked on in device buffers apart from the storage (FP8 or offload)."""
+        return not self.differentiable and (self.config.fp8 or self.config.offload)
 
     def reset(self) -> None:
         """Forget everything: the next block is a new clip's first block.
@@ -203,68 +459,59 @@ class KVMemory(nn.Module):
         Only the counters: block 0 writes every slot it reads and block 1 every slot after that, so
         stale contents are never attended to (and zeroing gigabytes per clip would cost seconds).
         """
-        self.block_index = -1
-        self._compressed_for = [-1] * self.num_layers
+        self.block_index = self.phase = -1
+        self.compress_due = False
+        self._compressed_block = -1
+        if self.workspace is not None:
+            self.workspace.forget(self)
         if self.differentiable:
             # Drop the autograd history of the previous clip.
-            self._layers = [(k.detach(), v.detach()) for k, v in self._layers]
+            self._layers = [[k.detach(), v.detach()] for k, v in self._layers]
 
     def begin_block(self, block_index: int) -> None:
-        """Announce the block the next forward pass belongs to (host-side counter, no sync)."""
+        """Announce the block the next forward pass belongs to (host-side, no sync).
+
+        Decides the phase and, for the first forward pass of each block from the third on, that
+        the memory is compressed before the block is written. Call it once per forward pass;
+        calling it again with the same index re-runs that block against the compressed memory.
+        """
         if block_index < 0:
             raise ValueError(f"block_index must be >= 0, got {block_index}")
         if block_index > self.block_index + 1 and self.block_index >= 0:
             raise ValueError(f"blocks must come in order: got {block_index} after {self.block_index}")
         if block_index == 0:
-            self._compressed_for = [-1] * self.num_layers
+            self._compressed_block = -1
         self.block_index = block_index
+        self.phase = block_phase(block_index)
+        self.compress_due = self.phase == STEADY and self._compressed_block != block_index
+        if self.compress_due:
+            self._compressed_block = block_index
 
     @property
     def query_start_frame(self) -> int:
         """Temporal RoPE position of the current block's first frame."""
-        return self.layout.write_start(self.block_index)
+        return self.layout.write_start(self.phase)
 
     @property
     def visible_frames(self) -> int:
         """Slots the current block attends to."""
-        return self.layout.visible_frames(self.block_index)
+        return self.layout.visible_frames(self.phase)
 
     def nbytes(self) -> int:
-        """Bytes held by all buffers (storage, scales and work buffers)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        """Bytes held by all buffers (storage, scales and, when not shared, the device workspace)."""
+        own = sum(b.numel() * b.element_size() for b in self.buffers())
+        return own + (self.workspace.nbytes() if self.owns_workspace else 0)
+
+    def layer(self, index: int) -> LayerKV:
+        """The handle of layer ``index`` for the current block."""
+        return LayerKV(self, index)
 
     def update(
         self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor,
         k_conv: torch.Tensor | None, v_conv: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Compress if due, write the block's K/V and return what the block attends to.
-
-        Args:
-            layer: layer index.
-            k_new, v_new: ``[B, T * frame_len, H, D]`` un-roped keys/values of the current block.
-            k_conv, v_conv: the layer's ConvKV taps ``[H * D, 1, ratio]``; which one compresses V is
-                ``MemoryConfig.value_conv`` (the reference uses the K conv for both).
-
-        Returns:
-            ``(k, v)``, each ``[B, visible_frames * frame_len, H, D]`` un-roped, compute dtype.
-        """
-        if self.block_index < 0:
-            raise RuntimeError("call begin_block() before the forward pass")
-        lay = self.layout
-        k_buf, v_buf = self._load(layer)
-        if self.block_index >= 2 and self._compressed_for[layer] != self.block_index:
-            v_taps = k_conv if self.config.value_conv == "k" else v_conv
-            k_buf = self._compress(k_buf, k_conv)
-            v_buf = self._compress(v_buf, v_taps)
-            self._compressed_for[layer] = self.block_index
-        written = lay.frames(lay.write_start(self.block_index), k_new.shape[1] // lay.frame_len)
-        k_buf = self._write(k_buf, written, k_new)
-        v_buf = self._write(v_buf, written, v_new)
-        if self.differentiable:
-            self._layers[layer] = (k_buf, v_buf)
-        self._store(layer, written)
-        visible = lay.frames(0, self.visible_frames)
-        return k_buf[:, visible], v_buf[:, visible]
+        """``self.layer(layer).update(...)``: see ``LayerKV.update``."""
+        return self.layer(layer).update(k_new, v_new, k_conv, v_conv)
 
     def _write(self, buf: torch.Tensor, where: slice, x: torch.Tensor) -> torch.Tensor:
         """``buf[:, where] = x``: in place, or out of place (``slice_scatter``) when differentiable."""
@@ -278,36 +525,3 @@ class KVMemory(nn.Module):
         lay = self.layout
         buf = self._write(buf, lay.long_term, compress(buf[:, lay.compress_source], taps, self.config, lay.frame_len))
         return self._write(buf, lay.short_term, buf[:, lay.short_term_source])
-
-    def _load(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Working K/V of ``layer`` on the compute device (the storage itself when possible)."""
-        if self.differentiable:
-            return self._layers[layer]
-        if not self._needs_work_buffer:
-            return self.k[layer], self.v[layer]
-        # Block 0 overwrites everything it reads; block 1 reads the memory slots; later blocks
-        # also read the previous block (it feeds the compression and the short-term slots).
-        frames = {0: 0, 1: self.config.memory_frames}.get(self.block_index, self.config.total_frames)
-        needed = self.layout.frames(0, frames)
-        for work, store, scale in ((self.k_work, self.k, "k_scale"), (self.v_work, self.v, "v_scale")):
-            src = store[layer, :, needed].to(self.device, non_blocking=True)
-            if self.config.fp8:
-                src = src.to(self.dtype) * getattr(self, scale)[layer, :, needed].to(self.device, self.dtype)
-            work[:, needed] = src
-        return self.k_work, self.v_work
-
-    def _store(self, layer: int, written: slice) -> None:
-        """Write back what this call changed (quantising it when the storage is FP8)."""
-        if not self._needs_work_buffer:
-            return
-        changed = [written]
-        if self.block_index >= 2:
-            changed += [self.layout.long_term, self.layout.short_term]
-        for work, store, scale in ((self.k_work, self.k, "k_scale"), (self.v_work, self.v, "v_scale")):
-            for sl in changed:
-                if self.config.fp8:
-                    q, s = quantize_fp8(work[:, sl])
-                    store[layer, :, sl].copy_(q, non_blocking=True)
-                    getattr(self, scale)[layer, :, sl].copy_(s, non_blocking=True)
-                else:
-                    store[layer, :, sl].copy_(work[:, sl], non_blocking=True)

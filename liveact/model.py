@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liveact.attention import attention
+from liveact import islands
+from liveact.attention import attention, select_backend
 from liveact.config import MemoryConfig, ModelConfig
-from liveact.memory import KVMemory
+from liveact.memory import KVMemory, KVWorkspace, LayerKV
 from liveact.rope import apply_rope, rope_table
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., dim] -> [..., dim]``."""
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return islands.rms_norm(x, self.weight, self.eps)
 
 
 class FP32LayerNorm(nn.LayerNorm):
@@ -52,9 +52,7 @@ class FP32LayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., dim] -> [..., dim]``."""
-        weight = self.weight.float() if self.weight is not None else None
-        bias = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
+        return islands.layer_norm(x, self.weight, self.bias, self.eps)
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class Modulation:
 
     def apply(self, normed: torch.Tensor) -> torch.Tensor:
         """``normed * (1 + scale) + shift`` in fp32, cast back to the dtype of ``normed``."""
-        return (normed.float() * (1 + self.scale) + self.shift).type_as(normed)
+        return islands.modulate(normed, self.shift, self.scale)
 
 
 def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
@@ -127,6 +125,24 @@ class BlockInputs:
         """Tokens of the whole block (``T * h * w``)."""
         return self.grid[0] * self.frame_len
 
+    def layer(self, index: int) -> LayerInputs:
+        """What layer ``index`` reads besides the shared inputs: its memory and cross-attention K/V."""
+        return LayerInputs(kv=self.memory.layer(index), text=self.context.text[index],
+                           image=self.context.image[index])
+
+
+@dataclass
+class LayerInputs:
+    """Per-layer inputs: tensors and handles, never the layer index.
+
+    A block compiled on its own (``block.compile()``) thus sees the same kind of input for every
+    layer and compiles once for all of them.
+    """
+
+    kv: LayerKV
+    text: tuple[torch.Tensor, torch.Tensor]
+    image: tuple[torch.Tensor, torch.Tensor]
+
 
 class SelfAttention(nn.Module):
     """Block-causal self-attention against the ConvKV memory."""
@@ -142,20 +158,28 @@ class SelfAttention(nn.Module):
         conv = dict(kernel_size=cfg.memory_ratio, stride=cfg.memory_ratio, groups=dim, bias=False)
         self.memory_proj_k = nn.Conv1d(dim, dim, **conv)
         self.memory_proj_v = nn.Conv1d(dim, dim, **conv)
+        # Set by liveact.quant (fused FP8 QKV): one GEMM of [3 dim, dim] replaces q, k and v.
+        self.qkv: nn.Module | None = None
+        self.attention_backend = "sdpa"
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``[B, L, dim]`` -> q, k, v ``[B, L, H, D]`` (q and k RMS-normed over the full dim)."""
         shape = (*x.shape[:2], -1, self.head_dim)
-        return (self.norm_q(self.q(x)).view(shape), self.norm_k(self.k(x)).view(shape), self.v(x).view(shape))
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        return self.norm_q(q).view(shape), self.norm_k(k).view(shape), v.reshape(shape)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, inp: BlockInputs) -> torch.Tensor:
-        """Update the memory with ``k, v`` ``[B, L, H, D]`` and attend; returns ``[B, L, H, D]``."""
-        k_all, v_all = inp.memory.update(layer, k, v, self.memory_proj_k.weight, self.memory_proj_v.weight)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: LayerInputs,
+               inp: BlockInputs) -> torch.Tensor:
+        """Update the layer's memory with ``k, v`` ``[B, L, H, D]`` and attend; returns ``[B, L, H, D]``."""
+        k_all, v_all = layer.kv.update(k, v, self.memory_proj_k.weight, self.memory_proj_v.weight)
         q = apply_rope(q, *inp.rope_q)
         k_all = apply_rope(k_all, inp.rope_k[0][: k_all.shape[1]], inp.rope_k[1][: k_all.shape[1]])
-        return attention(q, k_all, v_all)
+        return attention(q, k_all, v_all, backend=self.attention_backend)
 
-    def forward(self, x: torch.Tensor, layer: int, inp: BlockInputs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layer: LayerInputs, inp: BlockInputs) -> torch.Tensor:
         """``[B, L, dim] -> [B, L, dim]``."""
         q, k, v = self.project(x)
         return self.o(self.attend(q, k, v, layer, inp).flatten(2))
@@ -174,6 +198,7 @@ class CrossAttention(nn.Module):
         self.norm_q = RMSNorm(dim, cfg.eps)
         self.norm_k = RMSNorm(dim, cfg.eps)
         self.norm_k_img = RMSNorm(dim, cfg.eps)
+        self.attention_backend = "sdpa"
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:2], -1, self.head_dim)
@@ -190,7 +215,8 @@ class CrossAttention(nn.Module):
                 image_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """``[B, L, dim] -> [B, L, dim]``."""
         q = self._heads(self.norm_q(self.q(x)))
-        out = attention(q, *text_kv) + attention(q, *image_kv)
+        out = attention(q, *text_kv, backend=self.attention_backend) + attention(
+            q, *image_kv, backend=self.attention_backend)
         return self.o(out.flatten(2))
 
 
@@ -203,6 +229,7 @@ class AudioCrossAttention(nn.Module):
         self.q_linear = nn.Linear(cfg.dim, cfg.dim)
         self.kv_linear = nn.Linear(cfg.output_dim, 2 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.attention_backend = "sdpa"
 
     def forward(self, x: torch.Tensor, audio: torch.Tensor, frame_len: int, token_offset: int = 0) -> torch.Tensor:
         """Frame-wise audio attention over a contiguous range of the block's tokens.
@@ -235,7 +262,7 @@ class AudioCrossAttention(nn.Module):
             q_run = q[:, lo:hi].reshape(b * frames, (hi - lo) // frames, *q.shape[2:])
             k_run, v_run = (t[:, frame - first: frame - first + frames].expand(b, -1, -1, -1, -1)
                             .reshape(b * frames, *t.shape[2:]) for t in (k, v))
-            outs.append(attention(q_run, k_run, v_run).reshape(b, hi - lo, dim))
+            outs.append(attention(q_run, k_run, v_run, backend=self.attention_backend).reshape(b, hi - lo, dim))
         return self.proj(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
 
 
@@ -279,13 +306,15 @@ class AttentionBlock(nn.Module):
         self.audio_cross_attn = AudioCrossAttention(cfg)
         self.norm_x = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True) if cfg.norm_input_visual else nn.Identity()
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, layer: int, inp: BlockInputs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, layer: LayerInputs, inp: BlockInputs) -> torch.Tensor:
         """``x`` ``[B, L, dim]``, ``e0`` ``[B, 6, dim]`` time projection -> ``[B, L, dim]``."""
         c = (self.modulation + e0).chunk(6, dim=1)
         attn_mod, ffn_mod = Modulation(c[0], c[1], c[2]), Modulation(c[3], c[4], c[5])
+        eps = self.norm1.eps
 
-        x = x + self.self_attn(attn_mod.apply(self.norm1(x)), layer, inp) * attn_mod.gate
-        x = x + self.cross_attn(self.norm3(x), inp.context.text[layer], inp.context.image[layer])
+        attn_in = islands.norm_modulate(x, attn_mod.shift, attn_mod.scale, eps)
+        x = islands.gated_residual(x, self.self_attn(attn_in, layer, inp), attn_mod.gate)
+        x = x + self.cross_attn(self.norm3(x), layer.text, layer.image)
         if inp.audio is not None:
             x_audio = self.audio_cross_attn(self.norm_x(x), inp.audio, inp.frame_len, inp.token_offset)
             silent = inp.silent_frames * inp.frame_len - inp.token_offset
@@ -293,7 +322,8 @@ class AttentionBlock(nn.Module):
                 # The clip's very first latent frame is the reference image: it gets no audio.
                 x_audio[:, :silent] = 0
             x = x + x_audio
-        return x + self.ffn(ffn_mod.apply(self.norm2(x))) * ffn_mod.gate
+        ffn_in = islands.norm_modulate(x, ffn_mod.shift, ffn_mod.scale, self.norm2.eps)
+        return islands.gated_residual(x, self.ffn(ffn_in), ffn_mod.gate)
 
 
 class Head(nn.Module):
@@ -407,6 +437,17 @@ class LiveActTransformer(nn.Module):
 
         return load_transformer(folder, dtype=torch_dtype, device=device)
 
+    def compile(self, *args: object, **kwargs: object) -> None:
+        """``nn.Module.compile`` (in place, same arguments) with static shapes unless ``dynamic`` is given.
+
+        A forward pass differs between blocks only by the memory's phase (first, second, steady),
+        whether audio is present and the block length that goes with the phase, so static shapes
+        give at most six graphs, all built by the third block; none after, however long the stream.
+        (Automatic dynamic shapes would also settle, but on symbolic block lengths.)
+        """
+        kwargs.setdefault("dynamic", False)
+        super().compile(*args, **kwargs)
+
     @property
     def device(self) -> torch.device:
         """Device of the parameters."""
@@ -423,14 +464,39 @@ class LiveActTransformer(nn.Module):
         return getattr(self, "_local_heads", self.config.num_heads)
 
     def new_memory(self, memory_config: MemoryConfig, frame_len: int, batch: int = 1,
-                   differentiable: bool = False) -> KVMemory:
-        """A fresh ``KVMemory`` sized for this model and resolution (``differentiable`` for training)."""
+                   differentiable: bool = False, workspace: KVWorkspace | None = None) -> KVMemory:
+        """A fresh ``KVMemory`` sized for this model and resolution (``differentiable`` for training).
+
+        ``workspace``: device buffers to share with other FP8/offloaded memories (``KVMemory.workspace``
+        of one made before); the memories of one sampler run in turn and can share them.
+        """
         if memory_config.ratio != self.config.memory_ratio:
             raise ValueError(
                 f"MemoryConfig.ratio={memory_config.ratio} does not match the model's ConvKV kernel "
                 f"size {self.config.memory_ratio}")
         return KVMemory(memory_config, self.config.num_layers, self.kv_heads, self.config.head_dim,
-                        frame_len, self.device, self.dtype, batch=batch, differentiable=differentiable)
+                        frame_len, self.device, self.dtype, batch=batch, differentiable=differentiable,
+                        workspace=workspace)
+
+    @property
+    def attention_backend(self) -> str:
+        """The attention backend every attention of the model uses (``sdpa`` until set)."""
+        return self.blocks[0].self_attn.attention_backend if len(self.blocks) else "sdpa"
+
+    def set_attention_backend(self, preferred: str | None = None) -> str:
+        """Choose the attention kernel once for this model's device and dtype (``attention.select_backend``).
+
+        Probes ``preferred`` (None: ``LIVEACT_ATTENTION``, default ``auto``) on a small tensor against
+        SDPA, falls back loudly, and stores the result in every attention module.
+
+        Returns:
+            The backend chosen.
+        """
+        name = select_backend(preferred, self.device, self.dtype)
+        for module in self.modules():
+            if isinstance(module, (SelfAttention, CrossAttention, AudioCrossAttention)):
+                module.attention_backend = name
+        return name
 
     # ----------------------------------------------------------------------------------------
     # conditioning computed once
@@ -538,7 +604,11 @@ class LiveActTransformer(nn.Module):
 
     def block_inputs(self, grid: tuple[int, int, int], memory: KVMemory, context: CrossContext,
                      audio: torch.Tensor | None, silent_frames: int) -> BlockInputs:
-        """Per-call inputs shared by all layers (RoPE tables of the query frames and the whole cache)."""
+        """Per-call inputs shared by all layers (RoPE tables of the query frames and the whole cache).
+
+        The tables come from ``rope()``'s cache: call ``rope(total_frames, h, w)`` once outside a
+        compiled region (the sampler does) so a compiled forward finds them there.
+        """
         start = memory.query_start_frame
         cos, sin = self.rope(memory.config.total_frames, grid[1], grid[2])
         fl = grid[1] * grid[2]
@@ -552,6 +622,6 @@ class LiveActTransformer(nn.Module):
         ``x`` holds the block's tokens from ``inp.token_offset`` on. This is the extension point of
         ``liveact.parallel``, which shards the tokens around it.
         """
-        for layer, block in enumerate(self.blocks):
-            x = block(x, e0, layer, inp)
+        for index, block in enumerate(self.blocks):
+            x = block(x, e0, inp.layer(index), inp)
         return self.head(x, e)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from liveact.islands import island
+
 
 def _axis_angles(positions: torch.Tensor, pairs: int, theta: float) -> torch.Tensor:
     """Angles ``[P, pairs]`` (float64) for integer ``positions`` ``[P]`` along one axis."""
@@ -47,6 +49,7 @@ def rope_table(
     return angles.cos().float().to(device), angles.sin().float().to(device)
 
 
+@island
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs of ``x`` by the per-token angles.
 

@@ -174,9 +174,15 @@ class NeighborForcingSampler:
         if frame_len != self._frame_len:
             # Clean context shares one memory across steps (and one for the null-audio passes).
             count = self.config.num_steps if self.context == "neighbor" else 1
-            memories = [self.model.new_memory(self.memory_config, frame_len) for _ in range(count)]
+            first = self.model.new_memory(self.memory_config, frame_len)
+
+            def make() -> KVMemory:
+                # FP8/offloaded memories run in turn: they share one set of device work buffers.
+                return self.model.new_memory(self.memory_config, frame_len, workspace=first.workspace)
+
+            memories = [first] + [make() for _ in range(count - 1)]
             self._memories = [memories[i % count] for i in range(self.config.num_steps)]
-            null = [self.model.new_memory(self.memory_config, frame_len) for _ in range(min(count, len(self.config.cfg_steps)))]
+            null = [make() for _ in range(min(count, len(self.config.cfg_steps)))]
             self._null_memories = (
                 {i: null[j % len(null)] for j, i in enumerate(self.config.cfg_steps)} if self.config.use_cfg else {}
             )
@@ -238,6 +244,8 @@ class NeighborForcingSampler:
         if lh % ph or lw % pw:
             raise ValueError(f"latent size {lh}x{lw} is not divisible by the patch size {ph}x{pw}")
         memories, null_memories = self.memories((lh // ph) * (lw // pw))
+        # Fill the RoPE cache here, outside any compiled region, so a compiled forward only reads it.
+        model.rope(self.memory_config.total_frames, lh // ph, lw // pw)
         image_kv = model.embed_image(cond.clip)
         text_cache: OrderedDict[int, list] = OrderedDict()
         # Built on the device once: a host tensor used on CUDA would be a blocking copy per step.

@@ -3,8 +3,10 @@
 ``enable_block_offload(model, device)`` is a policy applied to a built model (REFERENCE.md §8.3):
 
 * every child except ``model.blocks`` moves to ``device`` and stays there;
-* each block's parameters and buffers are kept in host memory (page-locked when ``device`` is CUDA,
-  so copies are asynchronous DMA);
+* each block's parameters and buffers are kept in host memory, packed into **one flat buffer per
+  block** (page-locked at its exact size when ``device`` is CUDA: ``liveact.hostmem``; pinning tensor
+  by tensor through PyTorch's caching allocator would round each up to a power of two, ~1.4x the
+  model), so copies are asynchronous DMA;
 * a forward pre-hook on block ``i`` makes it resident (waiting for its prefetch, or copying it
   synchronously) and starts copying block ``i + 1`` on a side CUDA stream, so the transfer overlaps
   block ``i``'s compute; after the last block it prefetches block 0 for the next model call;
@@ -13,7 +15,8 @@
 
 On CUDA the device copies go into two preallocated **slots** (when all blocks have the same tensor
 shapes and dtypes, as in LiveAct), so exactly two blocks' worth of device memory is used however far
-the host runs ahead of the GPU. Calls that reach a block's submodule outside the block's forward
+the host runs ahead of the GPU. A slot is one flat device buffer laid out like the host block, so
+loading a block is a single host-to-device copy. Calls that reach a block's submodule outside the block's forward
 (``model.embed_text`` / ``embed_image`` call ``cross_attn.k`` etc. directly) load just that
 submodule's tensors for the call.
 
@@ -31,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+
+from liveact.hostmem import aligned_size, carve, pinned_buffer
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +103,11 @@ class BlockOffloadManager:
         self.stream = self._side_stream() if prefetch else None
         self.tensors: list[list[_TensorRef]] = []
         self.slots: list[list[torch.Tensor]] | None = None
+        # Host copies packed into one flat buffer per block (whenever copies are made), and the
+        # matching flat device slot buffers: one DMA per block load.
+        self.flat = self.copies
+        self.host_blocks: list[torch.Tensor] = []
+        self.slot_buffers: list[torch.Tensor] = []
         self._slot_of: dict[int, int] = {}
         self._slot_block: list[int | None] = [None] * NUM_SLOTS
         self._events: dict[int, torch.cuda.Event] = {}
@@ -128,13 +138,22 @@ class BlockOffloadManager:
             ref = _TensorRef(self.model, t_name, is_param, t)
             ref.point_at(t.detach().to(self.device))
         for block in self.blocks:
-            refs = []
-            for module in block.modules():
-                for name, is_param, t in _direct_tensors(module):
-                    # One tensor at a time, so a model already on the device never needs 2x memory.
-                    ref = _TensorRef(module, name, is_param, _to_host(t, self.pin))
-                    ref.point_at(ref.host)
-                    refs.append(ref)
+            owned = [(module, name, is_param, t) for module in block.modules()
+                     for name, is_param, t in _direct_tensors(module)]
+            if self.flat:
+                buffer = pinned_buffer(sum(aligned_size(tuple(t.shape), t.dtype) for *_, t in owned), self.pin)
+                self.host_blocks.append(buffer)
+            refs, offset = [], 0
+            for module, name, is_param, t in owned:
+                # One tensor at a time, so a model already on the device never needs 2x memory.
+                if self.flat:
+                    host = carve(buffer, offset, tuple(t.shape), t.dtype).copy_(t.detach())
+                    offset += aligned_size(tuple(t.shape), t.dtype)
+                else:
+                    host = _to_host(t, self.pin)
+                ref = _TensorRef(module, name, is_param, host)
+                ref.point_at(ref.host)
+                refs.append(ref)
             self.tensors.append(refs)
         self.slots = self._make_slots()
         for i, block in enumerate(self.blocks):
@@ -160,7 +179,28 @@ class BlockOffloadManager:
         if any([(r.host.shape, r.host.dtype) for r in refs] != signature for refs in self.tensors[1:]):
             logger.info("block offload: blocks differ in shapes/dtypes; device copies are allocated per load")
             return None
-        return [[torch.empty(s, dtype=d, device=self.device) for s, d in signature] for _ in range(NUM_SLOTS)]
+        slots = []
+        for _ in range(NUM_SLOTS):
+            flat = torch.empty(self.host_blocks[0].numel(), dtype=torch.uint8, device=self.device)
+            self.slot_buffers.append(flat)
+            views, offset = [], 0
+            for shape, dtype in signature:
+                views.append(carve(flat, offset, tuple(shape), dtype))
+                offset += aligned_size(tuple(shape), dtype)
+            slots.append(views)
+        return slots
+
+    @property
+    def host_bytes(self) -> int:
+        """Bytes of the blocks' host copies (what is pinned on CUDA)."""
+        if self.host_blocks:
+            return sum(b.numel() for b in self.host_blocks)
+        return sum(r.host.numel() * r.host.element_size() for refs in self.tensors for r in refs)
+
+    @property
+    def slot_bytes(self) -> int:
+        """Device bytes of the two block slots."""
+        return sum(b.numel() for b in self.slot_buffers)
 
     def remove(self) -> None:
         """Remove the hooks and put every block on the device, as a plain model."""
@@ -174,6 +214,8 @@ class BlockOffloadManager:
                 ref.point_at(ref.host.to(self.device))
         self.tensors.clear()
         self.slots = None
+        self.host_blocks.clear()
+        self.slot_buffers.clear()
 
     # ----------------------------------------------------------------------------------------
     # residency
@@ -200,12 +242,14 @@ class BlockOffloadManager:
             if use_stream:
                 # The slot was last read by kernels already queued on the compute stream.
                 self.stream.wait_stream(compute)
+            if self.slots is not None:
+                # The whole block in one copy: host and slot share the layout.
+                self.slot_buffers[slot].copy_(self.host_blocks[i], non_blocking=True)
             for k, ref in enumerate(self.tensors[i]):
                 if not self.copies:
                     dev = ref.host
                 elif self.slots is not None:
                     dev = self.slots[slot][k]
-                    dev.copy_(ref.host, non_blocking=True)
                 else:
                     dev = ref.host.to(self.device, non_blocking=True, copy=True)
                 ref.point_at(dev)

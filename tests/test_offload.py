@@ -113,7 +113,7 @@ def test_without_prefetch_one_block_resident(model: LiveActTransformer, cond: Co
 def test_disable_restores_plain_model(model: LiveActTransformer, cond: Conditions,
                                       reference: list[torch.Tensor]) -> None:
     m = copy.deepcopy(model)
-    params_before = {n: (p, p.data_ptr()) for n, p in m.named_parameters()}
+    params_before = {n: (p, p.detach().clone()) for n, p in m.named_parameters()}
     hooks_before = all_hooks(m)
     enable_block_offload(m, "cpu", always_copy=True)
     with pytest.raises(ValueError, match="already enabled"):
@@ -123,8 +123,10 @@ def test_disable_restores_plain_model(model: LiveActTransformer, cond: Condition
     disable_block_offload(m)
     assert block_offload_manager(m) is None and all_hooks(m) == hooks_before
     for n, p in m.named_parameters():
-        obj, ptr = params_before[n]
-        assert p is obj and p.data_ptr() == ptr, n
+        # The same Parameter objects, values unchanged (with slot copies the data now lives in the
+        # packed per-block host buffers).
+        obj, value = params_before[n]
+        assert p is obj and torch.equal(p.detach(), value), n
     assert all(torch.equal(a, b) for a, b in zip(sample(m, cond), reference, strict=True))
     with pytest.raises(ValueError, match="not enabled"):
         disable_block_offload(m)
@@ -157,3 +159,30 @@ def test_cuda_offload_matches_and_bounds_memory(model: LiveActTransformer, cond:
     assert all(len(resident) <= 2 for _, resident in seen)
     assert all(p.device.type == "cpu" for i, b in enumerate(m.blocks) if i not in manager.resident_blocks
                for p in b.parameters())
+
+
+def test_blocks_are_packed_in_one_host_buffer_each(model: LiveActTransformer) -> None:
+    """One flat host buffer and one flat slot buffer per block: exact sizes, one copy per load."""
+    from liveact.hostmem import ALIGN, aligned_size
+
+    m = copy.deepcopy(model)
+    sizes = [sum(aligned_size(tuple(t.shape), t.dtype) for t in list(b.parameters()) + list(b.buffers()))
+             for b in m.blocks]
+    manager = enable_block_offload(m, "cpu", always_copy=True)
+    assert len(manager.host_blocks) == len(m.blocks)
+    assert [b.numel() for b in manager.host_blocks] == sizes and manager.host_bytes == sum(sizes)
+    assert manager.slot_bytes == 2 * sizes[0]
+    for i, refs in enumerate(manager.tensors):
+        base = manager.host_blocks[i].untyped_storage().data_ptr()
+        for ref in refs:
+            # Every host copy is a view into its block's buffer, on an aligned offset.
+            assert ref.host.untyped_storage().data_ptr() == base
+            assert (ref.host.data_ptr() - base) % ALIGN == 0
+    for slot, views in zip(manager.slot_buffers, manager.slots):
+        assert all(v.untyped_storage().data_ptr() == slot.untyped_storage().data_ptr() for v in views)
+    x = torch.randn(1, 8, m.config.dim)
+    with torch.no_grad():
+        plain = copy.deepcopy(model).blocks[1].ffn(x)
+        manager.acquire(1)
+        torch.testing.assert_close(m.blocks[1].ffn(x), plain, rtol=0, atol=0)
+        manager.release(1)

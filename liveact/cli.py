@@ -60,6 +60,8 @@ class GenerateArgs:
     dtype: str | None = None
     max_blocks: int | None = None
     vae_stitch: str = "continuous"
+    offload_t5: bool = False
+    no_memory_check: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_blocks", type=int, default=None, help="generate at most this many blocks per clip")
     p.add_argument("--vae_stitch", default="continuous", choices=["continuous", "reference"],
                    help="continuous causal decode across blocks, or the reference's overlap-and-crop")
+    p.add_argument("--offload_t5", action="store_true",
+                   help="keep umT5 in host memory; it visits the GPU only to encode prompts")
+    p.add_argument("--no_memory_check", action="store_true",
+                   help="skip the GPU memory plan that refuses runs that would not fit")
     return p
 
 
@@ -210,7 +216,10 @@ def resolve_device(args: GenerateArgs, dist_info) -> torch.device:  # noqa: ANN0
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"--device {args.device}: CUDA is not available on this machine")
-        return device
+        if dist_info is not None and device.type == "cuda" and device.index not in (None, dist_info.device.index):
+            raise UserError(f"--device {args.device} under torchrun: each process uses cuda:LOCAL_RANK "
+                            f"({dist_info.device} here); pass --device cuda or no --device")
+        return dist_info.device if dist_info is not None and device.type == "cuda" else device
     if dist_info is not None:
         return dist_info.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -224,8 +233,39 @@ def check_hardware_flags(args: GenerateArgs, device: torch.device) -> None:
         if torch.cuda.get_device_capability(device) < (8, 9):
             raise UserError(f"--fp8_gemm needs compute capability 8.9+, {torch.cuda.get_device_name(device)} has "
                             f"{torch.cuda.get_device_capability(device)}")
+        from liveact.quant import choose_recipe
+
+        try:
+            # A tiny GEMM with the exact recipe, before minutes of loading.
+            choose_recipe(device)
+        except RuntimeError as exc:
+            raise UserError(str(exc)) from None
     if args.block_offload and device.type != "cuda":
         raise UserError("--block_offload streams DiT blocks from host memory to a GPU; it needs a CUDA device")
+
+
+def check_precision_and_memory(args: GenerateArgs, device: torch.device, dtype: torch.dtype,
+                               dist_info) -> None:  # noqa: ANN001 - DistInfo | None
+    """Set the run's PyTorch backend flags, warn about fp16, and refuse a run the GPU cannot hold."""
+    from liveact.backends import configure_torch
+
+    configure_torch(device, dtype)
+    if dtype == torch.float16:
+        logger.warning("--dtype float16: the DiT's activations can exceed the float16 range (65504) and turn "
+                       "into inf/NaN; the model was trained in bfloat16, use --dtype bfloat16 where the GPU has it")
+    if device.type != "cuda" or args.no_memory_check or not args.ckpt_dir:
+        return
+    from liveact.memplan import PlanOptions, config_of, preflight
+    from liveact.quant import fp8_supported
+
+    width, height = parse_size(args.size)
+    options = PlanOptions(width, height, dtype, fp8_gemm=args.fp8_gemm, fp8_kv_cache=args.fp8_kv_cache,
+                          offload_cache=args.offload_cache, block_offload=args.block_offload,
+                          audio_cfg=args.audio_cfg, world_size=1 if dist_info is None else dist_info.world_size,
+                          text_encoder="cpu" if args.t5_cpu else "park" if args.offload_t5 else "gpu")
+    message = preflight(config_of(args.ckpt_dir), options, torch.cuda.mem_get_info(device)[0], fp8_supported(device))
+    if message is not None:
+        raise UserError(message)
 
 
 def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype, dist_info):  # noqa: ANN001, ANN201
@@ -239,7 +279,7 @@ def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype,
     pipe = LiveActPipeline.from_pretrained(
         args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype, t5_cpu=args.t5_cpu,
         sequence_parallel=dist_info is not None, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,
-        size=(width, height),
+        size=(width, height), park_text_encoder=args.offload_t5,
         fps=args.fps, audio_cfg=args.audio_cfg, mean_memory=args.mean_memory, fp8_kv_cache=args.fp8_kv_cache,
         offload_cache=args.offload_cache, vae_stitch=args.vae_stitch, stream_audio=args.steam_audio)
     return pipe
@@ -339,11 +379,13 @@ def run(args: GenerateArgs) -> int:
         num_heads = json.loads(Path(args.ckpt_dir, "config.json").read_text()).get("num_heads")
     wants_cpu = args.device is not None and torch.device(args.device).type == "cpu"
     dist_info = maybe_init_dist(num_heads=num_heads, backend="gloo" if wants_cpu else None)
-    is_main = dist_info is None or dist_info.is_main
-    device = resolve_device(args, dist_info)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    check_hardware_flags(args, device)
     try:
+        # Everything after the process group exists runs inside the try: errors still tear it down.
+        is_main = dist_info is None or dist_info.is_main
+        device = resolve_device(args, dist_info)
+        dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        check_hardware_flags(args, device)
+        check_precision_and_memory(args, device, dtype, dist_info)
         pipe = build_pipeline(args, device, dtype, dist_info)
         for request in requests:
             path = output_path(args.output_dir, request)

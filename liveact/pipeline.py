@@ -110,6 +110,8 @@ class LiveActPipeline:
         stream_audio: re-encode a short audio slice per block (``--steam_audio``) instead of the
             whole file once.
         downmix: condition on the mean of the audio channels instead of channel 0 (the reference).
+        park_text_encoder: keep the text encoder in host memory and bring it to the transformer's
+            device only while it encodes prompts (``--offload_t5``: 10.6 GB of umT5 off the GPU).
 
     Attributes:
         trace: None, or a callable ``trace(name, tensor)`` that sees the intermediates of each clip as
@@ -126,6 +128,7 @@ class LiveActPipeline:
         fps: float = 24, audio_cfg: float = 1.0, mean_memory: bool = False, fp8_kv_cache: bool = False,
         offload_cache: bool = False, vae_stitch: str = "continuous", stream_audio: bool = False,
         downmix: bool = False, memory: MemoryConfig | None = None, schedule: SamplerConfig | None = None,
+        park_text_encoder: bool = False,
     ) -> None:
         width, height = size
         stride = (schedule or SamplerConfig()).vae_stride
@@ -139,6 +142,7 @@ class LiveActPipeline:
         self.size, self.fps = (width, height), float(fps)
         self.vae_stitch, self.stream_audio, self.downmix = vae_stitch, stream_audio, downmix
         self.trace: Callable[[str, torch.Tensor], None] | None = None
+        self.park_text_encoder = park_text_encoder
         self.sampler = NeighborForcingSampler(
             transformer, audio_cfg=audio_cfg, mean_memory=mean_memory, fp8_kv_cache=fp8_kv_cache,
             offload_cache=offload_cache, memory=memory, sampler=schedule)
@@ -160,6 +164,7 @@ class LiveActPipeline:
         """
         paths = resolve_assets(ckpt_dir, wav2vec_dir)
         transformer = load_transformer(paths.dit, dtype=dtype, device="cpu" if block_offload else device)
+        on_gpu = torch.device(device).type == "cuda"
         if sequence_parallel:
             from liveact.parallel import parallelize
 
@@ -167,13 +172,18 @@ class LiveActPipeline:
         if fp8_gemm:
             from liveact.quant import convert_linears_to_fp8
 
-            convert_linears_to_fp8(transformer, run_device=device)
+            # Host-resident weights (block offload) are quantised on the GPU one layer at a time.
+            convert_linears_to_fp8(transformer, run_device=device,
+                                   quantize_on=device if block_offload and on_gpu else None)
         if block_offload:
             from liveact.offload import enable_block_offload
 
             enable_block_offload(transformer, device)
+        # Probed once here for this device and dtype (LIVEACT_ATTENTION names a preference).
+        transformer.set_attention_backend()
         vae = WanVAE.from_pth(paths.vae, device=device, dtype=dtype)
-        text = T5TextEncoder.from_pth(paths.t5, paths.t5_tokenizer, device="cpu" if t5_cpu else device,
+        parked = bool(options.get("park_text_encoder"))
+        text = T5TextEncoder.from_pth(paths.t5, paths.t5_tokenizer, device="cpu" if t5_cpu or parked else device,
                                       dtype=dtype, text_len=transformer.config.text_len)
         image = CLIPImageEncoder.from_pth(paths.clip, device=device, dtype=dtype)
         audio = Wav2VecEncoder.from_pretrained(paths.wav2vec, device=device, dtype=dtype)
@@ -210,8 +220,16 @@ class LiveActPipeline:
         input_ids, attention_mask = self.text_encoder.tokenize(prompts)
         self._trace("t5_input_ids", input_ids)
         self._trace("t5_attention_mask", attention_mask)
-        contexts = [t.to(self.device, self.transformer.dtype)
-                    for t in self.text_encoder.encode_ids(input_ids, attention_mask)]
+        if self.park_text_encoder:
+            # The KV memory of the last clip makes room for the encoder; the next stream reallocates it.
+            self.sampler.release_memories()
+            self.text_encoder.model.to(self.device)
+        try:
+            contexts = [t.to(self.device, self.transformer.dtype)
+                        for t in self.text_encoder.encode_ids(input_ids, attention_mask)]
+        finally:
+            if self.park_text_encoder:
+                self.text_encoder.model.to("cpu")
         for context in contexts:
             self._trace("t5_context", context)
         return contexts

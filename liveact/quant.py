@@ -283,7 +283,7 @@ class FP8Linear(nn.Module):
         Row-wise scaling in ``_scaled_mm`` only produces bf16, so fp16 and fp32 callers get their
         dtype back by a cast in ``forward``.
         """
-        if qx.device.type != "cuda" or self.weight.dtype != FP8_DTYPE:
+        if qx.device.type not in ("cuda", "meta") or self.weight.dtype != FP8_DTYPE:
             raise RuntimeError(
                 f"FP8Linear got input on {qx.device} with weight dtype {self.weight.dtype}: the FP8 GEMM "
                 "needs a CUDA sm89+ device and a float8 weight (convert after any model.to(dtype)); "

@@ -192,6 +192,10 @@ class NeighborForcingSampler:
                 mem.reset()
         return self._memories, self._null_memories
 
+    def release_memories(self) -> None:
+        """Free the KV memories (the next stream allocates them again), e.g. to make room on the GPU."""
+        self._memories, self._null_memories, self._frame_len = [], {}, -1
+
     def _check(self, cond: Conditions) -> None:
         mcfg, scfg = self.model.config, self.memory_config
         if cond.y.ndim != 5 or cond.y.shape[1] != mcfg.cond_dim:

@@ -146,10 +146,10 @@ def test_recipes_agree_with_the_emulation(fast_accum: bool) -> None:
         scaled_matmul(qx, sx, fused.weight, fused.weight_scale, bias, "blockwise")
 
 
-def _fake_scaled_mm(rowwise_ok: bool, wrong: bool = False, seen: list | None = None):  # noqa: ANN202
+def _fake_scaled_mm(rowwise_ok: bool, wrong: bool = False, seen: list | None = None):
     """A stand-in for torch._scaled_mm: the math in fp32, refusing row-wise scales if asked."""
 
-    def fake(a, b, scale_a, scale_b, bias=None, out_dtype=None, use_fast_accum=False, **_):  # noqa: ANN001, ANN202
+    def fake(a, b, scale_a, scale_b, bias=None, out_dtype=None, use_fast_accum=False, **_):
         if seen is not None:
             seen.append({"rowwise": scale_a.dim() > 0, "fast": use_fast_accum, "scale_b": scale_b})
         if scale_a.dim() > 0 and not rowwise_ok:
@@ -187,8 +187,8 @@ def test_probe_falls_back_to_tensorwise_with_a_warning(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("fake", [_fake_scaled_mm(rowwise_ok=False, wrong=True), None],
                          ids=["wrong-results", "raises"])
-def test_probe_refuses_when_nothing_runs(monkeypatch: pytest.MonkeyPatch, fake) -> None:  # noqa: ANN001
-    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+def test_probe_refuses_when_nothing_runs(monkeypatch: pytest.MonkeyPatch, fake) -> None:
+    def broken(*args, **kwargs):
         raise RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED")
 
     monkeypatch.setattr(torch, "_scaled_mm", fake or broken)
@@ -208,7 +208,7 @@ def test_conversion_uses_the_probed_recipe(monkeypatch: pytest.MonkeyPatch) -> N
     layers = [m for m in model.modules() if isinstance(m, FP8Linear)]
     assert layers and all(m.recipe == "tensorwise" and not m.fast_accum and not m.emulate for m in layers)
 
-    def refuse(device, fast_accum=True):  # noqa: ANN001, ANN202
+    def refuse(device, fast_accum=True):
         raise RuntimeError("FP8 GEMM cannot run on cuda")
 
     monkeypatch.setattr(quant, "choose_recipe", refuse)

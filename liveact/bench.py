@@ -3,6 +3,7 @@
     python -m liveact.bench flops --preset liveact-14b --size 512*512 --size 720*416
     python -m liveact.bench speed --preset nano --size 256*256 --blocks 6
     python -m liveact.bench load
+    python -m liveact.bench gpu          # liveact.gpu_bench: the 14B DiT on one GPU, all speed modes
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device, so the 14B
 model is counted without any weights. Next to our count the report gives the work the reference
@@ -166,8 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     sp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     sp.add_argument("--fps", type=int, default=25)
+    from liveact import gpu_bench  # the `gpu` subcommand lives in its own module
+
+    gpu_bench.add_parser(sub)
     args = parser.parse_args(argv)
-    if args.command == "flops":
+    if args.command == "gpu":
+        gpu_bench.run_command(args)
+    elif args.command == "flops":
         print(f"{'preset':12} {'size':9} {'fl':>5} {'TFLOP/block':>12} {'TFLOP/frame':>12} {'paper':>6} "
               f"{'ratio':>6} {'skipped TFLOP/block':>20} {'saving':>7}")
         for size in args.size or ["512*512", "720*416"]:

@@ -24,6 +24,7 @@ from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ def island(fn: Fn) -> Fn:
 
     @functools.wraps(fn)
     def run(*args: object) -> object:
-        if _IslandState.enabled and not torch.compiler.is_compiling():
+        # Dry runs and FLOP counts (dispatch modes, meta tensors) take the plain function.
+        if (_IslandState.enabled and not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()
+                and not (isinstance(args[0], torch.Tensor) and args[0].is_meta)):
             compiled = _IslandState.compiled.get(fn)
             if compiled is None:
                 compiled = torch.compile(fn, backend=_IslandState.backend, fullgraph=True)

@@ -307,14 +307,16 @@ def generate_clip(pipe, request, args: GenerateArgs, path: Path, is_main: bool) 
     """Generate one clip, writing frames to ``path`` as each block is decoded."""
     from tqdm import tqdm
 
+    from liveact.hostwork import BackgroundWriter
     from liveact.video import ProgressiveVideoWriter
 
     stats = ClipStats()
     start = time.perf_counter()
     clip = pipe.prepare(request)
     blocks = clip.num_blocks if args.max_blocks is None else min(clip.num_blocks, args.max_blocks)
-    writer = ProgressiveVideoWriter(path, fps=args.fps, width=pipe.size[0], height=pipe.size[1],
-                                    audio=request.audio) if is_main else None
+    # Frames leave the GPU and reach ffmpeg on a thread: the next block starts at once.
+    writer = BackgroundWriter(ProgressiveVideoWriter(path, fps=args.fps, width=pipe.size[0], height=pipe.size[1],
+                                                     audio=request.audio)) if is_main else None
     bar = tqdm(total=blocks, desc=path.name, unit="block", disable=not is_main or not sys.stderr.isatty())
     try:
         last = time.perf_counter()

@@ -18,7 +18,8 @@ call), FPS, achieved TFLOP/s (FLOPs counted on the meta device) against the GPU'
 mode's GEMM dtype, peak allocated memory, and the memory planner's figure for the same DiT state.
 Results go to a JSON file and a markdown table. fp32 islands and the FP8 activation quantisation run
 compiled (``liveact.islands``) unless ``--compile none``; ``--compile regional`` also compiles each
-block (six graphs per size; minutes of compilation, outside the 8-minute default).
+block (six graphs per size; minutes of compilation, outside the 8-minute default); ``--compile
+cudagraphs`` replays the steady-state steps as CUDA graphs (``liveact.cudagraphs``; not the offload mode).
 
 ``--device cpu --preset tiny`` runs the same code path in seconds (FP8 emulated, offload
 synchronous): the CPU smoke test keeps this module from rotting without a GPU.
@@ -35,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from liveact.config import PRESETS, MemoryConfig, SamplerConfig
 from liveact.model import LiveActTransformer
@@ -118,14 +118,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class StepTimer:
-    """Times every call of a module (CUDA events on the GPU, wall clock elsewhere)."""
+class TimedModel:
+    """Wraps the model the sampler calls and times every call (CUDA events on the GPU, else wall clock).
 
-    def __init__(self, module: nn.Module, device: torch.device) -> None:
+    Everything else (config, device, embed_text ...) is forwarded to the wrapped model.
+    """
+
+    def __init__(self, target: object, device: torch.device) -> None:
+        self.target = target
         self.device = device
         self.marks: list[tuple[object, object]] = []
-        self._start: object = None
-        self._handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+
+    def __getattr__(self, name: str) -> object:
+        if name == "target":
+            raise AttributeError(name)
+        return getattr(self.target, name)
 
     def _now(self) -> object:
         if self.device.type == "cuda":
@@ -134,11 +141,12 @@ class StepTimer:
             return event
         return time.perf_counter()
 
-    def _pre(self, module: nn.Module, args: tuple) -> None:
-        self._start = self._now()
-
-    def _post(self, module: nn.Module, args: tuple, output: object) -> None:
-        self.marks.append((self._start, self._now()))
+    def __call__(self, *args: object, **kwargs: object) -> torch.Tensor:
+        """Call the wrapped model and record when the call started and ended."""
+        start = self._now()
+        out = self.target(*args, **kwargs)
+        self.marks.append((start, self._now()))
+        return out
 
     def take(self) -> list[float]:
         """Milliseconds of the calls since the last ``take`` (synchronises the device)."""
@@ -147,44 +155,44 @@ class StepTimer:
         self.marks = []
         return out
 
-    def remove(self) -> None:
-        """Remove the hooks."""
-        for h in self._handles:
-            h.remove()
-
 
 def stream_once(model: LiveActTransformer, size: str, blocks: int, device: torch.device,
-                memory: MemoryConfig, audio_cfg: float = 1.0, warmup_blocks: int = 0) -> RunResult:
+                memory: MemoryConfig, audio_cfg: float = 1.0, warmup_blocks: int = 0,
+                cuda_graphs: bool = False) -> RunResult:
     """Stream ``blocks`` blocks at ``size``; latency, per-step times, FPS and peak memory.
 
     ``warmup_blocks`` are streamed first, untimed (compilation of every phase, cuDNN autotuning), so
-    the first-block latency is that of a warm process starting a new clip.
+    the first-block latency is that of a warm process starting a new clip. ``cuda_graphs`` replays
+    the steady-state steps as CUDA graphs (``liveact.cudagraphs``).
     """
     from liveact.bench import synthetic_conditions
     from liveact.cli import parse_size
+    from liveact.cudagraphs import GraphedSteadySteps
 
     width, height = parse_size(size)
     cond = synthetic_conditions(model, width, height, audio_frames=32 * blocks + 64, device=device)
-    sampler = NeighborForcingSampler(model, audio_cfg=audio_cfg, memory=memory)
+    target = model
+    if cuda_graphs:
+        # Off CUDA the stand-in capture keeps the closure: the same bookkeeping, no graph.
+        target = GraphedSteadySteps(model, capture=None if device.type == "cuda" else (lambda fn: fn))
+    timer = TimedModel(target, device)
+    sampler = NeighborForcingSampler(timer, audio_cfg=audio_cfg, memory=memory)
     if warmup_blocks:
         for _ in sampler.stream(cond, warmup_blocks, torch.Generator().manual_seed(1)):
             pass
-    timer = StepTimer(model, device)
+    timer.take()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     walls, steps = [], []
-    try:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in sampler.stream(cond, blocks, torch.Generator().manual_seed(0)):
         _sync(device)
-        start = time.perf_counter()
-        for _ in sampler.stream(cond, blocks, torch.Generator().manual_seed(0)):
-            _sync(device)
-            now = time.perf_counter()
-            walls.append(now - start)
-            steps.append(timer.take())
-            start = now
-    finally:
-        timer.remove()
+        now = time.perf_counter()
+        walls.append(now - start)
+        steps.append(timer.take())
+        start = now
     steady_walls = walls[2:] or walls[1:]
     steady_steps = steps[2:] or steps[1:]
     block_s = sum(steady_walls) / len(steady_walls)
@@ -226,7 +234,7 @@ def run_gpu_bench(preset: str = "liveact-14b", sizes: tuple[str, ...] = DEFAULT_
         from liveact.backends import configure_torch
 
         configure_torch(dev, dtype)
-    if compile_mode in ("islands", "regional"):
+    if compile_mode in ("islands", "regional", "cudagraphs"):
         enable_compiled_islands()
         # Four modes x two sizes x three phases: more graphs than Dynamo's default limit of 8.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -262,7 +270,8 @@ def run_gpu_bench(preset: str = "liveact-14b", sizes: tuple[str, ...] = DEFAULT_
             elif time.perf_counter() - began > budget_s:
                 result.status = f"skipped: time budget of {budget_s:.0f} s spent"
             else:
-                run = stream_once(model, size, blocks, dev, memory, warmup_blocks=warmup_blocks)
+                run = stream_once(model, size, blocks, dev, memory, warmup_blocks=warmup_blocks,
+                                  cuda_graphs=compile_mode == "cudagraphs" and mode != "offload24")
                 for key in ("first_block_s", "block_s", "step_ms", "fps", "peak_memory_gib"):
                     setattr(result, key, getattr(run, key))
                 result.tflops = flops[size] / run.block_s / 1e12
@@ -303,7 +312,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gp.add_argument("--blocks", type=int, default=6, help="timed blocks per run; from the third on is steady state")
     gp.add_argument("--warmup_blocks", type=int, default=3, help="untimed blocks before each run (compilation)")
     gp.add_argument("--device", default="cuda")
-    gp.add_argument("--compile", dest="compile_mode", default="islands", choices=["none", "islands", "regional"])
+    gp.add_argument("--compile", dest="compile_mode", default="islands",
+                    choices=["none", "islands", "regional", "cudagraphs"],
+                    help="islands: fp32 islands + FP8 quantisation compiled; regional: also each block; "
+                         "cudagraphs: islands + steady-state steps replayed as CUDA graphs")
     gp.add_argument("--budget_s", type=float, default=480.0, help="skip the remaining runs after this long")
     gp.add_argument("--no_plan", action="store_true", help="skip the memory planner's figures")
     gp.add_argument("--out", default="gpu_bench.json", help="JSON results")

@@ -182,6 +182,8 @@ class LiveActPipeline:
         # Probed once here for this device and dtype (LIVEACT_ATTENTION names a preference).
         transformer.set_attention_backend()
         vae = WanVAE.from_pth(paths.vae, device=device, dtype=dtype)
+        if on_gpu:
+            vae.to_channels_last()
         parked = bool(options.get("park_text_encoder"))
         text = T5TextEncoder.from_pth(paths.t5, paths.t5_tokenizer, device="cpu" if t5_cpu or parked else device,
                                       dtype=dtype, text_len=transformer.config.text_len)

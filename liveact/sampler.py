@@ -295,6 +295,11 @@ class NeighborForcingSampler:
             yield latent
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        """Standard normal float32 noise drawn on the generator's device, moved to the model's."""
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device)
+        """Standard normal float32 noise drawn on the generator's device, moved to the model's.
+
+        Host noise for a GPU model is drawn into pinned memory: a copy from pageable memory would
+        make the host wait for all queued GPU work before it can queue the next step.
+        """
+        pin = generator.device.type == "cpu" and self.model.device.type == "cuda"
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device, pin_memory=pin)
         return noise.to(self.model.device, non_blocking=True)

@@ -262,6 +262,19 @@ class WanVAE(torch.nn.Module):
             )
         return cls(model, arch, mean, std)
 
+    def to_channels_last(self) -> WanVAE:
+        """Store the 3-D convolution weights channels-last (``channels_last_3d``), in place.
+
+        cuDNN's fastest 3-D convolution kernels take channels-last tensors; the reference sets
+        ``USE_CHANNELS_LAST_3D=1`` for the same reason. Results equal the default layout up to the
+        summation order of the chosen kernels.
+        """
+        for module in self.model.modules():
+            # Conv3d weights only: Module.to(memory_format=...) would also try the 4-D norm scales.
+            if isinstance(module, torch.nn.Conv3d):
+                module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         """Parameter dtype."""

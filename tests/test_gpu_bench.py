@@ -39,11 +39,16 @@ def test_every_mode_runs_on_a_tiny_preset() -> None:
     assert table.count("\n| ") == 1 + len(MODES) and "skipped" in table
 
 
-def test_command_writes_json_and_markdown(tmp_path: Path) -> None:
+def test_command_writes_json_and_markdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    bench_main(["gpu", "--device", "cpu", "--preset", "tiny", "--size", "64*64", "--blocks", "3",
-                "--warmup_blocks", "0", "--compile", "none", "--no_plan", "--mode", "bf16", "--mode", "offload24",
-                "--out", str(out), "--markdown", str(md)])
+    # "cudagraphs" also compiles the islands: keep them eager here (compiling takes minutes on a CPU).
+    from liveact import islands
+
+    monkeypatch.setattr(islands, "enable_compiled_islands", lambda backend="inductor": None)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)
+    bench_main(["gpu", "--device", "cpu", "--preset", "tiny", "--size", "64*64", "--blocks", "4",
+                "--warmup_blocks", "0", "--compile", "cudagraphs", "--no_plan", "--mode", "bf16", "--mode",
+                "offload24", "--out", str(out), "--markdown", str(md)])
     payload = json.loads(out.read_text())
     assert payload["preset"] == "tiny" and [r["mode"] for r in payload["results"]] == ["bf16", "offload24"]
     assert all(r["status"] == "ok" and r["fps"] > 0 for r in payload["results"])
@@ -74,7 +79,7 @@ def test_random_weights_keep_activations_finite_and_scaled() -> None:
 def test_fp8_then_offload_share_one_model(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
 
-    def fake_stream(model, size, blocks, device, memory, audio_cfg=1.0, warmup_blocks=0):
+    def fake_stream(model, size, blocks, device, memory, audio_cfg=1.0, warmup_blocks=0, cuda_graphs=False):
         seen[len(seen)] = (any(isinstance(m, FP8Linear) for m in model.modules()),
                            block_offload_manager(model) is not None, memory.fp8 and memory.offload)
         return gpu_bench.RunResult(mode="", size=size, first_block_s=1.0, block_s=1.0, step_ms=[1.0], fps=32.0)

@@ -419,3 +419,41 @@ def preflight(config: ModelConfig, options: PlanOptions, free: int, fp8_capable:
     added = " ".join(f for f in fit.options.flags().split() if f not in options.flags().split())
     return (f"this run ({options.flags()}) {need}; add {added} (planned ~{fit.device_peak / GiB:.1f} GiB), "
             "or pass --no_memory_check to try anyway")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m liveact.memplan``: print the plan of a run (and the advice for a GPU size) without a GPU."""
+    import argparse
+
+    from liveact.cli import parse_size
+    from liveact.config import PRESETS
+
+    p = argparse.ArgumentParser(prog="python -m liveact.memplan", description=main.__doc__)
+    p.add_argument("--ckpt_dir", default=None, help="DiT folder (config + safetensors headers); default --preset")
+    p.add_argument("--preset", default="liveact-14b", choices=sorted(PRESETS))
+    p.add_argument("--size", default="480*832", help="WIDTH*HEIGHT")
+    p.add_argument("--gpu_gib", type=float, default=None, help="GPU memory to plan for (GiB): prints the advice")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--audio_cfg", type=float, default=1.0)
+    p.add_argument("--nproc_per_node", type=int, default=1)
+    for flag in ("fp8_gemm", "fp8_kv_cache", "offload_cache", "block_offload", "t5_cpu", "offload_t5"):
+        p.add_argument(f"--{flag}", action="store_true")
+    args = p.parse_args(argv)
+    width, height = parse_size(args.size)
+    config = config_of(args.ckpt_dir) if args.ckpt_dir else PRESETS[args.preset]
+    options = PlanOptions(width, height, getattr(torch, args.dtype), args.fp8_gemm, args.fp8_kv_cache,
+                          args.offload_cache, args.block_offload, args.audio_cfg,
+                          "cpu" if args.t5_cpu else "park" if args.offload_t5 else "gpu", args.nproc_per_node)
+    plan = plan_memory(config, options)
+    print(f"{options.flags()} at {args.size}:\n\n{plan.table()}")
+    if args.gpu_gib is not None:
+        capacity = int(args.gpu_gib * GiB)
+        _, fit = advise(config, options, capacity)
+        verdict = ("fits" if plan.fits(capacity) else
+                   f"does not fit; {fit.options.flags()} does (~{fit.device_peak / GiB:.1f} GiB)" if fit else
+                   "does not fit with any combination of the memory-saving flags")
+        print(f"\n{args.gpu_gib:g} GiB GPU: {verdict}")
+
+
+if __name__ == "__main__":
+    main()

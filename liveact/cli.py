@@ -328,6 +328,8 @@ def generate_clip(pipe, request, args: GenerateArgs, path: Path, is_main: bool) 
                 stats.first_block = now - start
             stats.blocks, stats.frames = k + 1, stats.frames + pipe.frames_of_block(k)
             if args.dura_print and is_main:
+                # A block reported done is in the encoder (it survives a kill of this process).
+                writer.flush()
                 if pipe.device.type == "cuda":
                     torch.cuda.synchronize(pipe.device)
                     now = time.perf_counter()

@@ -28,6 +28,11 @@ class FrameSink(Protocol):
     def write(self, frames: np.ndarray | torch.Tensor) -> int:
         """Append a block of frames."""
 
+    def flush(self) -> None:
+        """Wait until every queued block has reached the sink (raise a write error if one happened)."""
+        self._queue.join()
+        self._raise_pending()
+
     def close(self) -> None:
         """Finish the output."""
 
@@ -60,17 +65,19 @@ class BackgroundWriter:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
-                return
-            block, event = item
-            if self._error is not None:
-                continue  # drain: the error is reported to the producer
             try:
+                if item is None:
+                    return
+                block, event = item
+                if self._error is not None:
+                    continue  # drain: the error is reported to the producer
                 if event is not None:
                     event.synchronize()
                 self.sink.write(block.numpy())
             except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
                 self._error = exc
+            finally:
+                self._queue.task_done()
 
     def _raise_pending(self) -> None:
         if self._error is not None:
@@ -94,6 +101,11 @@ class BackgroundWriter:
         else:
             block = torch.as_tensor(np.ascontiguousarray(frames))
         self._queue.put((block, event))
+
+    def flush(self) -> None:
+        """Wait until every queued block has reached the sink (raise a write error if one happened)."""
+        self._queue.join()
+        self._raise_pending()
 
     def close(self) -> None:
         """Write what is queued, stop the thread, close the sink; raise a write error if one happened."""

@@ -38,6 +38,8 @@ def test_blocks_arrive_in_order_as_the_video_writer_would_quantise_them() -> Non
     writer = BackgroundWriter(sink, max_pending=1)
     for b in blocks:
         writer.write(b)
+    writer.flush()
+    assert len(sink.blocks) == 3, "flush waits for the queued blocks"
     writer.write(np.zeros((2, 8, 6, 3), np.uint8))
     writer.close()
     writer.close()  # idempotent

@@ -25,7 +25,7 @@ from liveact.train.synth import SAMPLE_RATE, FaceState, _speech_track, render_fr
 logger = logging.getLogger("make_examples")
 
 # Far from the training seeds (clips start at 1,000,000; validation at 50,000,000).
-AVATAR_SEEDS = (987_654_321, 987_654_322)
+AVATAR_SEEDS = (987_654_324, 987_654_335)
 SPEECH = ((424_242, 9.0), (434_343, 12.0))  # (seed, seconds): held-out voices and sentences
 MAIN = "A person talks to the camera."
 EDITS = {"[1, 2]": "The person smiles broadly.", "[3, 4]": "The person nods slowly.",

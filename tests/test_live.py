@@ -3,6 +3,7 @@ streaming-audio path when speech is there, and a tiny pipeline driven by audio p
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ def test_client_far_ahead_is_refused() -> None:
 def test_sample_of_frame_tiles() -> None:
     fps, rate = 24, 44100
     edges = [sample_of_frame(f, fps, rate) for f in range(0, 200, 7)]
-    assert edges[0] == 0 and all(b > a for a, b in zip(edges, edges[1:]))
+    assert edges[0] == 0 and all(b > a for a, b in itertools.pairwise(edges))
     assert sample_of_frame(48, fps, rate) == 2 * rate
 
 

@@ -179,18 +179,21 @@ class Engine:
         control: rank 0's link to the other ranks under torchrun, else None.
         unwatched_grace: seconds a ``stop_when_unwatched`` job runs without a viewer before it stops.
         live_connect_grace: seconds a live job waits for its audio socket before it stops.
+        live_grace: seconds a live block waits past the real-time due time of its audio before it
+            uses silence (network jitter allowance; see ``LiveAudio``).
         on_finished: called with each job that finished (in the worker thread).
     """
 
     def __init__(self, pipe: LiveActPipeline, model_name: str, queue_size: int = 0,
                  control: DistControl | None = None, unwatched_grace: float = 5.0,
-                 live_connect_grace: float = 30.0, on_finished: Callable[[Job], None] | None = None) -> None:
+                 live_connect_grace: float = 30.0, live_grace: float = 0.2, on_finished: Callable[[Job], None] | None = None) -> None:
         self.pipe = pipe
         self.model_name = model_name
         self.queue_size = queue_size
         self.control = control
         self.unwatched_grace = unwatched_grace
         self.live_connect_grace = live_connect_grace
+        self.live_grace = live_grace
         self.on_finished = on_finished
         self.jobs: dict[str, Job] = {}
         self._queue: deque[str] = deque()
@@ -223,7 +226,7 @@ class Engine:
                            f"(queue size {self.queue_size}); try again when it ends")
             job = Job(job_id or new_id(), spec)
             if spec.audio is None:
-                job.live = LiveAudio(spec.sample_rate)
+                job.live = LiveAudio(spec.sample_rate, grace=self.live_grace)
             self.jobs[job.id] = job
             self._queue.append(job.id)
             self._lock.notify_all()
@@ -364,11 +367,15 @@ def run_job(pipe: LiveActPipeline, job: Job, between_blocks: Callable[[], None],
     try:
         for block in blocks:
             frames, first, pcm, ready = block
+            if job.live is not None and job.live.finished:
+                # The speech has ended: show it to its last sample, not the silence after it.
+                total_frames = max(1, math.ceil(job.live.received * spec.fps / job.live.sample_rate - 1e-9))
             count = min(frames.shape[2], int(total_frames - first)) if math.isfinite(total_frames) else frames.shape[2]
             if count <= 0:
                 break
             frames = frames[:, :, :count]
-            stream.write(frames, pcm if pcm is not None else pcm_of(first, count))
+            stream.write(frames, pcm[: sample_of_frame(first + count, spec.fps, rate) - sample_of_frame(first, spec.fps, rate)]
+                         if pcm is not None else pcm_of(first, count))
             job.blocks_done += 1
             job.frames_done = first + count
             if job.first_frame_latency is None:

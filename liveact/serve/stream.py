@@ -195,6 +195,7 @@ class FragmentedMP4Stream:
             self._error = str(exc)
             logger.exception("live stream reader failed")
         finally:
+            self._publish()  # trailing boxes (ffmpeg's closing `mfra` index) belong to the file too
             self._file.close()
             self._done = True
             self._ready.set()

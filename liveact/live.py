@@ -290,6 +290,8 @@ class LiveBlock:
         first_frame: index of the block's first video frame in the stream.
         speech: True when all audio the block needed had arrived (False: silence was used).
         audio_ready: clock time when the block's audio was complete (arrived, or given up on).
+        first_arrival: clock time when the sample of the block's first frame arrived (None: silence);
+            its display time minus this is the speech-to-screen latency.
     """
 
     index: int
@@ -298,6 +300,7 @@ class LiveBlock:
     first_frame: int
     speech: bool
     audio_ready: float
+    first_arrival: float | None = None
 
 
 class LiveSync(Protocol):
@@ -353,11 +356,14 @@ def stream_live(pipe: LiveActPipeline, clip: PreparedClip, live: LiveAudio, seed
                 break
             ready = time.monotonic()
             block = next(generator)
-            pcm = live.read(sample_of_frame(first, fps, rate), sample_of_frame(first + frames, fps, rate))
-            # Keep what the next block's window can still read; older samples are never read again.
+            first_sample = sample_of_frame(first, fps, rate)
+            arrival = live.arrival_time(first_sample)
+            pcm = live.read(first_sample, sample_of_frame(first + frames, fps, rate))
+            # Keep what the next block's window can still read and this block's own samples (a
+            # consumer may still read them); older samples are never read again.
             next_start, _ = audio_window(block_span(k + 1, memory, stride), memory, stride)
-            live.discard_before(int(rate * next_start / fps))
-            yield LiveBlock(k, block, pcm, first, speech, ready)
+            live.discard_before(min(int(rate * next_start / fps), first_sample))
+            yield LiveBlock(k, block, pcm, first, speech, ready, arrival)
     finally:
         generator.close()
 

@@ -16,15 +16,16 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from liveact.audio import load_audio, select_channel
-from liveact.live import LiveAudio, prepare_live, sample_of_frame, stream_live
+from liveact.live import LiveAudio, LiveBlock, prepare_live, sample_of_frame, stream_live
 from liveact.pipeline import LiveActPipeline, Request
 from liveact.serve.stream import FragmentedMP4Stream
 
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "finished", "failed", "cancelled")
 ID_HEX = 32
+AUDIO_LEAD = 0.25  # seconds of audio sent to the encoder ahead of the frames (upload jobs)
 
 
 class Busy(Exception):
@@ -75,6 +77,8 @@ class Job:
     ended: float | None = None
     first_frame_latency: float | None = None  # job start -> first block encoded, seconds
     speech_latency: list[float] = field(default_factory=list)  # live: audio complete -> block published
+    # live: (first frame of a block, wall time its audio sample arrived, wall time the block was published)
+    timeline: deque = field(default_factory=lambda: deque(maxlen=64))
     stop: threading.Event = field(default_factory=threading.Event)
     live: LiveAudio | None = None
     stream: FragmentedMP4Stream | None = None
@@ -111,6 +115,7 @@ class Job:
             "first_frame_latency": None if self.first_frame_latency is None else round(self.first_frame_latency, 3),
             "speech_latency": round(float(np.median(self.speech_latency)), 3) if self.speech_latency else None,
             "silence_seconds": round(self.live.silence_samples / self.live.sample_rate, 3) if self.live else None,
+            "timeline": [list(t) for t in self.timeline] if self.live else None,
             "created": self.created, "started": self.started, "ended": self.ended,
             "stream_url": f"/api/jobs/{self.id}/stream",
             "video_url": f"/api/jobs/{self.id}/video" if self.status == "finished" else None,
@@ -352,8 +357,7 @@ def run_job(pipe: LiveActPipeline, job: Job, between_blocks: Callable[[], None],
         total_frames = clip.num_frames
         blocks = _upload_blocks(pipe, clip, spec.seed, job.stop, control)
 
-        def pcm_of(first: int, count: int) -> np.ndarray:
-            lo, hi = sample_of_frame(first, spec.fps, rate), sample_of_frame(first + count, spec.fps, rate)
+        def pcm_of(lo: int, hi: int) -> np.ndarray:
             out = np.zeros(hi - lo, np.float32)
             part = pcm_all[lo:hi]
             out[: part.size] = part
@@ -363,10 +367,12 @@ def run_job(pipe: LiveActPipeline, job: Job, between_blocks: Callable[[], None],
                                  sample_rate=rate)
     job.stream = stream
     job._stream_ready.set()
+    fed = 0  # samples sent to the encoder
+    lead = round(AUDIO_LEAD * rate)
     ok = False
     try:
         for block in blocks:
-            frames, first, pcm, ready = block
+            frames, first, ready, arrival = block
             if job.live is not None and job.live.finished:
                 # The speech has ended: show it to its last sample, not the silence after it.
                 total_frames = max(1, math.ceil(job.live.received * spec.fps / job.live.sample_rate - 1e-9))
@@ -374,14 +380,26 @@ def run_job(pipe: LiveActPipeline, job: Job, between_blocks: Callable[[], None],
             if count <= 0:
                 break
             frames = frames[:, :, :count]
-            stream.write(frames, pcm[: sample_of_frame(first + count, spec.fps, rate) - sample_of_frame(first, spec.fps, rate)]
-                         if pcm is not None else pcm_of(first, count))
+            # Audio a little ahead of the frames (see FragmentedMP4Stream.write): from the file for
+            # uploads; for live jobs what the block committed (its end plus the window's right half).
+            block_end = sample_of_frame(first + count, spec.fps, rate)
+            if job.live is not None:
+                upto = max(block_end, job.live.committed) if not job.live.finished else block_end
+                audio = job.live.read(fed, upto) if upto > fed else np.zeros(0, np.float32)
+            else:
+                upto = min(block_end + lead, sample_of_frame(int(total_frames), spec.fps, rate))
+                audio = pcm_of(fed, upto) if upto > fed else np.zeros(0, np.float32)
+            fed = max(fed, upto)
+            stream.write(frames, audio)
             job.blocks_done += 1
             job.frames_done = first + count
             if job.first_frame_latency is None:
                 job.first_frame_latency = time.time() - (job.started or time.time())
             if ready is not None:
                 job.speech_latency.append(time.monotonic() - ready)
+                wall = time.time() - time.monotonic()  # monotonic -> wall clock, for browser timestamps
+                job.timeline.append((first, None if arrival is None else round(arrival + wall, 4),
+                                     round(time.monotonic() + wall, 4)))
             between_blocks()
             if job.stop.is_set() or job.frames_done >= total_frames:
                 break
@@ -414,9 +432,10 @@ def _upload_blocks(pipe: LiveActPipeline, clip: Any, seed: int, stop: threading.
         generator.close()
 
 
-def _live_blocks(blocks):
+def _live_blocks(blocks: Iterator[LiveBlock]) -> Iterator[tuple[torch.Tensor, int, float, float | None]]:
+    """Live blocks as ``(frames, first_frame, audio_ready, first_arrival)`` tuples."""
     for b in blocks:
-        yield b.frames, b.first_frame, b.pcm, b.audio_ready
+        yield b.frames, b.first_frame, b.audio_ready, b.first_arrival
 
 
 def follow(pipe: LiveActPipeline, group: Any) -> None:

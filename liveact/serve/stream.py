@@ -7,7 +7,7 @@ track in sync (both come from one muxer with one clock), needs no extra dependen
 the mp4 writer) and the same bytes are the downloadable mp4.
 
 ffmpeg reads raw ``rgb24`` frames on stdin and float32 mono PCM on a second pipe; it writes a
-fragmented mp4 (``ftyp`` + ``moov`` once, then one ``moof`` + ``mdat`` per frame) to stdout. A reader
+fragmented mp4 (``ftyp`` + ``moov`` once, then a ``moof`` + ``mdat`` per frame duration) to stdout. A reader
 thread splits stdout into top-level boxes, appends them to ``path`` and publishes the file length at
 fragment boundaries, so every published prefix of the file is a playable mp4. Viewers follow the file
 from byte 0 (:meth:`FragmentedMP4Stream.follow`); memory stays constant however long a job runs.
@@ -26,12 +26,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from liveact.video import FFmpegError, ffmpeg_exe, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 16
+AAC_RATE = 48000
 
 
 def avc_codec_string(init: bytes) -> str:
@@ -75,13 +77,21 @@ class FragmentedMP4Stream:
         audio_read = audio_write = None
         if sample_rate:
             audio_read, audio_write = os.pipe()
+            # AAC at 48 kHz: its 1024-sample frames and encoder delay are then ~21 ms each, so the muxer
+            # (which holds a video frame until audio past it exists) releases a block's frames as soon
+            # as the audio a little past the block's end is written (see `write`).
             cmd += ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", f"pipe:{audio_read}",
-                    "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "96k"]
+                    "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "96k", "-ar", str(AAC_RATE)]
         else:
             cmd += ["-map", "0:v:0", "-an"]
         cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast", "-tune", "zerolatency",
                 "-crf", str(crf), "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
-                "-movflags", "+frag_every_frame+empty_moov+delay_moov+default_base_moof", "-flush_packets", "1",
+                # One fragment per frame duration, written as soon as the next packet exists (no
+                # interleaving queue). `frag_every_frame` is not used: it cuts at every packet of
+                # either track and writes audio fragments with repeated start times (gaps in MSE).
+                # `delay_moov` lets the muxer write the edit list that hides the AAC priming.
+                "-movflags", "+empty_moov+delay_moov+default_base_moof", "-frag_duration", str(int(1e6 / self.fps)),
+                "-max_interleave_delta", "1", "-flush_packets", "1",
                 "-f", "mp4", "pipe:1"]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed by the reader thread at EOF
@@ -106,8 +116,13 @@ class FragmentedMP4Stream:
         self._reader.start()
 
     # ------------------------------------------------------------------ producer
-    def write(self, frames: np.ndarray | object, pcm: np.ndarray | None = None) -> None:
-        """Queue a block: frames (any layout ``to_uint8_frames`` takes) and its PCM (float32 ``[n]``)."""
+    def write(self, frames: np.ndarray | torch.Tensor, pcm: np.ndarray | None = None) -> None:
+        """Queue a block of frames (any layout ``to_uint8_frames`` takes) and more PCM (float32 ``[n]``).
+
+        Audio and video are one timeline each: the PCM of a call need not match its frames. Send audio
+        ~0.1 s *ahead* of the frames when it is known: the mp4 muxer interleaves by time, so a frame
+        is only written once audio past it has been encoded. In total, send as much audio as video.
+        """
         block = to_uint8_frames(frames)
         if block.shape[1:3] != (self.height, self.width):
             raise ValueError(f"frames are {block.shape[2]}x{block.shape[1]}, stream is {self.width}x{self.height}")

@@ -125,10 +125,11 @@ async function poll(id) {
       break;
     }
     $("st-status").textContent = job.status + (job.queue_position ? ` (#${job.queue_position})` : "");
+    if (job.status === "running" && $("message").textContent.startsWith("Queued")) say("Generating…");
     $("st-blocks").textContent = job.blocks_total ? `${job.blocks_done} / ${job.blocks_total}` : `${job.blocks_done}`;
     $("st-fps").textContent = job.generation_fps ?? "–";
     $("st-rtf").textContent = job.real_time_factor ?? "–";
-    if (job.speech_latency != null) $("st-latency").textContent = `${job.speech_latency.toFixed(2)} s`;
+    if (job.timeline) showSpeechLatency(job.timeline);
     if (["finished", "failed", "cancelled"].includes(job.status)) {
       if (job.status === "finished") {
         $("download").href = job.video_url;
@@ -147,6 +148,22 @@ async function poll(id) {
     await new Promise((r) => setTimeout(r, 500));
   }
   refreshHealth();
+}
+
+// Speech-to-screen latency of live jobs: when a block's first frame was on screen minus when the
+// audio sample of that frame reached the server (same clock when browser and server share a machine;
+// across machines it also holds the clock offset).
+function showSpeechLatency(timeline) {
+  const shown = new Map(stats.frames);
+  const latencies = [];
+  for (const [frame, arrival] of timeline) {
+    if (arrival != null && shown.has(frame)) latencies.push(shown.get(frame) / 1000 - arrival);
+  }
+  stats.speechToScreen = latencies;
+  if (latencies.length) {
+    const sorted = [...latencies].sort((a, b) => a - b);
+    $("st-latency").textContent = `${sorted[Math.floor(sorted.length / 2)].toFixed(2)} s`;
+  }
 }
 
 // ---------------------------------------------------------------- player (MSE over WebSocket)

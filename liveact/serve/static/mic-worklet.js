@@ -2,7 +2,8 @@
 class PcmTap extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.chunk = new Float32Array(Math.round(sampleRate / 50));
+    this.size = Math.round(sampleRate / 50);
+    this.chunk = new Float32Array(this.size);
     this.filled = 0;
   }
   process(inputs) {
@@ -15,8 +16,9 @@ class PcmTap extends AudioWorkletProcessor {
         this.filled += n;
         offset += n;
         if (this.filled === this.chunk.length) {
+          // Transferring detaches the buffer (its length becomes 0): allocate from the stored size.
           this.port.postMessage(this.chunk.buffer, [this.chunk.buffer]);
-          this.chunk = new Float32Array(this.chunk.length);
+          this.chunk = new Float32Array(this.size);
           this.filled = 0;
         }
       }

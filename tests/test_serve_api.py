@@ -25,6 +25,7 @@ from tiny_assets import write_tiny_assets
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from liveact.pipeline import LiveActPipeline
 from liveact.serve.app import ServeOptions, create_app
@@ -81,7 +82,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _client(pipe: ControlledPipeline, root: Path, queue_size: int) -> Iterator[TestClient]:
     # A long live grace: the live test sends in bursts and must not get silence inserted between them.
-    engine = Engine(pipe, "tiny", queue_size=queue_size, live_connect_grace=30, live_grace=30)  # type: ignore[arg-type]
+    engine = Engine(pipe, "tiny", queue_size=queue_size, live_connect_grace=30, live_grace=30,  # type: ignore[arg-type]
+                    unwatched_grace=0.3)
     options = ServeOptions(data_dir=root / f"data_q{queue_size}", size=SIZE, fps=FPS, max_image_mb=1,
                            max_audio_mb=1, max_audio_seconds=30)
     with TestClient(create_app(engine, options)) as client:
@@ -332,6 +334,33 @@ def test_queue_is_visible_and_bounded(pipe: ControlledPipeline, root: Path) -> N
         pipe.gate.set()
         wait_status(client, first, ("finished",))
         assert client.get(f"/api/jobs/{second.json()['id']}").json()["blocks_done"] == 0
+
+
+def test_closed_page_stops_its_job(client: TestClient, pipe: ControlledPipeline) -> None:
+    """A job started by the page (stop_when_unwatched) stops when its viewer goes away."""
+    pipe.gate.clear()
+    job_id = submit(client, png_bytes(), wav_bytes(6.0), stop_when_unwatched="1").json()["id"]
+    with client.websocket_connect(f"/api/jobs/{job_id}/stream"):
+        wait_status(client, job_id, ("running",))
+    time.sleep(0.5)  # past the grace, with no viewer
+    pipe.gate.set()
+    body = wait_status(client, job_id, ("cancelled", "finished"))
+    assert body["status"] == "cancelled" and body["blocks_done"] < body["blocks_total"]
+    wait_idle(client)
+
+
+def test_cross_origin_requests_are_refused(client: TestClient) -> None:
+    files = {"image": ("a.png", png_bytes(), "image/png"), "audio": ("a.wav", wav_bytes(), "audio/wav")}
+    res = client.post("/api/jobs", files=files, headers={"Origin": "http://evil.example"})
+    assert res.status_code == 403
+    assert client.delete("/api/jobs/" + "0" * 32, headers={"Origin": "http://evil.example"}).status_code == 403
+    with pytest.raises(WebSocketDisconnect), \
+            client.websocket_connect("/api/jobs/" + "0" * 32 + "/audio", headers={"Origin": "http://evil.example"}):
+        pass  # the handshake is refused
+    # Same origin (the page itself) is fine.
+    assert client.get("/api/health", headers={"Origin": "http://evil.example"}).status_code == 200
+    res = client.delete("/api/jobs/" + "0" * 32, headers={"Origin": "http://testserver"})
+    assert res.status_code == 404
 
 
 # ---------------------------------------------------------------------------------------------- live

@@ -24,6 +24,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -75,6 +76,14 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
                   redoc_url=None)
     jobs_dir = (options.data_dir / "jobs").resolve()
     jobs_dir.mkdir(parents=True, exist_ok=True)
+
+    @app.middleware("http")
+    async def same_origin_only(request: Request, call_next: Any) -> Any:
+        # A page on another site may not drive this server through the visitor's browser (a form
+        # POST needs no CORS preflight): browsers send Origin on such requests; tools send none.
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not _same_origin(request.headers):
+            return error(403, "cross-origin request refused")
+        return await call_next(request)
 
     def find(job_id: str) -> Job | None:
         # Only ids we made can match: anything else (dots, slashes, encoded paths) is unknown.
@@ -154,6 +163,9 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
     @app.websocket("/api/jobs/{job_id}/stream")
     async def job_stream(ws: WebSocket, job_id: str) -> None:
         """Live fragmented mp4 of a job, from its first byte."""
+        if not _same_origin(ws.headers):
+            await ws.close(code=4403, reason="cross-origin request refused")
+            return
         job = find(job_id)
         await ws.accept()
         if job is None:
@@ -185,6 +197,9 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
     @app.websocket("/api/jobs/{job_id}/audio")
     async def job_audio(ws: WebSocket, job_id: str) -> None:
         """Live speech in: binary little-endian PCM chunks; a text ``end`` (or closing) ends the speech."""
+        if not _same_origin(ws.headers):
+            await ws.close(code=4403, reason="cross-origin request refused")
+            return
         job = find(job_id)
         await ws.accept()
         if job is None or job.live is None:
@@ -215,6 +230,14 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
             job.live.finish()
 
     return app
+
+
+def _same_origin(headers: Any) -> bool:
+    """True without an Origin header (API clients) or when Origin names this server's Host."""
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == (headers.get("host") or "").lower()
 
 
 def _wait_stream(job: Job) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import threading
 import time
 import uuid
@@ -186,12 +187,13 @@ class Engine:
         live_connect_grace: seconds a live job waits for its audio socket before it stops.
         live_grace: seconds a live block waits past the real-time due time of its audio before it
             uses silence (network jitter allowance; see ``LiveAudio``).
+        max_jobs: ended jobs kept (status, video); older ones and their folders are deleted.
         on_finished: called with each job that finished (in the worker thread).
     """
 
     def __init__(self, pipe: LiveActPipeline, model_name: str, queue_size: int = 0,
                  control: DistControl | None = None, unwatched_grace: float = 5.0,
-                 live_connect_grace: float = 30.0, live_grace: float = 0.2, on_finished: Callable[[Job], None] | None = None) -> None:
+                 live_connect_grace: float = 30.0, live_grace: float = 0.2, max_jobs: int = 100, on_finished: Callable[[Job], None] | None = None) -> None:
         self.pipe = pipe
         self.model_name = model_name
         self.queue_size = queue_size
@@ -199,6 +201,7 @@ class Engine:
         self.unwatched_grace = unwatched_grace
         self.live_connect_grace = live_connect_grace
         self.live_grace = live_grace
+        self.max_jobs = max_jobs
         self.on_finished = on_finished
         self.jobs: dict[str, Job] = {}
         self._queue: deque[str] = deque()
@@ -229,6 +232,7 @@ class Engine:
             if waiting > self.queue_size:
                 raise Busy(f"busy: job {self._running} is running and {len(self._queue)} job(s) wait "
                            f"(queue size {self.queue_size}); try again when it ends")
+            self._forget_old_jobs()
             job = Job(job_id or new_id(), spec)
             if spec.audio is None:
                 job.live = LiveAudio(spec.sample_rate, grace=self.live_grace)
@@ -237,6 +241,13 @@ class Engine:
             self._lock.notify_all()
         logger.info("job %s queued (%s)", job.id, job.kind)
         return job
+
+    def _forget_old_jobs(self) -> None:
+        """Keep at most ``max_jobs`` ended jobs (with their folders): a long-running server stays bounded."""
+        ended = sorted((j for j in self.jobs.values() if j.ended is not None), key=lambda j: j.ended or 0.0)
+        for job in ended[: max(0, len(ended) - self.max_jobs)]:
+            del self.jobs[job.id]
+            shutil.rmtree(job.spec.folder, ignore_errors=True)
 
     def queue_position(self, job: Job) -> int | None:
         """1-based place in the queue, None if not queued."""
@@ -294,6 +305,9 @@ class Engine:
 
     def _run(self, job: Job) -> None:
         job.status, job.started = "running", time.time()
+        with self._lock:
+            if job.viewers == 0:
+                job.unwatched_since = time.monotonic()
         logger.info("job %s running", job.id)
         if self.control is not None:
             self.control.send(("job", job.spec))

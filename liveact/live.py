@@ -243,7 +243,8 @@ def live_audio_source(live: LiveAudio, factory: StreamingFactory, fps: float, au
     rate = live.sample_rate
 
     def source(start: int, end: int) -> torch.Tensor:
-        lo, hi = int(rate * start / fps), int(rate * (end + half) / fps)
+        # The reference's slice rounding (StreamingAudio.sample_range): the division first.
+        lo, hi = int(rate * (start / fps)), int(rate * ((end + half) / fps))
         piece = torch.from_numpy(live.read(lo, hi))[None]
         return factory(piece, rate).embedding(0, end - start).to(device)
 

@@ -95,7 +95,7 @@ def load_pipeline(args: DemoArgs, device: torch.device, dtype: torch.dtype, dist
 
     gen = GenerateArgs(size=args.size, ckpt_dir=args.ckpt_dir, wav2vec_dir=args.wav2vec_dir, t5_cpu=args.t5_cpu,
                        fp8_kv_cache=args.fp8_kv_cache, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,
-                       fps=args.fps, steam_audio=True, seed=args.seed, device=args.device, dtype=args.dtype)
+                       fps=args.fps, seed=args.seed, device=args.device, dtype=args.dtype)
     pipe = build_pipeline(gen, device, dtype, dist_info)
     name = Path(args.ckpt_dir).name if args.ckpt_dir else "default"
     return pipe, name

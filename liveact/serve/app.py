@@ -130,6 +130,9 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
         except Busy as exc:
             shutil.rmtree(folder, ignore_errors=True)
             return error(429, str(exc))
+        except BaseException:  # the client went away mid-upload, or a bug: leave nothing behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return JSONResponse({"id": job.id, **job.public(engine.queue_position(job))}, status_code=201)
 
     @app.get("/api/jobs/{job_id}", responses={404: {}})

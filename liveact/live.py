@@ -222,13 +222,17 @@ def sample_of_frame(frame: int, fps: float, sample_rate: int) -> int:
 
 
 def default_streaming_factory(pipe: LiveActPipeline) -> StreamingFactory:
-    """The pipeline's ``streaming_audio(waveform, sample_rate)`` when it has one (a model with its own
-    audio features), else the reference's per-slice wav2vec2 path (``StreamingAudio``: tempo,
-    resample, gain, encode)."""
+    """The pipeline's ``streaming_audio(waveform, sample_rate)`` when it has one, Nano's log-mel rows
+    (``LogMelStream``) for a log-mel encoder, else the reference's per-slice wav2vec2 path
+    (``StreamingAudio``: tempo, resample, gain, encode)."""
     hook = getattr(pipe, "streaming_audio", None)
     if hook is not None:
         return hook
     window = pipe.transformer.config.audio_window
+    from liveact.logmel import LogMelEncoder, LogMelStream
+
+    if isinstance(pipe.audio_encoder, LogMelEncoder):  # Nano: log-mel rows at the video fps
+        return lambda waveform, rate: LogMelStream.from_waveform(pipe.audio_encoder, waveform, rate, pipe.fps, window)
     return lambda waveform, rate: StreamingAudio(pipe.audio_encoder, waveform, rate, pipe.fps, window)
 
 

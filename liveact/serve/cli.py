@@ -27,6 +27,8 @@ import torch
 
 logger = logging.getLogger("liveact.serve")
 
+OFFICIAL_SIZE, OFFICIAL_FPS = "720*416", 24  # the authors' demo defaults, for folders that name none
+
 
 @dataclass(frozen=True)
 class DemoArgs:
@@ -38,8 +40,8 @@ class DemoArgs:
     host: str = "127.0.0.1"
     port: int = 5001
     seed: int = 42
-    size: str = "720*416"
-    fps: int = 24
+    size: str | None = None
+    fps: int | None = None
     video_save_path: str | None = None
     data_dir: str = "liveact_data"
     fp8_kv_cache: bool = False
@@ -62,14 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t5_cpu", action="store_true", help="run the umT5 text encoder on the CPU")
     p.add_argument("--port", type=int, default=5001, help="HTTP port (0: any free port)")
     p.add_argument("--seed", type=int, default=42, help="default seed of a job")
-    p.add_argument("--size", default="720*416", help="default WIDTH*HEIGHT; jobs may ask for at most its area")
+    p.add_argument("--size", default=None,
+                   help="default WIDTH*HEIGHT of a job, jobs may ask for at most its area (default: the model's "
+                        "own size; 720*416 for the official folders, as the authors' demo)")
     p.add_argument("--video_save_path", default=None, help="also copy every finished mp4 here as <id>.mp4")
     p.add_argument("--fp8_kv_cache", action="store_true", help="store the KV memory in FP8 (e4m3)")
     p.add_argument("--block_offload", action="store_true", help="keep DiT blocks in host memory, prefetch to the GPU")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default localhost only; 0.0.0.0 serves the LAN)")
     p.add_argument("--data_dir", default="liveact_data", help="folder for uploads and outputs (one per job)")
-    p.add_argument("--fps", type=int, default=24, help="default frame rate of a job")
+    p.add_argument("--fps", type=int, default=None, help="default frame rate of a job (default: the model's, or 24)")
     p.add_argument("--fp8_gemm", action="store_true", help="FP8 matmuls for the DiT (CUDA sm89+; always on in the authors' demo)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda:LOCAL_RANK if available)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
@@ -93,9 +97,9 @@ def load_pipeline(args: DemoArgs, device: torch.device, dtype: torch.dtype, dist
     default model, when no ``--ckpt_dir`` is given, comes for free). Returns ``(pipeline, model name)``."""
     from liveact.cli import GenerateArgs, build_pipeline
 
-    gen = GenerateArgs(size=args.size, ckpt_dir=args.ckpt_dir, wav2vec_dir=args.wav2vec_dir, t5_cpu=args.t5_cpu,
-                       fp8_kv_cache=args.fp8_kv_cache, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,
-                       fps=args.fps, seed=args.seed, device=args.device, dtype=args.dtype)
+    gen = GenerateArgs(size=args.size or OFFICIAL_SIZE, ckpt_dir=args.ckpt_dir, wav2vec_dir=args.wav2vec_dir,
+                       t5_cpu=args.t5_cpu, fp8_kv_cache=args.fp8_kv_cache, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,
+                       fps=args.fps or OFFICIAL_FPS, seed=args.seed, device=args.device, dtype=args.dtype)
     pipe = build_pipeline(gen, device, dtype, dist_info)
     name = Path(args.ckpt_dir).name if args.ckpt_dir else "default"
     return pipe, name
@@ -147,8 +151,9 @@ def run(args: DemoArgs) -> int:
     from liveact.cli import UserError, parse_size
     from liveact.parallel import maybe_init_dist
 
-    size = parse_size(args.size)
-    if not 1 <= args.fps <= 60:
+    if args.size is not None:
+        parse_size(args.size)
+    if args.fps is not None and not 1 <= args.fps <= 60:
         raise UserError(f"--fps must be between 1 and 60, got {args.fps}")
     if args.queue_size < 0:
         raise UserError(f"--queue_size must be >= 0, got {args.queue_size}")
@@ -179,6 +184,7 @@ def run(args: DemoArgs) -> int:
 
             follow(pipe, group)
             return 0
+        size = parse_size(args.size) if args.size else tuple(pipe.size)
         serve(pipe, model_name, args, size, data_dir, save_dir, group)
     finally:
         if dist_info is not None:
@@ -207,7 +213,7 @@ def serve(pipe: Any, model_name: str, args: DemoArgs, size: tuple[int, int], dat
 
     engine = Engine(pipe, model_name, queue_size=args.queue_size,
                     control=DistControl(group) if group is not None else None, on_finished=on_finished)
-    options = ServeOptions(data_dir=data_dir, size=size, fps=args.fps, seed=args.seed,
+    options = ServeOptions(data_dir=data_dir, size=size, fps=args.fps or round(pipe.fps), seed=args.seed,
                            max_image_mb=args.max_image_mb, max_audio_mb=args.max_audio_mb,
                            max_audio_seconds=args.max_audio_seconds)
     app = create_app(engine, options)

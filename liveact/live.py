@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-
 class Embeds(Protocol):
     """What a streaming factory returns: ``StreamingAudio``'s slice-encoding call."""
 
@@ -80,8 +79,14 @@ class LiveAudio:
         clock: monotonic time source (tests pass a fake one).
     """
 
-    def __init__(self, sample_rate: int, *, grace: float = 0.2, max_ahead_seconds: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        *,
+        grace: float = 0.2,
+        max_ahead_seconds: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         if grace < 0:
@@ -109,8 +114,9 @@ class LiveAudio:
             ValueError: after :meth:`finish`, or when the client runs more than ``max_ahead_seconds``
                 ahead of what the generator has used.
         """
-        pcm = np.asarray(samples.detach().cpu() if isinstance(samples, torch.Tensor) else samples,
-                         dtype=np.float32).reshape(-1)
+        pcm = np.asarray(
+            samples.detach().cpu() if isinstance(samples, torch.Tensor) else samples, dtype=np.float32
+        ).reshape(-1)
         if not np.isfinite(pcm).all():
             raise ValueError("audio samples must be finite")
         with self._cond:
@@ -120,8 +126,10 @@ class LiveAudio:
                 # The generator already used silence up to `_committed`: speech lands after it.
                 self._append(np.zeros(self._committed - self._write, dtype=np.float32))
             if self._write + pcm.size - self._committed > self.max_ahead:
-                raise ValueError(f"live audio is more than {self.max_ahead / self.sample_rate:.0f} s ahead "
-                                 "of the video; send it closer to real time")
+                raise ValueError(
+                    f"live audio is more than {self.max_ahead / self.sample_rate:.0f} s ahead "
+                    "of the video; send it closer to real time"
+                )
             self._append(np.clip(pcm, -1.0, 1.0))
             now = self._clock()
             self._arrivals.append((self._write, now))
@@ -194,7 +202,7 @@ class LiveAudio:
             top = min(hi, self._write, self._committed if committed_only else hi)
             a, b = max(lo, self._base), top
             if b > a:
-                out[a - lo: b - lo] = self._data[a - self._base: b - self._base]
+                out[a - lo : b - lo] = self._data[a - self._base : b - self._base]
         return out
 
     def discard_before(self, position: int) -> None:
@@ -202,7 +210,7 @@ class LiveAudio:
         with self._cond:
             position = min(position, self._write)
             if position > self._base:
-                self._data = self._data[position - self._base:].copy()
+                self._data = self._data[position - self._base :].copy()
                 self._base = position
             while len(self._arrivals) > 1 and self._arrivals[1][0] <= position:
                 self._arrivals.popleft()
@@ -232,12 +240,19 @@ def default_streaming_factory(pipe: LiveActPipeline) -> StreamingFactory:
     from liveact.logmel import LogMelEncoder, LogMelStream
 
     if isinstance(pipe.audio_encoder, LogMelEncoder):  # Nano: log-mel rows at the video fps
-        return lambda waveform, rate: LogMelStream.from_waveform(pipe.audio_encoder, waveform, rate, pipe.fps, window)
+        return lambda waveform, rate: LogMelStream.from_waveform(
+            pipe.audio_encoder, waveform, rate, pipe.fps, window
+        )
     return lambda waveform, rate: StreamingAudio(pipe.audio_encoder, waveform, rate, pipe.fps, window)
 
 
-def live_audio_source(live: LiveAudio, factory: StreamingFactory, fps: float, audio_window: int,
-                      device: torch.device | str = "cpu") -> Callable[[int, int], torch.Tensor]:
+def live_audio_source(
+    live: LiveAudio,
+    factory: StreamingFactory,
+    fps: float,
+    audio_window: int,
+    device: torch.device | str = "cpu",
+) -> Callable[[int, int], torch.Tensor]:
     """A ``Conditions.audio_source`` over a :class:`LiveAudio`.
 
     ``f(start, end)`` encodes the committed samples of video frames ``[start, end + window // 2)``
@@ -256,9 +271,14 @@ def live_audio_source(live: LiveAudio, factory: StreamingFactory, fps: float, au
 
 
 @torch.no_grad()
-def prepare_live(pipe: LiveActPipeline, image: str | Path | Image.Image, prompt: str, live: LiveAudio,
-                 edits: list[tuple[tuple[int, int], str]] | None = None,
-                 factory: StreamingFactory | None = None) -> PreparedClip:
+def prepare_live(
+    pipe: LiveActPipeline,
+    image: str | Path | Image.Image,
+    prompt: str,
+    live: LiveAudio,
+    edits: list[tuple[tuple[int, int], str]] | None = None,
+    factory: StreamingFactory | None = None,
+) -> PreparedClip:
     """``pipe.prepare`` for live audio: no audio file, features per block from ``live``.
 
     The clip is unbounded (``num_blocks`` is huge); :func:`stream_live` ends it when the audio
@@ -271,15 +291,22 @@ def prepare_live(pipe: LiveActPipeline, image: str | Path | Image.Image, prompt:
     texts = pipe.encode_text([prompt] + [text for _, text in edits])
     clip_features = pipe.image_encoder.encode(picture.to(pipe.image_encoder.device)).to(pipe.device)
     config = pipe.transformer.config
-    source = live_audio_source(live, factory or default_streaming_factory(pipe), pipe.fps, config.audio_window,
-                               pipe.device)
+    source = live_audio_source(
+        live, factory or default_streaming_factory(pipe), pipe.fps, config.audio_window, pipe.device
+    )
     # `audio` only gives the sampler the feature shape (and the null-audio CFG its zeros): every
     # block's features come from `source`.
-    placeholder = torch.zeros(1, config.audio_layers, config.audio_channels, device=pipe.device,
-                              dtype=pipe.transformer.dtype)
-    cond = Conditions(text=texts[0], clip=clip_features, y=pipe.conditioning_latent(picture).to(pipe.device),
-                      audio=placeholder, edits=[(rng, t) for (rng, _), t in zip(edits, texts[1:])],
-                      audio_source=source)
+    placeholder = torch.zeros(
+        1, config.audio_layers, config.audio_channels, device=pipe.device, dtype=pipe.transformer.dtype
+    )
+    cond = Conditions(
+        text=texts[0],
+        clip=clip_features,
+        y=pipe.conditioning_latent(picture).to(pipe.device),
+        audio=placeholder,
+        edits=[(rng, t) for (rng, _), t in zip(edits, texts[1:])],
+        audio_source=source,
+    )
     request = Request(image=image, audio="", prompt=prompt, edits=edits)
     return PreparedClip(request, cond, math.inf, UNBOUNDED, UNBOUNDED)
 
@@ -322,9 +349,16 @@ class LiveSync(Protocol):
         ...
 
 
-def stream_live(pipe: LiveActPipeline, clip: PreparedClip, live: LiveAudio, seed: int = 42,
-                stop: threading.Event | None = None, max_blocks: int | None = None,
-                sync: LiveSync | None = None, decode: bool = True) -> Iterator[LiveBlock]:
+def stream_live(
+    pipe: LiveActPipeline,
+    clip: PreparedClip,
+    live: LiveAudio,
+    seed: int = 42,
+    stop: threading.Event | None = None,
+    max_blocks: int | None = None,
+    sync: LiveSync | None = None,
+    decode: bool = True,
+) -> Iterator[LiveBlock]:
     """Generate blocks as their audio arrives (see the module docstring for the pacing).
 
     Ends after the block that shows the last pushed sample once ``live`` is finished, when ``stop``

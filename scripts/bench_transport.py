@@ -42,11 +42,19 @@ from liveact.serve.stream import FragmentedMP4Stream
 from liveact.video import HLSWriter
 
 logger = logging.getLogger("bench_transport")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--autoplay-policy=no-user-gesture-required",
-                  # aiortc cannot resolve the mDNS names Chrome uses to hide local addresses.
-                  "--disable-features=WebRtcHideLocalIpsWithMdns"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+    # aiortc cannot resolve the mDNS names Chrome uses to hide local addresses.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
 BITS = 12
 START_DELAY = 0.5
 
@@ -105,7 +113,7 @@ def frame_pattern(index: int, width: int, height: int) -> np.ndarray:
     cell = width // BITS
     for b in range(BITS):
         bit = (index >> (BITS - 1 - b)) & 1
-        frame[:cell, b * cell:(b + 1) * cell] = 255 if bit else 0
+        frame[:cell, b * cell : (b + 1) * cell] = 255 if bit else 0
     return frame
 
 
@@ -143,8 +151,13 @@ def make_app(args: argparse.Namespace, source_factory: callable):
         await ws.accept()
         source = source_factory()
         app.state.handoffs = source.handoffs
-        stream = FragmentedMP4Stream(Path(tempfile.mkdtemp()) / "bench.mp4", fps=args.fps, width=args.width,
-                                     height=args.height, sample_rate=16000)
+        stream = FragmentedMP4Stream(
+            Path(tempfile.mkdtemp()) / "bench.mp4",
+            fps=args.fps,
+            width=args.width,
+            height=args.height,
+            sample_rate=16000,
+        )
         rate, fed = 16000, [0]
 
         def sink(frames: np.ndarray | None) -> None:
@@ -234,15 +247,18 @@ def measure(transport: str, args: argparse.Namespace) -> dict:
     port = server.servers[0].sockets[0].getsockname()[1]
     total = 21 + 32 * (args.blocks - 1)
     with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-        browser = p.chromium.launch_persistent_context(profile, executable_path=args.chromium, headless=True,
-                                                       args=CHROMIUM_FLAGS)
+        browser = p.chromium.launch_persistent_context(
+            profile, executable_path=args.chromium, headless=True, args=CHROMIUM_FLAGS
+        )
         page = browser.new_page()
         page.on("console", lambda m: logger.info("page: %s", m.text))
         page.on("pageerror", lambda e: logger.error("page error: %s", e))
         page.goto(f"http://127.0.0.1:{port}/#{transport}")
         deadline = time.time() + START_DELAY + total / args.fps + 30
         while time.time() < deadline:
-            frames = page.evaluate("window.results.frames.length ? window.results.frames[window.results.frames.length-1][0] : -1")
+            frames = page.evaluate(
+                "window.results.frames.length ? window.results.frames[window.results.frames.length-1][0] : -1"
+            )
             if frames >= total - 1:
                 break
             time.sleep(0.25)
@@ -257,8 +273,14 @@ def measure(transport: str, args: argparse.Namespace) -> dict:
     for index, when in results["frames"]:
         shown.setdefault(index, when / 1000)
     latencies = [shown[first] - t for first, t in handoffs if first in shown]
-    return {"transport": transport, "error": results["error"], "presented": len(shown), "total": total,
-            "first_block": latencies[0] if latencies else None, "later": latencies[1:]}
+    return {
+        "transport": transport,
+        "error": results["error"],
+        "presented": len(shown),
+        "total": total,
+        "first_block": latencies[0] if latencies else None,
+        "later": latencies[1:],
+    }
 
 
 def hls_first_playable(args: argparse.Namespace) -> float:
@@ -295,7 +317,9 @@ def main() -> int:
     p.add_argument("--chromium", default="/usr/bin/chromium")
     p.add_argument("-v", action="store_true", help="debug log")
     args = p.parse_args()
-    logging.basicConfig(level=logging.DEBUG if "-v" in sys.argv else logging.INFO, format="%(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if "-v" in sys.argv else logging.INFO, format="%(name)s: %(message)s"
+    )
     args.width, args.height = (int(v) for v in args.size.split("*"))
     rows = []
     for transport in args.transports.split(","):
@@ -307,14 +331,23 @@ def main() -> int:
                 continue
         r = measure(transport, args)
         later = r["later"] or [float("nan")]
-        print(f"{transport}: first block {r['first_block']:.3f} s, later blocks median {statistics.median(later):.3f} s "
-              f"max {max(later):.3f} s, frames presented {r['presented']}/{r['total']}"
-              + (f", error {r['error']}" if r["error"] else ""), flush=True)
-        rows.append((transport, r["first_block"], statistics.median(later), max(later), r["presented"], r["total"]))
+        print(
+            f"{transport}: first block {r['first_block']:.3f} s, later blocks median {statistics.median(later):.3f} s "
+            f"max {max(later):.3f} s, frames presented {r['presented']}/{r['total']}"
+            + (f", error {r['error']}" if r["error"] else ""),
+            flush=True,
+        )
+        rows.append(
+            (transport, r["first_block"], statistics.median(later), max(later), r["presented"], r["total"])
+        )
     hls = hls_first_playable(args)
-    print(f"hls (authors' 1 s segments): playlist first exists {hls:.3f} s after the first block "
-          "(a player then buffers ~3 segments more)")
-    print("\n| transport | first block added latency | later blocks, median | later blocks, max | frames presented |")
+    print(
+        f"hls (authors' 1 s segments): playlist first exists {hls:.3f} s after the first block "
+        "(a player then buffers ~3 segments more)"
+    )
+    print(
+        "\n| transport | first block added latency | later blocks, median | later blocks, max | frames presented |"
+    )
     print("|---|---|---|---|---|")
     for name, first, med, worst, shown, total in rows:
         print(f"| {name} | {first:.3f} s | {med:.3f} s | {worst:.3f} s | {shown}/{total} |")

@@ -43,7 +43,9 @@ def test_push_read_and_silence_fill() -> None:
     live.push(np.full(100, 0.5, np.float32))
     assert live.wait_for(100)
     assert live.committed == 100
-    np.testing.assert_array_equal(live.read(50, 150), np.r_[np.full(50, 0.5), np.zeros(50)].astype(np.float32))
+    np.testing.assert_array_equal(
+        live.read(50, 150), np.r_[np.full(50, 0.5), np.zeros(50)].astype(np.float32)
+    )
     live.finish()
     assert not live.wait_for(300)  # finished: no waiting, the rest is silence
     with pytest.raises(ValueError, match="finished"):
@@ -117,7 +119,9 @@ def test_sample_of_frame_tiles() -> None:
 def pipe(tmp_path_factory: pytest.TempPathFactory) -> LiveActPipeline:
     ckpt, w2v = write_tiny_assets(tmp_path_factory.mktemp("tiny_live"), seed=0)
     # fps 25: the wav2vec tempo factor is 1, so slices need no ffmpeg and compare exactly.
-    return LiveActPipeline.from_pretrained(ckpt, w2v, device="cpu", dtype=torch.float32, size=(32, 32), fps=25)
+    return LiveActPipeline.from_pretrained(
+        ckpt, w2v, device="cpu", dtype=torch.float32, size=(32, 32), fps=25
+    )
 
 
 def _speech(seconds: float, seed: int = 0) -> np.ndarray:
@@ -152,7 +156,7 @@ def test_stream_live_follows_pushed_audio(pipe: LiveActPipeline) -> None:
         def produce() -> None:
             step = RATE // 50
             for i in range(0, wave.size, step):
-                live.push(wave[i: i + step])
+                live.push(wave[i : i + step])
                 if realtime:
                     time.sleep(0.02)
             live.finish()
@@ -169,8 +173,9 @@ def test_stream_live_follows_pushed_audio(pipe: LiveActPipeline) -> None:
     assert [b.frames.shape[2] for b in paced] == [21, 32, 32]
     assert [b.first_frame for b in paced] == [0, 21, 53]
     for b in paced:
-        assert b.pcm.size == sample_of_frame(b.first_frame + b.frames.shape[2], 25, RATE) - \
-            sample_of_frame(b.first_frame, 25, RATE)
+        assert b.pcm.size == sample_of_frame(b.first_frame + b.frames.shape[2], 25, RATE) - sample_of_frame(
+            b.first_frame, 25, RATE
+        )
     np.testing.assert_array_equal(np.concatenate([b.pcm for b in paced])[: wave.size], wave)
     assert paced[0].speech and paced[1].speech
     for a, b in zip(paced, burst):
@@ -212,7 +217,9 @@ def test_live_audio_drives_a_nano_folder(tmp_path: Path) -> None:
 
     from liveact.logmel import LogMelStream
 
-    pipe = LiveActPipeline.from_pretrained(write_nano_folder(tmp_path / "nano"), device="cpu", dtype=torch.float32)
+    pipe = LiveActPipeline.from_pretrained(
+        write_nano_folder(tmp_path / "nano"), device="cpu", dtype=torch.float32
+    )
     wave = _speech(2.0)
     live = LiveAudio(RATE)
     live.push(wave)
@@ -220,9 +227,13 @@ def test_live_audio_drives_a_nano_folder(tmp_path: Path) -> None:
     window = pipe.transformer.config.audio_window
     source = live_audio_source(live, default_streaming_factory(pipe), pipe.fps, window)
     assert live.wait_for(wave.size)
-    whole = LogMelStream.from_waveform(pipe.audio_encoder, torch.from_numpy(wave)[None], RATE, pipe.fps, window)
+    whole = LogMelStream.from_waveform(
+        pipe.audio_encoder, torch.from_numpy(wave)[None], RATE, pipe.fps, window
+    )
     for start, end in [(0, 21), (13, 45)]:
-        torch.testing.assert_close(source(start, end)[1:-1], whole.embedding(start, end)[1:-1], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            source(start, end)[1:-1], whole.embedding(start, end)[1:-1], rtol=1e-4, atol=1e-4
+        )
     clip = prepare_live(pipe, Image.new("RGB", (32, 32), (120, 90, 80)), "a person talks", live)
     blocks = list(stream_live(pipe, clip, live, seed=0))
     assert [b.frames.shape[2] for b in blocks] == [21, 32]  # 2.0 s at 25 fps = 50 frames

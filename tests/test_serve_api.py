@@ -70,8 +70,9 @@ class ControlledPipeline:
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory: pytest.TempPathFactory) -> ControlledPipeline:
     ckpt, w2v = write_tiny_assets(tmp_path_factory.mktemp("tiny_serve"), seed=0)
-    real = LiveActPipeline.from_pretrained(ckpt, w2v, device="cpu", dtype=torch.float32, size=SIZE, fps=FPS,
-                                           stream_audio=True)
+    real = LiveActPipeline.from_pretrained(
+        ckpt, w2v, device="cpu", dtype=torch.float32, size=SIZE, fps=FPS, stream_audio=True
+    )
     return ControlledPipeline(real)
 
 
@@ -82,10 +83,22 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _client(pipe: ControlledPipeline, root: Path, queue_size: int) -> Iterator[TestClient]:
     # A long live grace: the live test sends in bursts and must not get silence inserted between them.
-    engine = Engine(pipe, "tiny", queue_size=queue_size, live_connect_grace=30, live_grace=30,  # type: ignore[arg-type]
-                    unwatched_grace=0.3)
-    options = ServeOptions(data_dir=root / f"data_q{queue_size}", size=SIZE, fps=FPS, max_image_mb=1,
-                           max_audio_mb=1, max_audio_seconds=30)
+    engine = Engine(
+        pipe,
+        "tiny",
+        queue_size=queue_size,
+        live_connect_grace=30,
+        live_grace=30,  # type: ignore[arg-type]
+        unwatched_grace=0.3,
+    )
+    options = ServeOptions(
+        data_dir=root / f"data_q{queue_size}",
+        size=SIZE,
+        fps=FPS,
+        max_image_mb=1,
+        max_audio_mb=1,
+        max_audio_seconds=30,
+    )
     with TestClient(create_app(engine, options)) as client:
         client.engine = engine  # type: ignore[attr-defined]
         client.data_dir = options.data_dir  # type: ignore[attr-defined]
@@ -155,7 +168,9 @@ def test_health(client: TestClient) -> None:
 
 
 def test_job_runs_streams_and_downloads(client: TestClient) -> None:
-    res = submit(client, png_bytes(), wav_bytes(2.0), prompt="A person talks.", edits='[[1, 1, "She smiles."]]')
+    res = submit(
+        client, png_bytes(), wav_bytes(2.0), prompt="A person talks.", edits='[[1, 1, "She smiles."]]'
+    )
     assert res.status_code == 201, res.text
     job_id = res.json()["id"]
     chunks: list[bytes] = []
@@ -209,10 +224,20 @@ def test_not_multipart_and_missing_fields(client: TestClient) -> None:
     assert res.status_code == 400 and "audio" in res.json()["error"]
 
 
-@pytest.mark.parametrize("field,value", [
-    ("fps", "0"), ("fps", "abc"), ("size", "33*32"), ("size", "4096*4096"), ("edits", "{"),
-    ("edits", '[[2, 1, "x"]]'), ("edits", '[[0, 1, ""]]'), ("seed", "-1"), ("live", "maybe"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("fps", "0"),
+        ("fps", "abc"),
+        ("size", "33*32"),
+        ("size", "4096*4096"),
+        ("edits", "{"),
+        ("edits", '[[2, 1, "x"]]'),
+        ("edits", '[[0, 1, ""]]'),
+        ("seed", "-1"),
+        ("live", "maybe"),
+    ],
+)
 def test_bad_fields(client: TestClient, field: str, value: str) -> None:
     res = submit(client, png_bytes(), wav_bytes(), **{field: value})
     assert res.status_code == 400, res.text
@@ -236,9 +261,13 @@ def _tree(path: Path) -> set[Path]:
 def test_path_traversal_in_every_field(client: TestClient, root: Path, tmp_path: Path) -> None:
     before = _tree(root)
     evil = "../../../../" + str(tmp_path / "pwned")
-    files = {"image": (evil + ".png", png_bytes(), "image/png"), "audio": (evil + ".wav", wav_bytes(), "audio/wav")}
-    res = client.post("/api/jobs", files=files, data={
-        "prompt": evil, "edits": json.dumps([[0, 1, evil]]), "seed": "7"})
+    files = {
+        "image": (evil + ".png", png_bytes(), "image/png"),
+        "audio": (evil + ".wav", wav_bytes(), "audio/wav"),
+    }
+    res = client.post(
+        "/api/jobs", files=files, data={"prompt": evil, "edits": json.dumps([[0, 1, evil]]), "seed": "7"}
+    )
     assert res.status_code == 201, res.text  # strings are data: the job runs with them as text
     job_id = res.json()["id"]
     wait_status(client, job_id, ("finished",))
@@ -247,8 +276,10 @@ def test_path_traversal_in_every_field(client: TestClient, root: Path, tmp_path:
         assert submit(client, png_bytes(), wav_bytes(), **{field: evil}).status_code == 400
     # A field *name* that is a path is refused too.
     assert submit(client, png_bytes(), wav_bytes(), **{evil: "1"}).status_code == 400
-    res = client.post("/api/jobs", files={"image": ("a.png", png_bytes(), "image/png"),
-                                          evil: ("b.wav", wav_bytes(), "audio/wav")})
+    res = client.post(
+        "/api/jobs",
+        files={"image": ("a.png", png_bytes(), "image/png"), evil: ("b.wav", wav_bytes(), "audio/wav")},
+    )
     assert res.status_code == 400
     assert not (tmp_path / "pwned.png").exists() and not (tmp_path / "pwned.wav").exists()
     folder = client.data_dir / "jobs" / job_id  # type: ignore[attr-defined]
@@ -276,7 +307,7 @@ def test_unknown_ids(client: TestClient) -> None:
             assert message["type"] == "websocket.close" and message["code"] == 4404
 
 
-# ---------------------------------------------------------------------------------------------- busy, fail, cancel
+# ------------------------------------------------------------------------------------ busy, fail, cancel
 
 
 def test_second_job_while_busy_gets_429(client: TestClient, pipe: ControlledPipeline) -> None:
@@ -299,7 +330,11 @@ def test_failing_job_is_reported_and_server_goes_on(client: TestClient, pipe: Co
     assert "injected failure at block 1" in body["error"] and body["blocks_done"] == 1
     assert client.get(f"/api/jobs/{job_id}/video").status_code == 409
     pipe.fail_at = None
-    assert client.get("/api/health").json() == {**client.get("/api/health").json(), "status": "ok", "busy": False}
+    assert client.get("/api/health").json() == {
+        **client.get("/api/health").json(),
+        "status": "ok",
+        "busy": False,
+    }
     again = submit(client, png_bytes(), wav_bytes()).json()["id"]
     assert wait_status(client, again, ("finished", "failed"))["status"] == "finished"
 
@@ -353,9 +388,15 @@ def test_cross_origin_requests_are_refused(client: TestClient) -> None:
     files = {"image": ("a.png", png_bytes(), "image/png"), "audio": ("a.wav", wav_bytes(), "audio/wav")}
     res = client.post("/api/jobs", files=files, headers={"Origin": "http://evil.example"})
     assert res.status_code == 403
-    assert client.delete("/api/jobs/" + "0" * 32, headers={"Origin": "http://evil.example"}).status_code == 403
-    with pytest.raises(WebSocketDisconnect), \
-            client.websocket_connect("/api/jobs/" + "0" * 32 + "/audio", headers={"Origin": "http://evil.example"}):
+    assert (
+        client.delete("/api/jobs/" + "0" * 32, headers={"Origin": "http://evil.example"}).status_code == 403
+    )
+    with (
+        pytest.raises(WebSocketDisconnect),
+        client.websocket_connect(
+            "/api/jobs/" + "0" * 32 + "/audio", headers={"Origin": "http://evil.example"}
+        ),
+    ):
         pass  # the handshake is refused
     # Same origin (the page itself) is fine.
     assert client.get("/api/health", headers={"Origin": "http://evil.example"}).status_code == 200
@@ -374,16 +415,18 @@ def test_live_job_over_websocket(client: TestClient) -> None:
     t = np.arange(int(2.5 * RATE)) / RATE
     pcm = (0.3 * np.sin(2 * np.pi * 200 * t) * 32767).astype("<i2")
     received = []
-    with client.websocket_connect(f"/api/jobs/{job_id}/stream") as view, \
-            client.websocket_connect(f"/api/jobs/{job_id}/audio?format=s16le") as mic:
+    with (
+        client.websocket_connect(f"/api/jobs/{job_id}/stream") as view,
+        client.websocket_connect(f"/api/jobs/{job_id}/audio?format=s16le") as mic,
+    ):
         step = RATE // 10
         for i in range(0, int(1.5 * RATE), step):  # the first 1.5 s, then wait for video
-            mic.send_bytes(pcm[i: i + step].tobytes())
+            mic.send_bytes(pcm[i : i + step].tobytes())
         init = view.receive_json()
         assert init["type"] == "init"
         received.append(view.receive_bytes())  # frames arrive while audio is still being sent
         for i in range(int(1.5 * RATE), pcm.size, step):
-            mic.send_bytes(pcm[i: i + step].tobytes())
+            mic.send_bytes(pcm[i : i + step].tobytes())
         mic.send_text("end")
         while True:
             message = view.receive()

@@ -32,9 +32,17 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("LIVEACT_CHROMIUM", "/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
-BASE_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--autoplay-policy=no-user-gesture-required"]
+BASE_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
 
 
 def free_port() -> int:
@@ -71,10 +79,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "demo.py"), "--ckpt_dir", str(ckpt), "--wav2vec_dir", str(w2v),
-         "--size", "64*64", "--fps", "24", "--port", str(port), "--data_dir", str(root / "data"),
-         "--warmup_blocks", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        [
+            sys.executable,
+            str(REPO / "demo.py"),
+            "--ckpt_dir",
+            str(ckpt),
+            "--wav2vec_dir",
+            str(w2v),
+            "--size",
+            "64*64",
+            "--fps",
+            "24",
+            "--port",
+            str(port),
+            "--data_dir",
+            str(root / "data"),
+            "--warmup_blocks",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     url = None
     deadline = time.monotonic() + 300
     lines = []
@@ -102,8 +129,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def launch(playwright: object, user_dir: Path, extra: list[str]) -> object:
     return playwright.chromium.launch_persistent_context(  # type: ignore[attr-defined]
-        str(user_dir), executable_path=CHROMIUM, headless=True, args=BASE_FLAGS + extra,
-        viewport={"width": 1180, "height": 760})
+        str(user_dir),
+        executable_path=CHROMIUM,
+        headless=True,
+        args=BASE_FLAGS + extra,
+        viewport={"width": 1180, "height": 760},
+    )
 
 
 FRAME_STATS = """() => {
@@ -114,10 +145,13 @@ FRAME_STATS = """() => {
   g.drawImage(v, 0, 0);
   const d = g.getImageData(0, 0, c.width, c.height).data;
   let sum = 0, sq = 0, n = 0;
-  for (let i = 0; i < d.length; i += 4) { const y = (d[i] + d[i + 1] + d[i + 2]) / 3; sum += y; sq += y * y; n++; }
+  for (let i = 0; i < d.length; i += 4) {
+    const y = (d[i] + d[i + 1] + d[i + 2]) / 3; sum += y; sq += y * y; n++;
+  }
   const mean = sum / n;
   return { width: c.width, height: c.height, mean, std: Math.sqrt(sq / n - mean * mean),
-           time: v.currentTime, audioBytes: v.webkitAudioDecodedByteCount, frames: window.liveactStats.frames.length };
+           time: v.currentTime, audioBytes: v.webkitAudioDecodedByteCount,
+           frames: window.liveactStats.frames.length };
 }"""
 
 
@@ -140,7 +174,9 @@ def test_upload_job_plays_in_chromium(server: str, tmp_path: Path) -> None:
         before = page.evaluate(FRAME_STATS)
         # It plays: more frames are presented and the clock moves (generous: the tiny model may be
         # slower than real time on a busy CI machine, and the player then waits for the next block).
-        page.wait_for_function(f"window.liveactStats.frames.length >= {before['frames'] + 10}", timeout=120_000)
+        page.wait_for_function(
+            f"window.liveactStats.frames.length >= {before['frames'] + 10}", timeout=120_000
+        )
         after = page.evaluate(FRAME_STATS)
         assert after["time"] > before["time"], (before, after)
         assert (after["width"], after["height"]) == (64, 64)
@@ -155,8 +191,10 @@ def test_upload_job_plays_in_chromium(server: str, tmp_path: Path) -> None:
             shutil.copyfile(shot, REPO / os.environ["LIVEACT_SCREENSHOT"])
         blocks = page.text_content("#st-blocks")
         browser.close()
-    print(f"\ntime to first frame (click -> first frame on screen, tiny model, 64x64 on CPU): "
-          f"{first_frame:.2f} s; blocks {blocks}")
+    print(
+        f"\ntime to first frame (click -> first frame on screen, tiny model, 64x64 on CPU): "
+        f"{first_frame:.2f} s; blocks {blocks}"
+    )
     assert shot.stat().st_size > 10_000
 
 
@@ -165,8 +203,11 @@ def test_microphone_job_streams_while_speaking(server: str, tmp_path: Path) -> N
 
     image = portrait(tmp_path / "face.png")
     voice = speech_wav(tmp_path / "voice.wav", 30.0, rate=48000)  # the fake device loops it
-    flags = ["--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={voice}",
-             "--use-fake-ui-for-media-stream"]
+    flags = [
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={voice}",
+        "--use-fake-ui-for-media-stream",
+    ]
     with sync_playwright() as p:
         browser = launch(p, tmp_path / "profile", flags)
         browser.grant_permissions(["microphone"])
@@ -202,6 +243,8 @@ def test_microphone_job_streams_while_speaking(server: str, tmp_path: Path) -> N
             page.wait_for_timeout(200)
         assert status == "cancelled"
         browser.close()
-    print(f"\nmicrophone: first frame {first_frame:.2f} s after the click; speech-to-screen latency "
-          f"(median of {len(latencies)} blocks) {float(np.median(latencies)):.2f} s; "
-          f"server block latency {job['speech_latency']} s; generation FPS {job['generation_fps']}")
+    print(
+        f"\nmicrophone: first frame {first_frame:.2f} s after the click; speech-to-screen latency "
+        f"(median of {len(latencies)} blocks) {float(np.median(latencies)):.2f} s; "
+        f"server block latency {job['speech_latency']} s; generation FPS {job['generation_fps']}"
+    )

@@ -16,14 +16,18 @@ def test_defaults_are_safe_and_match_the_authors() -> None:
     assert parse_args(["--fp8_kv_cache", "--block_offload", "--t5_cpu"]).block_offload
 
 
-@pytest.mark.parametrize("argv,message", [
-    ([], "--ckpt_dir"),                                # no default model yet: say what to pass
-    (["--size", "100*100"], "multiples of 16"),
-    (["--fps", "0"], "--fps"),
-    (["--queue_size", "-1"], "--queue_size"),
-])
-def test_bad_input_is_one_error_line(argv: list[str], message: str, capsys: pytest.CaptureFixture,
-                                     tmp_path: object) -> None:
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ([], "--ckpt_dir"),  # no default model yet: say what to pass
+        (["--size", "100*100"], "multiples of 16"),
+        (["--fps", "0"], "--fps"),
+        (["--queue_size", "-1"], "--queue_size"),
+    ],
+)
+def test_bad_input_is_one_error_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture, tmp_path: object
+) -> None:
     assert main(argv + ["--data_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]

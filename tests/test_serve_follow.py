@@ -66,8 +66,9 @@ def test_follower_runs_the_same_blocks(channel: queue.Queue, tmp_path: Path) -> 
     ckpt, w2v = write_tiny_assets(tmp_path / "assets", seed=0)
 
     def load() -> Counting:
-        return Counting(LiveActPipeline.from_pretrained(ckpt, w2v, device="cpu", dtype=torch.float32,
-                                                        size=SIZE, fps=FPS))
+        return Counting(
+            LiveActPipeline.from_pretrained(ckpt, w2v, device="cpu", dtype=torch.float32, size=SIZE, fps=FPS)
+        )
 
     leader, follower = load(), load()
     thread = threading.Thread(target=follow, args=(follower, None), daemon=True)
@@ -82,8 +83,16 @@ def test_follower_runs_the_same_blocks(channel: queue.Queue, tmp_path: Path) -> 
     def spec(name: str, audio_path: Path | None) -> JobSpec:
         folder = tmp_path / name
         folder.mkdir()
-        return JobSpec(folder=folder, image=image, audio=audio_path, prompt="a person talks", edits=[],
-                       fps=FPS, size=SIZE, seed=1)
+        return JobSpec(
+            folder=folder,
+            image=image,
+            audio=audio_path,
+            prompt="a person talks",
+            edits=[],
+            fps=FPS,
+            size=SIZE,
+            seed=1,
+        )
 
     def wait(job: Any) -> None:
         # Without collectives the follower runs beside rank 0, not in lock-step: wait for both.

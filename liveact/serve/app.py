@@ -1,15 +1,15 @@
 """HTTP and WebSocket API of the demo (FastAPI), plus the static page.
 
-| route | what |
-|---|---|
-| ``GET /`` | the studio page (``static/index.html``; works offline) |
-| ``GET /api/health`` | ``{"status", "model", "busy", "running", "queued", "queue_size"}`` |
-| ``POST /api/jobs`` | multipart: ``image`` file, ``audio`` file (or ``live=1``), ``prompt``, ``edits``, ``fps``, ``size``, ``seed``, ``sample_rate`` (live) -> 201 ``{"id"}`` |
-| ``GET /api/jobs/{id}`` | status: ``status``, ``blocks_done``, ``blocks_total``, ``error``, ``queue_position``, speeds |
-| ``GET /api/jobs/{id}/video`` | the mp4 once finished (409 before) |
-| ``DELETE /api/jobs/{id}`` | cancel (queued or running) |
-| ``WS /api/jobs/{id}/stream`` | live view: a JSON ``init`` message (``mime``), binary fragmented-mp4 bytes, a JSON ``end`` |
-| ``WS /api/jobs/{id}/audio`` | live jobs: binary PCM in (mono, ``sample_rate``; ``?format=f32le`` or ``s16le``); text ``end`` |
+- ``GET /``: the studio page (``static/index.html``; works offline);
+- ``GET /api/health``: ``{"status", "model", "busy", "running", "queued", "queue_size"}``;
+- ``POST /api/jobs``: multipart ``image`` file, ``audio`` file (or ``live=1``), ``prompt``,
+  ``edits``, ``fps``, ``size``, ``seed``, ``sample_rate`` (live) -> 201 ``{"id", ...}``;
+- ``GET /api/jobs/{id}``: ``status``, ``blocks_done``, ``blocks_total``, ``error``, queue place, speeds;
+- ``GET /api/jobs/{id}/video``: the mp4 once finished (409 before);
+- ``DELETE /api/jobs/{id}``: cancel (queued or running);
+- ``WS /api/jobs/{id}/stream``: a JSON ``init`` (``mime``), fragmented-mp4 bytes, a JSON ``end``;
+- ``WS /api/jobs/{id}/audio``: live jobs' PCM in (mono at ``sample_rate``, ``?format=f32le|s16le``),
+  text ``end`` when the speech is over.
 
 Errors are JSON ``{"error": ...}`` with 400 (bad field), 404 (unknown id), 409 (not ready), 413 (too
 large), 415 (wrong type) or 429 (busy, with the reason).
@@ -72,8 +72,13 @@ def error(status: int, message: str) -> JSONResponse:
 
 def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
     """The FastAPI app serving ``engine`` (jobs live under ``options.data_dir/jobs``)."""
-    app = FastAPI(title="LiveAct demo", version="1", docs_url="/api/docs", openapi_url="/api/openapi.json",
-                  redoc_url=None)
+    app = FastAPI(
+        title="LiveAct demo",
+        version="1",
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
     jobs_dir = (options.data_dir / "jobs").resolve()
     jobs_dir.mkdir(parents=True, exist_ok=True)
 
@@ -108,8 +113,15 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
     async def create_job(request: Request) -> JSONResponse:
         """Start a job from an uploaded portrait and audio (or ``live=1``: audio over WebSocket)."""
         if engine.health()["queued"] + engine.busy > engine.queue_size:
-            return error(429, str(Busy(f"busy: job {engine.health()['running']} is running; "
-                                       f"queue size {engine.queue_size}; try again when it ends")))
+            return error(
+                429,
+                str(
+                    Busy(
+                        f"busy: job {engine.health()['running']} is running; "
+                        f"queue size {engine.queue_size}; try again when it ends"
+                    )
+                ),
+            )
         length = request.headers.get("content-length")
         budget = (options.max_image_mb + options.max_audio_mb) * 2**20 + 2**20
         if length is not None and length.isdigit() and int(length) > budget:
@@ -121,7 +133,9 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
         folder.mkdir()
         try:
             limits = {"image": options.max_image_mb * 2**20, "audio": options.max_audio_mb * 2**20}
-            upload = await parse_upload(request.headers.get("content-type", ""), request.stream(), folder, limits)
+            upload = await parse_upload(
+                request.headers.get("content-type", ""), request.stream(), folder, limits
+            )
             spec = await asyncio.to_thread(_spec_from_upload, upload, folder, options)
             job = engine.submit(spec, job_id)
         except UploadError as exc:
@@ -180,8 +194,15 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
             if stream is None:
                 await ws.send_json({"type": "end", "status": job.status, "error": job.error})
                 return
-            await ws.send_json({"type": "init", "mime": stream.mime, "fps": job.spec.fps,
-                                "width": job.spec.size[0], "height": job.spec.size[1]})
+            await ws.send_json(
+                {
+                    "type": "init",
+                    "mime": stream.mime,
+                    "fps": job.spec.fps,
+                    "width": job.spec.size[0],
+                    "height": job.spec.size[1],
+                }
+            )
             closed = asyncio.ensure_future(_until_closed(ws))
             async for chunk in stream.follow():
                 if closed.done():
@@ -220,7 +241,11 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
                     break
                 data = message.get("bytes")
                 if data is None:
-                    if (message.get("text") or "").strip().lower() in ("end", '{"type":"end"}', '{"type": "end"}'):
+                    if (message.get("text") or "").strip().lower() in (
+                        "end",
+                        '{"type":"end"}',
+                        '{"type": "end"}',
+                    ):
                         break
                     continue
                 if len(data) % np.dtype(dtype).itemsize:
@@ -271,8 +296,16 @@ def _spec_from_upload(upload: Any, folder: Path, options: ServeOptions) -> JobSp
     size = size_field(upload, options.size, options.size[0] * options.size[1])
     sample_rate = int_field(upload, "sample_rate", 16000, 8000, 48000)
     stop_when_unwatched = bool_field(upload, "stop_when_unwatched")
-    unknown = set(upload.fields) - {"live", "prompt", "edits", "fps", "seed", "size", "sample_rate",
-                                    "stop_when_unwatched"}
+    unknown = set(upload.fields) - {
+        "live",
+        "prompt",
+        "edits",
+        "fps",
+        "seed",
+        "size",
+        "sample_rate",
+        "stop_when_unwatched",
+    }
     if unknown:
         raise UploadError(400, f"unknown field(s): {', '.join(sorted(repr(u[:40]) for u in unknown))}")
     if "image" not in upload.files:
@@ -285,8 +318,18 @@ def _spec_from_upload(upload: Any, folder: Path, options: ServeOptions) -> JobSp
         if audio is None:
             raise UploadError(400, "missing file field 'audio' (or set live=1 to stream it)")
         check_audio(audio, options.min_audio_seconds, options.max_audio_seconds)
-    return JobSpec(folder=folder, image=upload.files["image"], audio=audio, prompt=prompt, edits=edits, fps=fps,
-                   size=size, seed=seed, sample_rate=sample_rate, stop_when_unwatched=stop_when_unwatched)
+    return JobSpec(
+        folder=folder,
+        image=upload.files["image"],
+        audio=audio,
+        prompt=prompt,
+        edits=edits,
+        fps=fps,
+        size=size,
+        seed=seed,
+        sample_rate=sample_rate,
+        stop_when_unwatched=stop_when_unwatched,
+    )
 
 
 __all__ = ["ServeOptions", "create_app"]

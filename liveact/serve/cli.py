@@ -64,25 +64,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t5_cpu", action="store_true", help="run the umT5 text encoder on the CPU")
     p.add_argument("--port", type=int, default=5001, help="HTTP port (0: any free port)")
     p.add_argument("--seed", type=int, default=42, help="default seed of a job")
-    p.add_argument("--size", default=None,
-                   help="default WIDTH*HEIGHT of a job, jobs may ask for at most its area (default: the model's "
-                        "own size; 720*416 for the official folders, as the authors' demo)")
+    p.add_argument(
+        "--size",
+        default=None,
+        help="default WIDTH*HEIGHT of a job, jobs may ask for at most its area (default: the model's "
+        "own size; 720*416 for the official folders, as the authors' demo)",
+    )
     p.add_argument("--video_save_path", default=None, help="also copy every finished mp4 here as <id>.mp4")
     p.add_argument("--fp8_kv_cache", action="store_true", help="store the KV memory in FP8 (e4m3)")
-    p.add_argument("--block_offload", action="store_true", help="keep DiT blocks in host memory, prefetch to the GPU")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default localhost only; 0.0.0.0 serves the LAN)")
+    p.add_argument(
+        "--block_offload", action="store_true", help="keep DiT blocks in host memory, prefetch to the GPU"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default localhost only; 0.0.0.0 serves the LAN)"
+    )
     p.add_argument("--data_dir", default="liveact_data", help="folder for uploads and outputs (one per job)")
-    p.add_argument("--fps", type=int, default=None, help="default frame rate of a job (default: the model's, or 24)")
-    p.add_argument("--fp8_gemm", action="store_true", help="FP8 matmuls for the DiT (CUDA sm89+; always on in the authors' demo)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda:LOCAL_RANK if available)")
-    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                   help="model dtype (default bfloat16 on GPU, float32 on CPU)")
+    p.add_argument(
+        "--fps", type=int, default=None, help="default frame rate of a job (default: the model's, or 24)"
+    )
+    p.add_argument(
+        "--fp8_gemm",
+        action="store_true",
+        help="FP8 matmuls for the DiT (CUDA sm89+; always on in the authors' demo)",
+    )
+    p.add_argument(
+        "--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda:LOCAL_RANK if available)"
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["bfloat16", "float16", "float32"],
+        help="model dtype (default bfloat16 on GPU, float32 on CPU)",
+    )
     p.add_argument("--queue_size", type=int, default=0, help="jobs that may wait behind the running one")
     p.add_argument("--max_image_mb", type=int, default=10, help="upload limit of the portrait")
     p.add_argument("--max_audio_mb", type=int, default=50, help="upload limit of the audio file")
     p.add_argument("--max_audio_seconds", type=float, default=600.0, help="longest audio a job may have")
-    p.add_argument("--warmup_blocks", type=int, default=2, help="blocks generated at start-up (0: no warm-up)")
+    p.add_argument(
+        "--warmup_blocks", type=int, default=2, help="blocks generated at start-up (0: no warm-up)"
+    )
     return p
 
 
@@ -92,14 +112,26 @@ def parse_args(argv: list[str] | None = None) -> DemoArgs:
     return DemoArgs(**{f.name: getattr(ns, f.name) for f in fields(DemoArgs)})
 
 
-def load_pipeline(args: DemoArgs, device: torch.device, dtype: torch.dtype, dist_info: Any) -> tuple[Any, str]:
+def load_pipeline(
+    args: DemoArgs, device: torch.device, dtype: torch.dtype, dist_info: Any
+) -> tuple[Any, str]:
     """The one place the demo loads its model: the same loader as ``generate.py`` (so the embedded
     default model, when no ``--ckpt_dir`` is given, comes for free). Returns ``(pipeline, model name)``."""
     from liveact.cli import GenerateArgs, build_pipeline
 
-    gen = GenerateArgs(size=args.size or OFFICIAL_SIZE, ckpt_dir=args.ckpt_dir, wav2vec_dir=args.wav2vec_dir,
-                       t5_cpu=args.t5_cpu, fp8_kv_cache=args.fp8_kv_cache, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,
-                       fps=args.fps or OFFICIAL_FPS, seed=args.seed, device=args.device, dtype=args.dtype)
+    gen = GenerateArgs(
+        size=args.size or OFFICIAL_SIZE,
+        ckpt_dir=args.ckpt_dir,
+        wav2vec_dir=args.wav2vec_dir,
+        t5_cpu=args.t5_cpu,
+        fp8_kv_cache=args.fp8_kv_cache,
+        fp8_gemm=args.fp8_gemm,
+        block_offload=args.block_offload,
+        fps=args.fps or OFFICIAL_FPS,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+    )
     pipe = build_pipeline(gen, device, dtype, dist_info)
     name = Path(args.ckpt_dir).name if args.ckpt_dir else "default"
     return pipe, name
@@ -128,8 +160,9 @@ def warm_up(pipe: Any, blocks: int, seed: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo server; returns the exit status."""
-    logging.basicConfig(level=os.environ.get("LIVEACT_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LIVEACT_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from liveact.cli import UserError
     from liveact.loading import AssetError
 
@@ -140,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (UserError, AssetError, FileNotFoundError, ValueError) as exc:
         logger.debug("user error", exc_info=True)
-        print("error: " + "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)
+        print(
+            "error: " + "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()),
+            file=sys.stderr,
+        )
         return 2
 
 
@@ -167,7 +203,11 @@ def run(args: DemoArgs) -> int:
     from liveact.cli import GenerateArgs, check_hardware_flags, resolve_device
 
     device = resolve_device(GenerateArgs(device=args.device), dist_info)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = (
+        getattr(torch, args.dtype)
+        if args.dtype
+        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    )
     check_hardware_flags(GenerateArgs(fp8_gemm=args.fp8_gemm, block_offload=args.block_offload), device)
     pipe, model_name = load_pipeline(args, device, dtype, dist_info)
     group = None
@@ -176,8 +216,13 @@ def run(args: DemoArgs) -> int:
 
         group = dist.new_group(backend="gloo")  # control messages travel on the CPU
     seconds = warm_up(pipe, args.warmup_blocks, args.seed)
-    logger.info("model %s loaded and warmed up (%d blocks in %.1f s) on %s", model_name, args.warmup_blocks,
-                seconds, device)
+    logger.info(
+        "model %s loaded and warmed up (%d blocks in %.1f s) on %s",
+        model_name,
+        args.warmup_blocks,
+        seconds,
+        device,
+    )
     try:
         if dist_info is not None and not dist_info.is_main:
             from liveact.serve.engine import follow
@@ -194,8 +239,15 @@ def run(args: DemoArgs) -> int:
     return 0
 
 
-def serve(pipe: Any, model_name: str, args: DemoArgs, size: tuple[int, int], data_dir: Path,
-          save_dir: Path | None, group: Any) -> None:
+def serve(
+    pipe: Any,
+    model_name: str,
+    args: DemoArgs,
+    size: tuple[int, int],
+    data_dir: Path,
+    save_dir: Path | None,
+    group: Any,
+) -> None:
     """Run uvicorn on rank 0 until interrupted."""
     import uvicorn
 
@@ -211,11 +263,22 @@ def serve(pipe: Any, model_name: str, args: DemoArgs, size: tuple[int, int], dat
         if save_dir is not None:
             shutil.copyfile(job.video_path, save_dir / f"{job.id}.mp4")
 
-    engine = Engine(pipe, model_name, queue_size=args.queue_size,
-                    control=DistControl(group) if group is not None else None, on_finished=on_finished)
-    options = ServeOptions(data_dir=data_dir, size=size, fps=args.fps or round(pipe.fps), seed=args.seed,
-                           max_image_mb=args.max_image_mb, max_audio_mb=args.max_audio_mb,
-                           max_audio_seconds=args.max_audio_seconds)
+    engine = Engine(
+        pipe,
+        model_name,
+        queue_size=args.queue_size,
+        control=DistControl(group) if group is not None else None,
+        on_finished=on_finished,
+    )
+    options = ServeOptions(
+        data_dir=data_dir,
+        size=size,
+        fps=args.fps or round(pipe.fps),
+        seed=args.seed,
+        max_image_mb=args.max_image_mb,
+        max_audio_mb=args.max_audio_mb,
+        max_audio_seconds=args.max_audio_seconds,
+    )
     app = create_app(engine, options)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", ws_max_size=1 << 20)
     server = uvicorn.Server(config)

@@ -107,17 +107,31 @@ class Job:
         elapsed = (self.ended or time.time()) - self.started if self.started else 0.0
         seconds = self.frames_done / self.spec.fps
         return {
-            "id": self.id, "kind": self.kind, "status": self.status, "error": self.error,
-            "blocks_done": self.blocks_done, "blocks_total": self.blocks_total,
-            "frames_done": self.frames_done, "queue_position": queue_position,
-            "fps": self.spec.fps, "size": f"{self.spec.size[0]}*{self.spec.size[1]}",
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "error": self.error,
+            "blocks_done": self.blocks_done,
+            "blocks_total": self.blocks_total,
+            "frames_done": self.frames_done,
+            "queue_position": queue_position,
+            "fps": self.spec.fps,
+            "size": f"{self.spec.size[0]}*{self.spec.size[1]}",
             "generation_fps": round(self.frames_done / elapsed, 3) if elapsed > 0 else None,
             "real_time_factor": round(seconds / elapsed, 3) if elapsed > 0 else None,
-            "first_frame_latency": None if self.first_frame_latency is None else round(self.first_frame_latency, 3),
-            "speech_latency": round(float(np.median(self.speech_latency)), 3) if self.speech_latency else None,
-            "silence_seconds": round(self.live.silence_samples / self.live.sample_rate, 3) if self.live else None,
+            "first_frame_latency": None
+            if self.first_frame_latency is None
+            else round(self.first_frame_latency, 3),
+            "speech_latency": round(float(np.median(self.speech_latency)), 3)
+            if self.speech_latency
+            else None,
+            "silence_seconds": round(self.live.silence_samples / self.live.sample_rate, 3)
+            if self.live
+            else None,
             "timeline": [list(t) for t in self.timeline] if self.live else None,
-            "created": self.created, "started": self.started, "ended": self.ended,
+            "created": self.created,
+            "started": self.started,
+            "ended": self.ended,
             "stream_url": f"/api/jobs/{self.id}/stream",
             "video_url": f"/api/jobs/{self.id}/video" if self.status == "finished" else None,
             "audio_url": f"/api/jobs/{self.id}/audio" if self.kind == "live" else None,
@@ -170,7 +184,7 @@ class _FollowerSync:
         _, go, start, pcm = message
         if go and live is not None and pcm is not None:
             if live.received < start + len(pcm):
-                live.push(pcm[max(0, live.received - start):])
+                live.push(pcm[max(0, live.received - start) :])
             live.wait_for(end)  # already present: only commits
         return go
 
@@ -191,9 +205,18 @@ class Engine:
         on_finished: called with each job that finished (in the worker thread).
     """
 
-    def __init__(self, pipe: LiveActPipeline, model_name: str, queue_size: int = 0,
-                 control: DistControl | None = None, unwatched_grace: float = 5.0,
-                 live_connect_grace: float = 30.0, live_grace: float = 0.2, max_jobs: int = 100, on_finished: Callable[[Job], None] | None = None) -> None:
+    def __init__(
+        self,
+        pipe: LiveActPipeline,
+        model_name: str,
+        queue_size: int = 0,
+        control: DistControl | None = None,
+        unwatched_grace: float = 5.0,
+        live_connect_grace: float = 30.0,
+        live_grace: float = 0.2,
+        max_jobs: int = 100,
+        on_finished: Callable[[Job], None] | None = None,
+    ) -> None:
         self.pipe = pipe
         self.model_name = model_name
         self.queue_size = queue_size
@@ -220,8 +243,14 @@ class Engine:
     def health(self) -> dict[str, Any]:
         """``/api/health`` body."""
         with self._lock:
-            return {"status": "ok", "model": self.model_name, "busy": self.busy, "running": self._running,
-                    "queued": len(self._queue), "queue_size": self.queue_size}
+            return {
+                "status": "ok",
+                "model": self.model_name,
+                "busy": self.busy,
+                "running": self._running,
+                "queued": len(self._queue),
+                "queue_size": self.queue_size,
+            }
 
     def submit(self, spec: JobSpec, job_id: str | None = None) -> Job:
         """Queue a job. Raises :class:`Busy` when the queue is full."""
@@ -230,8 +259,10 @@ class Engine:
                 raise Busy("the server is shutting down")
             waiting = len(self._queue) + (1 if self._running else 0)
             if waiting > self.queue_size:
-                raise Busy(f"busy: job {self._running} is running and {len(self._queue)} job(s) wait "
-                           f"(queue size {self.queue_size}); try again when it ends")
+                raise Busy(
+                    f"busy: job {self._running} is running and {len(self._queue)} job(s) wait "
+                    f"(queue size {self.queue_size}); try again when it ends"
+                )
             self._forget_old_jobs()
             job = Job(job_id or new_id(), spec)
             if spec.audio is None:
@@ -330,12 +361,19 @@ class Engine:
 
         def check() -> None:
             now = time.monotonic()
-            if job.spec.stop_when_unwatched and job.unwatched_since is not None \
-                    and now - job.unwatched_since > self.unwatched_grace:
+            if (
+                job.spec.stop_when_unwatched
+                and job.unwatched_since is not None
+                and now - job.unwatched_since > self.unwatched_grace
+            ):
                 logger.info("job %s: no viewer for %.0f s, stopping", job.id, self.unwatched_grace)
                 self.cancel(job)
-            if job.live is not None and job.live.received == 0 and job.started \
-                    and time.time() - job.started > self.live_connect_grace:
+            if (
+                job.live is not None
+                and job.live.received == 0
+                and job.started
+                and time.time() - job.started > self.live_connect_grace
+            ):
                 logger.info("job %s: no live audio within %.0f s, stopping", job.id, self.live_connect_grace)
                 self.cancel(job)
 
@@ -347,8 +385,9 @@ def configure(pipe: LiveActPipeline, fps: int, size: tuple[int, int]) -> None:
     pipe.fps, pipe.size = float(fps), size
 
 
-def run_job(pipe: LiveActPipeline, job: Job, between_blocks: Callable[[], None],
-            control: DistControl | None = None) -> int:
+def run_job(
+    pipe: LiveActPipeline, job: Job, between_blocks: Callable[[], None], control: DistControl | None = None
+) -> int:
     """Generate a job into its stream; returns the frames written.
 
     Upload jobs stream ``ceil(duration * fps)`` frames with the file's audio; live jobs run until
@@ -377,8 +416,9 @@ def run_job(pipe: LiveActPipeline, job: Job, between_blocks: Callable[[], None],
             out[: part.size] = part
             return out
 
-    stream = FragmentedMP4Stream(job.video_path, fps=spec.fps, width=spec.size[0], height=spec.size[1],
-                                 sample_rate=rate)
+    stream = FragmentedMP4Stream(
+        job.video_path, fps=spec.fps, width=spec.size[0], height=spec.size[1], sample_rate=rate
+    )
     job.stream = stream
     job._stream_ready.set()
     fed = 0  # samples sent to the encoder
@@ -390,7 +430,11 @@ def run_job(pipe: LiveActPipeline, job: Job, between_blocks: Callable[[], None],
             if job.live is not None and job.live.finished:
                 # The speech has ended: show it to its last sample, not the silence after it.
                 total_frames = max(1, math.ceil(job.live.received * spec.fps / job.live.sample_rate - 1e-9))
-            count = min(frames.shape[2], int(total_frames - first)) if math.isfinite(total_frames) else frames.shape[2]
+            count = (
+                min(frames.shape[2], int(total_frames - first))
+                if math.isfinite(total_frames)
+                else frames.shape[2]
+            )
             if count <= 0:
                 break
             frames = frames[:, :, :count]
@@ -412,8 +456,13 @@ def run_job(pipe: LiveActPipeline, job: Job, between_blocks: Callable[[], None],
             if ready is not None:
                 job.speech_latency.append(time.monotonic() - ready)
                 wall = time.time() - time.monotonic()  # monotonic -> wall clock, for browser timestamps
-                job.timeline.append((first, None if arrival is None else round(arrival + wall, 4),
-                                     round(time.monotonic() + wall, 4)))
+                job.timeline.append(
+                    (
+                        first,
+                        None if arrival is None else round(arrival + wall, 4),
+                        round(time.monotonic() + wall, 4),
+                    )
+                )
             between_blocks()
             if job.stop.is_set() or job.frames_done >= total_frames:
                 break
@@ -426,8 +475,9 @@ def run_job(pipe: LiveActPipeline, job: Job, between_blocks: Callable[[], None],
     return job.frames_done
 
 
-def _upload_blocks(pipe: LiveActPipeline, clip: Any, seed: int, stop: threading.Event,
-                   control: DistControl | None):
+def _upload_blocks(
+    pipe: LiveActPipeline, clip: Any, seed: int, stop: threading.Event, control: DistControl | None
+):
     """Upload job blocks as ``(frames, first_frame, None, None)``, checking ``stop`` before each."""
     from liveact.sampler import block_span
 
@@ -471,8 +521,9 @@ def follow(pipe: LiveActPipeline, group: Any) -> None:
                 for _ in stream_live(pipe, clip, live, seed=spec.seed, sync=sync, decode=False):
                     pass
             else:
-                clip = pipe.prepare(Request(image=spec.image, audio=spec.audio, prompt=spec.prompt,
-                                            edits=spec.edits))
+                clip = pipe.prepare(
+                    Request(image=spec.image, audio=spec.audio, prompt=spec.prompt, edits=spec.edits)
+                )
                 generator = pipe.stream(clip, seed=spec.seed, decode=False)
                 for _ in range(clip.num_blocks):
                     if not sync.exchange(True, None, 0):

@@ -57,8 +57,17 @@ class FragmentedMP4Stream:
         crf: libx264 quality; ``ultrafast`` + ``zerolatency`` keep the encoder from holding frames.
     """
 
-    def __init__(self, path: str | os.PathLike, *, fps: float, width: int, height: int,
-                 sample_rate: int | None, keyframe_seconds: float = 1.0, crf: int = 23) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        fps: float,
+        width: int,
+        height: int,
+        sample_rate: int | None,
+        keyframe_seconds: float = 1.0,
+        crf: int = 23,
+    ) -> None:
         self.path = Path(path)
         self.fps, self.width, self.height, self.sample_rate = float(fps), width, height, sample_rate
         self.frames_written = 0
@@ -71,33 +80,94 @@ class FragmentedMP4Stream:
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._ready = threading.Event()  # init segment published
         gop = max(1, round(keyframe_seconds * self.fps))
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-framerate", f"{self.fps:g}",
-               "-i", "pipe:0"]
+        cmd = [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{width}x{height}",
+            "-framerate",
+            f"{self.fps:g}",
+            "-i",
+            "pipe:0",
+        ]
         audio_read = audio_write = None
         if sample_rate:
             audio_read, audio_write = os.pipe()
             # AAC at 48 kHz: its 1024-sample frames and encoder delay are then ~21 ms each, so the muxer
             # (which holds a video frame until audio past it exists) releases a block's frames as soon
             # as the audio a little past the block's end is written (see `write`).
-            cmd += ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", f"pipe:{audio_read}",
-                    "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "96k", "-ar", str(AAC_RATE)]
+            cmd += [
+                "-f",
+                "f32le",
+                "-ar",
+                str(sample_rate),
+                "-ac",
+                "1",
+                "-i",
+                f"pipe:{audio_read}",
+                "-map",
+                "0:v:0",
+                "-map",
+                "1:a:0",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "96k",
+                "-ar",
+                str(AAC_RATE),
+            ]
         else:
             cmd += ["-map", "0:v:0", "-an"]
-        cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast", "-tune", "zerolatency",
-                "-crf", str(crf), "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
-                # One fragment per frame duration, written as soon as the next packet exists (no
-                # interleaving queue). `frag_every_frame` is not used: it cuts at every packet of
-                # either track and writes audio fragments with repeated start times (gaps in MSE).
-                # `delay_moov` lets the muxer write the edit list that hides the AAC priming.
-                "-movflags", "+empty_moov+delay_moov+default_base_moof", "-frag_duration", str(int(1e6 / self.fps)),
-                "-max_interleave_delta", "1", "-flush_packets", "1",
-                "-f", "mp4", "pipe:1"]
+        cmd += [
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-crf",
+            str(crf),
+            "-g",
+            str(gop),
+            "-keyint_min",
+            str(gop),
+            "-sc_threshold",
+            "0",
+            # One fragment per frame duration, written as soon as the next packet exists (no
+            # interleaving queue). `frag_every_frame` is not used: it cuts at every packet of
+            # either track and writes audio fragments with repeated start times (gaps in MSE).
+            # `delay_moov` lets the muxer write the edit list that hides the AAC priming.
+            "-movflags",
+            "+empty_moov+delay_moov+default_base_moof",
+            "-frag_duration",
+            str(int(1e6 / self.fps)),
+            "-max_interleave_delta",
+            "1",
+            "-flush_packets",
+            "1",
+            "-f",
+            "mp4",
+            "pipe:1",
+        ]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed by the reader thread at EOF
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      pass_fds=(audio_read,) if audio_read is not None else (),
-                                      start_new_session=True)
+        self._proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(audio_read,) if audio_read is not None else (),
+            start_new_session=True,
+        )
         if audio_read is not None:
             os.close(audio_read)
         self._audio = os.fdopen(audio_write, "wb", buffering=0) if audio_write is not None else None
@@ -125,7 +195,9 @@ class FragmentedMP4Stream:
         """
         block = to_uint8_frames(frames)
         if block.shape[1:3] != (self.height, self.width):
-            raise ValueError(f"frames are {block.shape[2]}x{block.shape[1]}, stream is {self.width}x{self.height}")
+            raise ValueError(
+                f"frames are {block.shape[2]}x{block.shape[1]}, stream is {self.width}x{self.height}"
+            )
         if self._audio is not None:
             samples = np.zeros(0, np.float32) if pcm is None else np.asarray(pcm, dtype="<f4").reshape(-1)
             self._queues[1][0].put(samples.tobytes())
@@ -146,8 +218,10 @@ class FragmentedMP4Stream:
             rc = self._proc.wait()
         self._reader.join(timeout)
         if rc != 0:
-            raise FFmpegError(f"live encoder exited with status {rc}: "
-                              f"{b''.join(self._stderr).decode(errors='replace')[-2000:]}")
+            raise FFmpegError(
+                f"live encoder exited with status {rc}: "
+                f"{b''.join(self._stderr).decode(errors='replace')[-2000:]}"
+            )
 
     def abort(self) -> None:
         """Stop at once (cancelled job): what was published stays a playable file."""

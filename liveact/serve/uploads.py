@@ -54,8 +54,9 @@ def sniff_audio_suffix(head: bytes) -> str:
     return ".bin"  # anything else goes to ffmpeg, which probes the content
 
 
-async def parse_upload(content_type: str, body: AsyncIterator[bytes], folder: Path,
-                       limits: dict[str, int]) -> Upload:
+async def parse_upload(
+    content_type: str, body: AsyncIterator[bytes], folder: Path, limits: dict[str, int]
+) -> Upload:
     """Stream a ``multipart/form-data`` body into ``folder``.
 
     Args:
@@ -71,8 +72,16 @@ async def parse_upload(content_type: str, body: AsyncIterator[bytes], folder: Pa
     if kind != b"multipart/form-data" or b"boundary" not in params:
         raise UploadError(415, "send multipart/form-data (fields: image, audio, prompt, edits, fps, ...)")
     upload = Upload()
-    state: dict = {"headers": {}, "field": b"", "value": b"", "name": None, "file": None, "size": 0,
-                   "text": bytearray(), "count": 0}
+    state: dict = {
+        "headers": {},
+        "field": b"",
+        "value": b"",
+        "name": None,
+        "file": None,
+        "size": 0,
+        "text": bytearray(),
+        "count": 0,
+    }
     errors: list[UploadError] = []
 
     def fail(status: int, message: str) -> None:
@@ -138,11 +147,18 @@ async def parse_upload(content_type: str, body: AsyncIterator[bytes], folder: Pa
             except UnicodeDecodeError:
                 fail(400, f"field {name!r} is not UTF-8 text")
 
-    parser = MultipartParser(params[b"boundary"], {
-        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
-        "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-    })
+    parser = MultipartParser(
+        params[b"boundary"],
+        {
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+        },
+    )
     try:
         async for chunk in body:
             parser.write(chunk)
@@ -218,8 +234,9 @@ def size_field(upload: Upload, default: tuple[int, int], max_pixels: int) -> tup
     if width < 16 or height < 16 or width % 16 or height % 16:
         raise UploadError(400, f"size {width}*{height}: width and height must be positive multiples of 16")
     if width * height > max_pixels:
-        raise UploadError(400, f"size {width}*{height} is larger than this server allows "
-                               f"({max_pixels} pixels, its --size)")
+        raise UploadError(
+            400, f"size {width}*{height} is larger than this server allows ({max_pixels} pixels, its --size)"
+        )
     return width, height
 
 
@@ -231,17 +248,28 @@ def edits_field(upload: Upload) -> list[tuple[tuple[int, int], str]]:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise UploadError(400, f"edits must be a JSON list of [first_block, last_block, text]: {exc}") from None
+        raise UploadError(
+            400, f"edits must be a JSON list of [first_block, last_block, text]: {exc}"
+        ) from None
     if not isinstance(value, list) or len(value) > MAX_EDITS:
-        raise UploadError(400, f"edits must be a JSON list of at most {MAX_EDITS} [first_block, last_block, text]")
+        raise UploadError(
+            400, f"edits must be a JSON list of at most {MAX_EDITS} [first_block, last_block, text]"
+        )
     edits = []
     for i, item in enumerate(value):
-        ok = (isinstance(item, list) and len(item) == 3
-              and all(isinstance(v, int) and not isinstance(v, bool) for v in item[:2])
-              and isinstance(item[2], str) and item[2].strip())
+        ok = (
+            isinstance(item, list)
+            and len(item) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in item[:2])
+            and isinstance(item[2], str)
+            and item[2].strip()
+        )
         if not ok or not 0 <= item[0] <= item[1]:
-            raise UploadError(400, f"edits[{i}] must be [first_block, last_block, text] with "
-                                   "0 <= first_block <= last_block and a non-empty text")
+            raise UploadError(
+                400,
+                f"edits[{i}] must be [first_block, last_block, text] with "
+                "0 <= first_block <= last_block and a non-empty text",
+            )
         if len(item[2]) > 2000:
             raise UploadError(413, f"edits[{i}] text is longer than 2000 characters")
         edits.append(((item[0], item[1]), item[2]))
@@ -277,7 +305,9 @@ def check_audio(path: Path, min_seconds: float, max_seconds: float) -> float:
     except Exception:  # noqa: BLE001 - unreadable in any way means not audio
         raise UploadError(415, "audio: not a readable audio file") from None
     if seconds > max_seconds:
-        raise UploadError(413, f"audio is {seconds:.1f} s long; this server takes at most {max_seconds:.0f} s")
+        raise UploadError(
+            413, f"audio is {seconds:.1f} s long; this server takes at most {max_seconds:.0f} s"
+        )
     try:
         waveform, rate = load_audio(path, allow_silent=True)
     except (ValueError, RuntimeError):

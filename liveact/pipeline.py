@@ -68,7 +68,7 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - PIL raises several types for bad files
+    except Exception as exc:
         raise ValueError(f"unreadable image {path}: {exc}") from exc
 
 
@@ -291,7 +291,7 @@ class LiveActPipeline:
                                               else waveform.mean(0, keepdim=True), sample_rate, self.fps,
                                               self.transformer.config.audio_window)
             if self.stream_audio:
-                source = lambda start, end: rows.embedding(start, end).to(self.device)  # noqa: E731
+                source = lambda start, end: rows.embedding(start, end).to(self.device)
             total = self.audio_encoder.num_rows(waveform.shape[-1], sample_rate, self.fps)
             embedding = rows.encoder.rows(rows.speech, self.fps, 0, total).to(self.device)
             self._trace("audio_embedding", embedding)
@@ -300,7 +300,7 @@ class LiveActPipeline:
             # the reference, the slices come from the mono signal (it slices `audio_ori[:1]`).
             streaming = StreamingAudio(self.audio_encoder, mono, sample_rate, self.fps,
                                        self.transformer.config.audio_window)
-            source = lambda start, end: streaming.embedding(start, end).to(self.device)  # noqa: E731
+            source = lambda start, end: streaming.embedding(start, end).to(self.device)
             embedding = source(*audio_window(block_span(0, self.sampler.memory_config, self.temporal_stride),
                                              self.sampler.memory_config, self.temporal_stride))
         else:

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from liveact.eval.metrics import drift_series, evaluate_video, frame_envelope, lag_correlation, speech_envelope
+from liveact.eval.metrics import (
+    drift_series,
+    evaluate_video,
+    frame_envelope,
+    lag_correlation,
+    speech_envelope,
+)
 from liveact.eval.reader import ACCESSORIES, AvatarReader
 
 

@@ -24,8 +24,16 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from liveact.tae import TAEConfig, TinyAutoencoder, he_init
-from liveact.train.common import (EMA, Budget, Checkpoint, MetricsLog, cosine_lr, load_optimizer_state,
-                                  optimizer_state, set_threads)
+from liveact.train.common import (
+    EMA,
+    Budget,
+    Checkpoint,
+    MetricsLog,
+    cosine_lr,
+    load_optimizer_state,
+    optimizer_state,
+    set_threads,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,16 @@ from liveact.config import MemoryConfig, ModelConfig, SamplerConfig
 from liveact.loading import save_transformer
 from liveact.model import LiveActTransformer
 from liveact.nano import MiniLMTextEncoder
-from liveact.train.common import (EMA, Budget, Checkpoint, MetricsLog, cosine_lr, load_optimizer_state,
-                                  optimizer_state, set_threads)
+from liveact.train.common import (
+    EMA,
+    Budget,
+    Checkpoint,
+    MetricsLog,
+    cosine_lr,
+    load_optimizer_state,
+    optimizer_state,
+    set_threads,
+)
 from liveact.train.data import ClipSet
 from liveact.train.forcing import MODES, Batch, conditioning, forcing_loss, image_tokens
 
@@ -66,8 +74,9 @@ class TextBank:
 
 def make_batch(data: ClipSet, idx: np.ndarray, texts: TextBank, rng: np.random.Generator, patch: int,
                stride: int, text_drop: float = 0.0, audio_drop: float = 0.0, blocks: int | None = None,
-               memory: MemoryConfig = MemoryConfig()) -> Batch:
+               memory: MemoryConfig | None = None) -> Batch:
     """Gather the first ``blocks`` blocks (all by default) of clips ``idx``, dropping text/audio per sample."""
+    memory = memory or MemoryConfig()
     blocks = blocks or len(data.meta[idx[0]]["prompts"])
     latents = memory.first_block_frames + (blocks - 1) * memory.block_frames
     cond = data.cond[idx].float()

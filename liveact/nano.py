@@ -107,3 +107,79 @@ def latent_tokens(latent: torch.Tensor, patch: int) -> torch.Tensor:
     b, c, h, w = latent.shape
     x = latent.view(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
     return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+# --------------------------------------------------------------------------------------------------
+# A checkpoint folder that names its own components
+
+COMPONENTS_FILE = "components.json"
+TAE_FILE = "tae.safetensors"
+
+
+def default_model_dir() -> Path:
+    """The embedded LiveAct-Nano checkpoint folder inside the package."""
+    return Path(__file__).resolve().parent / "assets" / "nano"
+
+
+def read_components(folder: str | Path) -> dict | None:
+    """The folder's ``components.json`` (Nano-style checkpoints), or None for the official 14B layout."""
+    import json
+
+    path = Path(folder) / COMPONENTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        from liveact.loading import AssetError
+
+        raise AssetError(f"{path} is not valid JSON: {exc}") from exc
+    return spec
+
+
+def model_defaults(folder: str | Path | None) -> dict:
+    """``{"size": (w, h), "fps": f}`` a checkpoint was trained for ({} for the official 14B folder)."""
+    spec = read_components(default_model_dir() if folder is None else folder)
+    if spec is None:
+        return {}
+    d = spec.get("defaults", {})
+    return {k: tuple(v) if k == "size" else v for k, v in d.items()}
+
+
+def load_components(folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                    ) -> dict:
+    """Build the components a ``components.json`` folder names.
+
+    Returns:
+        a dict with ``vae``, ``text_encoder``, ``image_encoder``, ``audio_encoder`` and ``schedule``
+        (a ``SamplerConfig``) ready for ``LiveActPipeline``.
+    """
+    from dataclasses import fields, replace
+
+    from liveact.config import SamplerConfig
+    from liveact.loading import AssetError
+    from liveact.logmel import LogMelConfig, LogMelEncoder
+    from liveact.tae import TinyAutoencoder
+
+    folder = Path(folder)
+    spec = read_components(folder)
+    if spec is None:
+        raise AssetError(f"{folder / COMPONENTS_FILE} is missing: not a self-contained (Nano-style) checkpoint")
+    kinds = {k: spec.get(k, {}).get("type") for k in ("text_encoder", "image_encoder", "audio_encoder", "autoencoder")}
+    expected = {"text_encoder": "minilm", "image_encoder": "reference_latent", "audio_encoder": "logmel",
+                "autoencoder": "tae"}
+    wrong = {k: v for k, v in kinds.items() if v != expected[k]}
+    if wrong:
+        raise AssetError(f"{folder / COMPONENTS_FILE}: unsupported components {wrong}; this version builds "
+                         f"{expected}")
+    tae_path = folder / spec["autoencoder"].get("file", TAE_FILE)
+    if not tae_path.is_file():
+        raise AssetError(f"{tae_path} is missing (the tiny autoencoder's weights)")
+    vae = TinyAutoencoder.from_file(tae_path, device=device, dtype=dtype)
+    text = MiniLMTextEncoder(max_tokens=int(spec["text_encoder"].get("max_tokens", 32)), device=device)
+    image = ReferenceLatentEncoder(vae, patch=int(spec["image_encoder"].get("patch", 2)))
+    mel_fields = {f.name for f in fields(LogMelConfig)}
+    audio = LogMelEncoder(LogMelConfig(**{k: v for k, v in spec["audio_encoder"].items() if k in mel_fields}))
+    sampler = spec.get("sampler", {})
+    schedule = replace(SamplerConfig(), **{k: tuple(v) if isinstance(v, list) else v for k, v in sampler.items()})
+    return {"vae": vae, "text_encoder": text, "image_encoder": image, "audio_encoder": audio, "schedule": schedule}

@@ -26,6 +26,7 @@ from liveact.audio import StreamingAudio, Wav2VecEncoder, load_audio, prepare_sp
 from liveact.config import MemoryConfig, SamplerConfig
 from liveact.encoders import CLIPImageEncoder, T5TextEncoder
 from liveact.loading import AssetError, load_transformer, resolve_assets
+from liveact.logmel import LogMelEncoder, LogMelStream
 from liveact.model import LiveActTransformer
 from liveact.sampler import Conditions, NeighborForcingSampler, audio_window, block_span
 from liveact.vae import WanVAE
@@ -67,7 +68,7 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - PIL raises several types for bad files
+    except Exception as exc:
         raise ValueError(f"unreadable image {path}: {exc}") from exc
 
 
@@ -143,26 +144,53 @@ class LiveActPipeline:
         self.vae_stitch, self.stream_audio, self.downmix = vae_stitch, stream_audio, downmix
         self.trace: Callable[[str, torch.Tensor], None] | None = None
         self.park_text_encoder = park_text_encoder
+        # What decodes the latent blocks: the autoencoder itself, or a faster one (TAEW2.1 for 14B).
+        self.decoder = vae
         self.sampler = NeighborForcingSampler(
             transformer, audio_cfg=audio_cfg, mean_memory=mean_memory, fp8_kv_cache=fp8_kv_cache,
             offload_cache=offload_cache, memory=memory, sampler=schedule)
 
     @classmethod
     def from_pretrained(
-        cls, ckpt_dir: str | Path, wav2vec_dir: str | Path, device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.bfloat16, t5_cpu: bool = False, sequence_parallel: bool = False,
-        fp8_gemm: bool = False, block_offload: bool = False, **options: object,
+        cls, ckpt_dir: str | Path | None = None, wav2vec_dir: str | Path | None = None,
+        device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16, t5_cpu: bool = False,
+        sequence_parallel: bool = False, fp8_gemm: bool = False, block_offload: bool = False,
+        tae_path: str | Path | None = None, **options: object,
     ) -> LiveActPipeline:
-        """Load every model from the official asset folders (see ``liveact.loading.resolve_assets``).
+        """Load a checkpoint folder: the embedded LiveAct-Nano when ``ckpt_dir`` is None, a folder that
+        names its own components (``components.json``: Nano-style), or the official asset folders
+        (see ``liveact.loading.resolve_assets``; ``wav2vec_dir`` is then required).
+
+        ``tae_path``: decode with a tiny autoencoder in the TAEHV layout (e.g. ``taew2_1.pth``) instead
+        of the Wan VAE (official folders; the Wan VAE still encodes the conditioning image).
 
         The DiT is transformed in this order: sequence parallelism (``liveact.parallel``, needs an
         initialised process group), FP8 linears (``liveact.quant``), block offload
         (``liveact.offload``: the DiT stays in host memory and its blocks stream to ``device`` two at
         a time, so the 14B model never sits on the GPU whole).
         ``t5_cpu`` keeps the 11 GB text encoder on the CPU; its output is moved to ``device``.
-        ``options`` go to the constructor (size, fps, sampler options ...).
+        ``options`` go to the constructor (size, fps, sampler options ...); a self-contained folder
+        supplies its own size, fps and schedule unless they are given.
         """
-        paths = resolve_assets(ckpt_dir, wav2vec_dir)
+        from liveact.nano import default_model_dir, load_components, model_defaults, read_components
+
+        folder = default_model_dir() if ckpt_dir is None else Path(ckpt_dir)
+        if read_components(folder) is not None:
+            if wav2vec_dir is not None:
+                logger.warning("%s brings its own audio encoder; wav2vec_dir %s is not used", folder, wav2vec_dir)
+            if tae_path is not None:
+                raise ValueError(f"{folder} decodes with its own autoencoder; tae_path is for the official folders")
+            transformer = load_transformer(folder, dtype=dtype, device=device)
+            parts = load_components(folder, device=device, dtype=dtype)
+            defaults = model_defaults(folder)
+            options = {"size": defaults.get("size", (128, 128)), "fps": defaults.get("fps", 25),
+                       "schedule": parts.pop("schedule"), **{k: v for k, v in options.items() if v is not None}}
+            return cls(transformer, parts["vae"], parts["text_encoder"], parts["image_encoder"],
+                       parts["audio_encoder"], **options)
+        if wav2vec_dir is None:
+            raise AssetError(f"{folder} is an official LiveAct checkpoint folder: it also needs the wav2vec2 "
+                             "folder (chinese-wav2vec2-base)")
+        paths = resolve_assets(folder, wav2vec_dir)
         transformer = load_transformer(paths.dit, dtype=dtype, device="cpu" if block_offload else device)
         on_gpu = torch.device(device).type == "cuda"
         if sequence_parallel:
@@ -189,7 +217,14 @@ class LiveActPipeline:
                                       dtype=dtype, text_len=transformer.config.text_len)
         image = CLIPImageEncoder.from_pth(paths.clip, device=device, dtype=dtype)
         audio = Wav2VecEncoder.from_pretrained(paths.wav2vec, device=device, dtype=dtype)
-        return cls(transformer, vae, text, image, audio, **options)
+        decoder = None
+        if tae_path is not None:
+            from liveact.tae import TinyAutoencoder
+
+            decoder = TinyAutoencoder.from_file(tae_path, device=device, dtype=dtype)
+        pipe = cls(transformer, vae, text, image, audio, **{k: v for k, v in options.items() if v is not None})
+        pipe.decoder = decoder or vae
+        return pipe
 
     @property
     def device(self) -> torch.device:
@@ -218,7 +253,12 @@ class LiveActPipeline:
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> list[torch.Tensor]:
-        """T5 contexts ``[L_i, text_dim]`` on the transformer's device."""
+        """Text contexts ``[L_i, text_dim]`` on the transformer's device (umT5, or Nano's MiniLM)."""
+        if not isinstance(self.text_encoder, T5TextEncoder):
+            contexts = [t.to(self.device, self.transformer.dtype) for t in self.text_encoder.encode(prompts)]
+            for context in contexts:
+                self._trace("text_context", context)
+            return contexts
         input_ids, attention_mask = self.text_encoder.tokenize(prompts)
         self._trace("t5_input_ids", input_ids)
         self._trace("t5_attention_mask", attention_mask)
@@ -265,12 +305,22 @@ class LiveActPipeline:
         clip = self.image_encoder.encode(image.to(self.image_encoder.device)).to(self.device)
         self._trace("clip_fea", clip)
         source = None
-        if self.stream_audio:
+        if isinstance(self.audio_encoder, LogMelEncoder):
+            # Nano: log-mel rows computed at the video fps (no tempo change); a slice equals the whole.
+            rows = LogMelStream.from_waveform(self.audio_encoder, waveform[:1] if not self.downmix
+                                              else waveform.mean(0, keepdim=True), sample_rate, self.fps,
+                                              self.transformer.config.audio_window)
+            if self.stream_audio:
+                source = lambda start, end: rows.embedding(start, end).to(self.device)
+            total = self.audio_encoder.num_rows(waveform.shape[-1], sample_rate, self.fps)
+            embedding = rows.encoder.rows(rows.speech, self.fps, 0, total).to(self.device)
+            self._trace("audio_embedding", embedding)
+        elif self.stream_audio:
             # Encode per block on short slices only: an hour of audio is never encoded at once. Like
             # the reference, the slices come from the mono signal (it slices `audio_ori[:1]`).
             streaming = StreamingAudio(self.audio_encoder, mono, sample_rate, self.fps,
                                        self.transformer.config.audio_window)
-            source = lambda start, end: streaming.embedding(start, end).to(self.device)  # noqa: E731
+            source = lambda start, end: streaming.embedding(start, end).to(self.device)
             embedding = source(*audio_window(block_span(0, self.sampler.memory_config, self.temporal_stride),
                                              self.sampler.memory_config, self.temporal_stride))
         else:
@@ -305,10 +355,10 @@ class LiveActPipeline:
             clip = self.prepare(clip)
         blocks = clip.num_blocks if max_blocks is None else min(clip.num_blocks, max_blocks)
         generator = generator or torch.Generator().manual_seed(seed)
-        decoder = self.vae.stream_decoder(stitch=self.vae_stitch)
+        decoder = self.decoder.stream_decoder(stitch=self.vae_stitch)
         for latent in self.sampler.stream(clip.conditions, blocks, generator=generator):
             self._trace("latent", latent)
-            yield decoder.decode_block(latent.to(self.vae.device, self.vae.dtype)).float() if decode else latent
+            yield decoder.decode_block(latent.to(self.decoder.device, self.decoder.dtype)).float() if decode else latent
 
     def frames_of_block(self, index: int) -> int:
         """Video frames block ``index`` decodes to."""

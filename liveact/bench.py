@@ -281,7 +281,7 @@ def run_speed(pipe: LiveActPipeline, blocks: int, seed: int = 0) -> SpeedReport:
                             progress=lambda stage: None)
         report = SpeedReport(prepare=clip.timings, audio_seconds=clip.duration)
         writer = ProgressiveVideoWriter(Path(tmp) / "bench.mp4", fps=pipe.fps, audio=audio)
-        decoder = pipe.vae.stream_decoder(stitch=pipe.vae_stitch)
+        decoder = pipe.decoder.stream_decoder(stitch=pipe.vae_stitch)
         generator = torch.Generator().manual_seed(seed)
         latents = pipe.sampler.stream(clip.conditions, clip.num_blocks, generator=generator)
         for k in range(clip.num_blocks):
@@ -289,8 +289,8 @@ def run_speed(pipe: LiveActPipeline, blocks: int, seed: int = 0) -> SpeedReport:
             latent = next(latents)
             _sync(pipe.device)
             t1 = time.perf_counter()
-            video = decoder.decode_block(latent.to(pipe.vae.device, pipe.vae.dtype)).float()
-            _sync(pipe.vae.device)
+            video = decoder.decode_block(latent.to(pipe.decoder.device, pipe.decoder.dtype)).float()
+            _sync(pipe.decoder.device)
             t2 = time.perf_counter()
             writer.write(video)
             t3 = time.perf_counter()
@@ -314,7 +314,7 @@ def format_speed(report: SpeedReport, what: str) -> list[str]:
     lines = [what, f"{'stage':46} {'seconds':>9} {'per block':>10} {'share':>7}"]
     rows = [(PREPARE_STAGE_TEXT[k], v, None) for k, v in report.prepare.items()]
     rows += [("DiT (sampler, all steps)", sum(report.dit), report.dit),
-             ("VAE decode", sum(report.vae), report.vae),
+             ("decode to frames (VAE / tiny autoencoder)", sum(report.vae), report.vae),
              ("mp4 encode + mux (incl. final flush)", sum(report.mp4) + report.mp4_close, report.mp4)]
     for name, total, per in rows:
         per_block = f"{sum(per) / len(per):10.3f}" if per else f"{'':10}"
@@ -323,7 +323,7 @@ def format_speed(report: SpeedReport, what: str) -> list[str]:
     lines.append(f"end to end: {report.audio_seconds:.2f} s of speech in {report.wall:.2f} s, real-time "
                  f"factor {report.real_time_factor:.3f}; first block after {report.first_block:.2f} s")
     lines.append(f"steady state: {steady_block:.3f} s per block of {report.block_seconds[-1]:.2f} s, "
-                 f"real-time factor {steady_rtf:.3f} (DiT + VAE decode + mp4)")
+                 f"real-time factor {steady_rtf:.3f} (DiT + decode + mp4)")
     return lines
 
 
@@ -394,7 +394,7 @@ def _speed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoders", default=None, choices=sorted(ENCODER_SETS),
                    help="random components around the DiT (default: official for liveact-14b, else small)")
     p.add_argument("--ckpt_dir", default=None, help="time a real checkpoint folder instead of random weights")
-    p.add_argument("--wav2vec_dir", default=None, help="its wav2vec2 folder (with --ckpt_dir)")
+    p.add_argument("--wav2vec_dir", default=None, help="its wav2vec2 folder (official checkpoints)")
     p.add_argument("--size", default="256*256", help="W*H")
     p.add_argument("--blocks", type=int, default=3,
                    help="blocks to generate (the synthetic audio covers them)")
@@ -413,10 +413,13 @@ def _speed(args: argparse.Namespace) -> None:
     if args.blocks < 1:
         raise SystemExit("error: --blocks must be >= 1")
     if args.ckpt_dir:
-        if not args.wav2vec_dir:
-            raise SystemExit("error: --ckpt_dir needs --wav2vec_dir")
-        pipe = LiveActPipeline.from_pretrained(args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype,
-                                               size=size, fps=args.fps)
+        from liveact.loading import AssetError
+
+        try:
+            pipe = LiveActPipeline.from_pretrained(args.ckpt_dir, args.wav2vec_dir, device=device,
+                                                   dtype=dtype, size=size, fps=args.fps)
+        except (AssetError, FileNotFoundError) as exc:
+            raise SystemExit(f"error: {exc}") from None
         what = f"{args.ckpt_dir} (real weights)"
     else:
         preset = load_preset(args.preset)

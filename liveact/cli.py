@@ -335,7 +335,8 @@ def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype,
                         "(the LiveAct checkpoint folder) and --wav2vec_dir (a wav2vec2 folder); README.md "
                         "says where to get them")
     width, height = parse_size(args.size)
-    options = {} if settings is None else {"memory": settings.memory, "schedule": settings.sampler}
+    # Only an explicit --config overrides the folder's own settings (which the pipeline reads itself).
+    options = {"memory": settings.memory, "schedule": settings.sampler} if args.config and settings else {}
     pipe = LiveActPipeline.from_pretrained(
         args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype, t5_cpu=args.t5_cpu,
         sequence_parallel=dist_info is not None, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,

@@ -163,7 +163,8 @@ def load_transformer(
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise AssetError(f"{folder} is not a folder: expected the DiT checkpoint folder ({DIT_CONFIG} + safetensors)")
+        raise AssetError(f"{folder} is not a folder: expected the DiT checkpoint folder ({DIT_CONFIG} + "
+                         "safetensors)")
     shards = dit_shards(folder)
     shapes = _shapes(shards)
     config = infer_model_config(read_dit_config(folder), shapes)
@@ -172,7 +173,8 @@ def load_transformer(
     check_state_dict_shapes(model, shapes, str(folder))
     state = {key: t.to(dtype) for key, t in iter_safetensors(shards, device)}
     model.load_state_dict(state, strict=True, assign=True)
-    logger.info("loaded %s: %s parameters, %s", folder, format_count(sum(p.numel() for p in model.parameters())), dtype)
+    count = format_count(sum(p.numel() for p in model.parameters()))
+    logger.info("loaded %s: %s parameters, %s", folder, count, dtype)
     return model.eval().requires_grad_(False)
 
 
@@ -250,15 +252,16 @@ def resolve_assets(ckpt_dir: str | Path, wav2vec_dir: str | Path) -> AssetPaths:
     ckpt, w2v = Path(ckpt_dir), Path(wav2vec_dir)
     if not ckpt.is_dir():
         raise AssetError(f"ckpt_dir {ckpt} is not a folder (expected the LiveAct checkpoint folder: "
-                         f"{DIT_CONFIG}, the DiT safetensors, {VAE_FILE}, {T5_FILE}, ...)", argument="ckpt_dir")
+                         f"{DIT_CONFIG}, the DiT safetensors, {VAE_FILE}, {T5_FILE}, ...)",
+                         argument="ckpt_dir")
     if not w2v.is_dir():
-        raise AssetError(f"wav2vec_dir {w2v} is not a folder (expected a transformers wav2vec2 folder such as "
-                         "chinese-wav2vec2-base)", argument="wav2vec_dir")
+        raise AssetError(f"wav2vec_dir {w2v} is not a folder (expected a transformers wav2vec2 folder such "
+                         "as chinese-wav2vec2-base)", argument="wav2vec_dir")
     if _looks_like_wav2vec(ckpt):
         swapped = " (the two folders look swapped)" if (w2v / VAE_FILE).is_file() else ""
-        raise AssetError(f"ckpt_dir {ckpt} is a wav2vec2 folder, not the LiveAct checkpoint folder{swapped}: "
-                         f"pass it as wav2vec_dir and the folder holding {DIT_CONFIG} + {VAE_FILE} as ckpt_dir",
-                         argument="ckpt_dir")
+        raise AssetError(f"ckpt_dir {ckpt} is a wav2vec2 folder, not the LiveAct checkpoint "
+                         f"folder{swapped}: pass it as wav2vec_dir and the folder holding {DIT_CONFIG} + "
+                         f"{VAE_FILE} as ckpt_dir", argument="ckpt_dir")
     if (w2v / VAE_FILE).is_file() and not _looks_like_wav2vec(w2v):
         raise AssetError(f"wav2vec_dir {w2v} holds {VAE_FILE}: it looks like the LiveAct checkpoint folder; "
                          "pass a transformers wav2vec2 folder (chinese-wav2vec2-base) as wav2vec_dir",
@@ -280,7 +283,8 @@ def resolve_assets(ckpt_dir: str | Path, wav2vec_dir: str | Path) -> AssetPaths:
         problems.append(f"{w2v / WAV2VEC_WEIGHTS[0]} or {w2v / WAV2VEC_WEIGHTS[1]} (wav2vec2 weights)")
     if problems:
         argument = "ckpt_dir" if len(problems) == ckpt_problems else None if ckpt_problems else "wav2vec_dir"
-        raise AssetError(f"{len(problems)} asset file(s) missing:\n  " + "\n  ".join(problems), argument=argument)
+        raise AssetError(f"{len(problems)} asset file(s) missing:\n  " + "\n  ".join(problems),
+                         argument=argument)
     if not (ckpt / CLIP_TOKENIZER).is_dir():
         logger.info("%s is absent; it is not needed (the CLIP text tower is never used)", ckpt / CLIP_TOKENIZER)
     return AssetPaths(dit=ckpt, vae=ckpt / VAE_FILE, t5=ckpt / T5_FILE, t5_tokenizer=ckpt / T5_TOKENIZER,

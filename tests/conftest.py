@@ -19,8 +19,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MISSING_FIXTURES = "parity fixtures missing"
-FIXTURES_HELP = ("the golden fixtures are generated from the authors' code (see README.md, 'Parity fixtures'); "
-                 "point LIVEACT_FIXTURES at them")
+FIXTURES_HELP = ("the golden fixtures are generated from the authors' code (see README.md, 'Parity "
+                 "fixtures'); point LIVEACT_FIXTURES at them")
 
 
 def in_ci() -> bool:
@@ -51,7 +51,7 @@ def discover_cases(*parts: str) -> list[Path]:
 
 
 def case_params(*parts: str) -> list:
-    """``pytest.param`` list for ``discover_cases``; one param marked ``missing_fixtures`` when there are none."""
+    """``pytest.param`` list for ``discover_cases``; one ``missing_fixtures`` param when there are none."""
     cases = discover_cases(*parts)
     if not cases:
         where = "/".join(parts)
@@ -62,7 +62,8 @@ def case_params(*parts: str) -> list:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "missing_fixtures(what): the parity fixtures this test needs are absent")
+    config.addinivalue_line("markers",
+                            "missing_fixtures(what): the parity fixtures this test needs are absent")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -77,8 +78,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
                if isinstance(r.longrepr, tuple) and MISSING_FIXTURES in str(r.longrepr[2])]
     if skipped:
         terminalreporter.write_line(
-            f"PARITY NOT CHECKED: {len(skipped)} parity test(s) skipped, no fixtures under {fixtures_root()}; "
-            f"{FIXTURES_HELP}", yellow=True, bold=True)
+            f"PARITY NOT CHECKED: {len(skipped)} parity test(s) skipped, no fixtures under "
+            f"{fixtures_root()}; {FIXTURES_HELP}", yellow=True, bold=True)
 
 
 def load_meta(case: Path) -> dict:

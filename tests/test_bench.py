@@ -39,7 +39,7 @@ def test_speed_times_every_stage() -> None:
 
     lines = bench.format_speed(report, "header")
     text = "\n".join(lines)
-    for name in [*PREPARE_STAGE_TEXT.values(), "DiT", "VAE decode", "mp4 encode + mux"]:
+    for name in [*PREPARE_STAGE_TEXT.values(), "DiT", "decode to frames", "mp4 encode + mux"]:
         assert name in text
     assert f"real-time factor {report.real_time_factor:.3f}" in text and "steady state" in text
 

@@ -51,7 +51,8 @@ def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
         ([_entry(cond_image="missing.png")], "entry 0: cond_image file not found: .*missing.png"),
         ([_entry(cond_image="broken.png")], "entry 0: cond_image .*broken.png is not a readable image"),
         ([_entry(cond_audio="notes.txt")], "entry 0: cond_audio .*notes.txt: not a readable audio file"),
-        ([_entry(cond_audio="silent.wav")], "entry 0: cond_audio [^ ]*silent.wav is silent \\(peak below -80 dBFS\\)"),
+        ([_entry(cond_audio="silent.wav")],
+         "entry 0: cond_audio [^ ]*silent.wav is silent \\(peak below -80 dBFS\\)"),
         ([_entry(cond_image=".")], "entry 0: cond_image .* is a folder; give the path of a file"),
         ([_entry(cond_audio=".")], "entry 0: cond_audio .* is a folder; give the path of a file"),
         ([_entry(cond_audio="short.wav")], "entry 0: cond_audio .*short.wav is 0.20 s long; at least 0.88 s"),
@@ -105,7 +106,8 @@ def test_missing_model_is_said_clearly(media: Path, capsys: pytest.CaptureFixtur
 def _fake_wav2vec(folder: Path) -> Path:
     """The two config files of a transformers wav2vec2 folder (enough to be recognised as one)."""
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "wav2vec2", "architectures": ["Wav2Vec2Model"]}))
+    config = {"model_type": "wav2vec2", "architectures": ["Wav2Vec2Model"]}
+    (folder / "config.json").write_text(json.dumps(config))
     (folder / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": 16000}))
     return folder
 
@@ -116,7 +118,7 @@ def test_wav2vec_folder_as_ckpt_dir_is_named(media: Path, capsys: pytest.Capture
                    "--ckpt_dir", str(w2v), "--wav2vec_dir", str(w2v), "--device", "cpu")
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
-    assert lines[0].startswith(f"error: --ckpt_dir {w2v} is a wav2vec2 folder, not the LiveAct checkpoint folder")
+    assert lines[0].startswith(f"error: --ckpt_dir {w2v} is a wav2vec2 folder, not the LiveAct checkpoint")
     assert "pass it as --wav2vec_dir" in lines[0]
 
 
@@ -130,7 +132,8 @@ def test_missing_asset_files_are_listed_on_one_line(media: Path, capsys: pytest.
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
     assert ":;" not in lines[0] and "Wan2.1_VAE.pth" in lines[0], lines[0]
-    assert lines[0].startswith(f"error: --ckpt_dir: 6 asset file(s) missing: {ckpt / 'config.json'} ("), lines[0]
+    expected = f"error: --ckpt_dir: 6 asset file(s) missing: {ckpt / 'config.json'} ("
+    assert lines[0].startswith(expected), lines[0]
 
 
 def test_input_json_is_required(capsys: pytest.CaptureFixture) -> None:
@@ -164,7 +167,8 @@ def test_colliding_output_names_get_the_entry_index(tmp_path: Path, caplog: pyte
     assert names == ["a_s_0.mp4", "a_s_1_1.mp4", "a_s_1_2.mp4"]
 
 
-def test_existing_output_is_never_replaced_without_overwrite(media: Path, capsys: pytest.CaptureFixture) -> None:
+def test_existing_output_is_never_replaced_without_overwrite(media: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
     out = media / "out"
     out.mkdir()
     (out / "face_speech.mp4").write_bytes(b"an earlier result")
@@ -172,7 +176,8 @@ def test_existing_output_is_never_replaced_without_overwrite(media: Path, capsys
     assert rc == 2 and "face_speech.mp4 already exist" in err and "--overwrite" in err, err
     assert (out / "face_speech.mp4").read_bytes() == b"an earlier result"
     # With --overwrite the check passes (and the run goes on to say the model is missing).
-    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(out), "--overwrite")
+    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(out),
+                   "--overwrite")
     assert rc == 2 and "--ckpt_dir" in err and "already exist" not in err, err
 
 

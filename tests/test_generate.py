@@ -131,8 +131,8 @@ def test_ctrl_c_says_what_is_on_disk(workspace: dict[str, Path]) -> None:
     proc, path = _interrupt(workspace, workspace["root"] / "early", "face_long.mp4: preparing 2/4")
     assert proc.returncode == 130, proc.stdout[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
-    assert last == ("interrupted while preparing face_long.mp4 (encoding the portrait (image encoder)): no new "
-                    "video was written"), last
+    assert last == ("interrupted while preparing face_long.mp4 (encoding the portrait (image encoder)): "
+                    "no new video was written"), last
     assert not path.exists()
 
     proc, path = _interrupt(workspace, workspace["root"] / "late", "Done Block 1")
@@ -140,7 +140,8 @@ def test_ctrl_c_says_what_is_on_disk(workspace: dict[str, Path]) -> None:
     frames = read_frames(path)
     assert len(frames) >= 21 + 32
     last = proc.stdout.strip().splitlines()[-1]
-    assert last == f"interrupted: {path} holds the first {len(frames)} frames ({len(frames) / FPS:.2f} s) and plays"
+    seconds = len(frames) / FPS
+    assert last == f"interrupted: {path} holds the first {len(frames)} frames ({seconds:.2f} s) and plays"
     assert probe_video(path)["has_audio"]
 
 

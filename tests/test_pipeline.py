@@ -256,8 +256,8 @@ def test_bad_asset_is_named(
 
 
 def _at_fps(pipe: LiveActPipeline, fps: float) -> LiveActPipeline:
-    return LiveActPipeline(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.image_encoder, pipe.audio_encoder,
-                           size=SIZE, fps=fps)
+    return LiveActPipeline(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.image_encoder,
+                           pipe.audio_encoder, size=SIZE, fps=fps)
 
 
 @pytest.mark.parametrize("fps", [16, 20, 24, 25, 30])
@@ -336,10 +336,12 @@ def test_library_errors_name_arguments_not_flags(tmp_path: Path) -> None:
     assert "--" not in str(info.value)
     with pytest.raises(ValueError, match="is a folder, not an image file"):
         load_image(tmp_path)
-    assert [format_count(n) for n in (18_884_094_784, 5_050_000, 45_100, 12)] == ["18.88B", "5.05M", "45.1K", "12"]
+    counts = [format_count(n) for n in (18_884_094_784, 5_050_000, 45_100, 12)]
+    assert counts == ["18.88B", "5.05M", "45.1K", "12"]
 
 
-def test_checkpoint_config_sections_set_memory_and_schedule(assets: tuple[Path, Path], tmp_path: Path) -> None:
+def test_checkpoint_config_sections_set_memory_and_schedule(assets: tuple[Path, Path],
+                                                            tmp_path: Path) -> None:
     """A checkpoint's config.json may carry the preset file's memory/sampler sections; others pass through."""
     import json
 
@@ -348,6 +350,7 @@ def test_checkpoint_config_sections_set_memory_and_schedule(assets: tuple[Path, 
     config.update(sampler={"timesteps": [1000.0, 750.0, 0.0], "cfg_steps": [1], "skip_audio_steps": [0]},
                   components={"text_encoder": "some-other-encoder"})
     (ckpt / DIT_CONFIG).write_text(json.dumps(config))
-    pipe = LiveActPipeline.from_pretrained(ckpt, assets[1], device="cpu", dtype=torch.float32, size=SIZE, fps=FPS)
+    pipe = LiveActPipeline.from_pretrained(ckpt, assets[1], device="cpu", dtype=torch.float32, size=SIZE,
+                                           fps=FPS)
     assert pipe.sampler.config.timesteps == (1000.0, 750.0, 0.0) and pipe.sampler.config.num_steps == 2
     assert pipe.sampler.memory_config.block_frames == 8

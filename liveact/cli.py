@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from liveact.config import MemoryConfig, Preset, SamplerConfig, load_preset, preset_from_dict, preset_names
+from liveact.config import MemoryConfig, SamplerConfig, load_preset, preset_names, settings_from_dict
 from liveact.loading import AssetError
 from liveact.sampler import block_span
 
@@ -307,24 +307,25 @@ def check_hardware_flags(args: GenerateArgs, device: torch.device) -> None:
                         "device")
 
 
-def sampler_settings(args: GenerateArgs) -> Preset | None:
-    """The memory/sampler settings the run uses: ``--config``, else the checkpoint's, else None (defaults)."""
+def sampler_settings(args: GenerateArgs) -> tuple[MemoryConfig, SamplerConfig]:
+    """The memory layout and schedule of the run: ``--config``, else the checkpoint's, else the defaults."""
     if args.config:
         try:
-            return load_preset(args.config)
+            preset = load_preset(args.config)
         except ValueError as exc:
             raise UserError(f"--config: {exc}") from None
+        return preset.memory, preset.sampler
     config = Path(args.ckpt_dir, "config.json") if args.ckpt_dir else None
     if config is not None and config.is_file():
         try:
-            return preset_from_dict(json.loads(config.read_text()), source=str(config))
-        except (ValueError, UnicodeDecodeError):
-            return None  # reported with the file's name when the pipeline loads it
-    return None
+            return settings_from_dict(json.loads(config.read_text()), str(config))
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            pass  # reported with the file's name when the pipeline loads it
+    return MemoryConfig(), SamplerConfig()
 
 
 def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype, dist_info,  # noqa: ANN001, ANN201
-                   settings: Preset | None):
+                   settings: tuple[MemoryConfig, SamplerConfig]):
     """Load the pipeline from the asset folders (or say what is missing)."""
     from liveact.pipeline import LiveActPipeline
 
@@ -336,7 +337,7 @@ def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype,
                         "says where to get them")
     width, height = parse_size(args.size)
     # Only an explicit --config overrides the folder's own settings (which the pipeline reads itself).
-    options = {"memory": settings.memory, "schedule": settings.sampler} if args.config and settings else {}
+    options = {"memory": settings[0], "schedule": settings[1]} if args.config else {}
     pipe = LiveActPipeline.from_pretrained(
         args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype, t5_cpu=args.t5_cpu,
         sequence_parallel=dist_info is not None, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,
@@ -524,8 +525,7 @@ def run(args: GenerateArgs, state: RunState | None = None) -> int:
         raise UserError(f"--max_blocks must be >= 1, got {args.max_blocks}")
     requests = load_requests(args.input_json)
     settings = sampler_settings(args)
-    memory = settings.memory if settings else MemoryConfig()
-    stride = (settings.sampler if settings else SamplerConfig()).vae_stride[0]
+    memory, stride = settings[0], settings[1].vae_stride[0]
     first_block_seconds = block_span(0, memory, stride).video_frames(stride) / args.fps
     for i, request in enumerate(requests):
         check_media(request, f"{Path(args.input_json).name} entry {i}", first_block_seconds)

@@ -275,23 +275,28 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ValueError(f"{where}: {exc}") from None
 
 
-def preset_from_dict(data: dict[str, Any], name: str = "custom", source: str | None = None) -> Preset:
-    """Parse the file form of a preset (see ``Preset``); missing fields take the dataclass defaults."""
-    where = source or name
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: a preset is a JSON object, got {type(data).__name__}")
-    model_fields = {f.name for f in fields(ModelConfig)}
+def settings_from_dict(data: dict[str, Any], where: str = "config") -> tuple[MemoryConfig, SamplerConfig]:
+    """The ``memory`` and ``sampler`` sections of a preset or a checkpoint's ``config.json`` (or defaults)."""
     sections = {}
     for section in MODEL_SECTIONS:
         value = data.get(section, {})
         if not isinstance(value, dict):
             raise ValueError(f"{where}: {section!r} must be an object of {section} settings")
         sections[section] = value
+    return (_build(MemoryConfig, sections["memory"], f"{where} memory"),
+            _build(SamplerConfig, sections["sampler"], f"{where} sampler"))
+
+
+def preset_from_dict(data: dict[str, Any], name: str = "custom", source: str | None = None) -> Preset:
+    """Parse the file form of a preset (see ``Preset``); missing fields take the dataclass defaults."""
+    where = source or name
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: a preset is a JSON object, got {type(data).__name__}")
+    memory, sampler = settings_from_dict(data, where)
+    model_fields = {f.name for f in fields(ModelConfig)}
     model = _build(ModelConfig, {k: v for k, v in data.items() if k in model_fields}, where)
     extra = {k: v for k, v in data.items() if k not in model_fields and k not in MODEL_SECTIONS}
-    return Preset(name=name, model=model, memory=_build(MemoryConfig, sections["memory"], f"{where} memory"),
-                  sampler=_build(SamplerConfig, sections["sampler"], f"{where} sampler"), extra=extra,
-                  source=source)
+    return Preset(name=name, model=model, memory=memory, sampler=sampler, extra=extra, source=source)
 
 
 def preset_names() -> list[str]:

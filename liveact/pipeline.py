@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from liveact.audio import StreamingAudio, Wav2VecEncoder, load_audio, prepare_speech, select_channel
-from liveact.config import MemoryConfig, SamplerConfig, preset_from_dict
+from liveact.config import MemoryConfig, SamplerConfig, settings_from_dict
 from liveact.encoders import CLIPImageEncoder, T5TextEncoder
 from liveact.loading import AssetError, load_transformer, read_dit_config, resolve_assets
 from liveact.logmel import LogMelEncoder, LogMelStream
@@ -243,9 +243,11 @@ class LiveActPipeline:
             raise AssetError(f"{folder} is an official LiveAct checkpoint folder: it also needs wav2vec_dir, "
                              "the wav2vec2 folder (chinese-wav2vec2-base)", argument="wav2vec_dir")
         paths = resolve_assets(folder, wav2vec_dir)
-        settings = preset_from_dict(read_dit_config(paths.dit), name=paths.dit.name,
-                                    source=str(paths.dit / "config.json"))
-        for key, value in (("memory", settings.memory), ("schedule", settings.sampler)):
+        try:
+            memory, schedule = settings_from_dict(read_dit_config(paths.dit), str(paths.dit / "config.json"))
+        except ValueError as exc:
+            raise AssetError(str(exc), argument="ckpt_dir") from None
+        for key, value in (("memory", memory), ("schedule", schedule)):
             if options.get(key) is None:
                 options[key] = value
         transformer = load_transformer(paths.dit, dtype=dtype, device="cpu" if block_offload else device)

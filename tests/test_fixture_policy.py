@@ -24,7 +24,7 @@ def _pytest(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
 
 

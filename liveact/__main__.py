@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "liveact.cli:main",
         "generate talking-human mp4s from an input JSON (the authors' generate.py)",
     ),
+    "demo": (
+        "liveact.serve.cli:main",
+        "the live web studio: upload a portrait, speak or type, watch it stream (the authors' demo.py)",
+    ),
 }
 # Modules run with ``python -m`` that are tools rather than console scripts.
 TOOLS: dict[str, str] = {

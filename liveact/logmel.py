@@ -65,7 +65,7 @@ class LogMelEncoder:
     def __init__(self, config: LogMelConfig = LogMelConfig()) -> None:
         self.config = config
         self.filters = mel_filterbank(config)
-        self.window_len = int(round(config.sample_rate * config.window_ms / 1000))
+        self.window_len = round(config.sample_rate * config.window_ms / 1000)
         self.window = torch.hann_window(self.window_len, periodic=False)
         self._resamplers: dict[int, Resampler] = {}
 

@@ -198,7 +198,7 @@ class TinyAutoencoder(nn.Module):
 
             try:
                 state = load_file(str(path))
-            except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+            except Exception as exc:
                 raise AssetError(f"{path} is not a readable safetensors file: {exc}") from exc
         else:
             state = load_pth(path, "tiny autoencoder weights (TAEHV layout, e.g. taew2_1.pth)")
@@ -242,7 +242,7 @@ class TinyAutoencoder(nn.Module):
         Returns:
             ``[N, C, 1 + n, H/8, W/8]`` normalised latents.
         """
-        n, _, t, h, w = video.shape
+        n, _, t = video.shape[:3]
         stride = self.temporal_stride
         if (t - 1) % stride:
             raise ValueError(f"frame count must be 1 + {stride}*n, got {t}")

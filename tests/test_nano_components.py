@@ -4,6 +4,7 @@ synthetic avatars, and the text encoder."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def _taehv_state_dict(latent: int = 16, enc: int = 64, dec: tuple[int, ...] = (2
     return sd
 
 
-def test_taew21_layout_loads_and_decodes_like_wan(tmp_path) -> None:  # noqa: ANN001
+def test_taew21_layout_loads_and_decodes_like_wan(tmp_path: Path) -> None:
     path = tmp_path / "taew2_1.pth"
     torch.save(_taehv_state_dict(), path)
     tae = TinyAutoencoder.from_file(path)
@@ -70,7 +71,7 @@ def test_streamed_decode_equals_whole_decode() -> None:
         tae.stream_decoder("reference")
 
 
-def test_encoder_alignment_and_nano_config_roundtrip(tmp_path) -> None:  # noqa: ANN001
+def test_encoder_alignment_and_nano_config_roundtrip(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = TAEConfig(encoder_widths=(8, 8, 8), decoder_widths=(16, 8, 8, 8))
     tae = TinyAutoencoder(cfg).eval()

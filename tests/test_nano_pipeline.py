@@ -58,7 +58,7 @@ def test_folder_defaults_and_components(nano: Path, speech: Path) -> None:
     pipe = LiveActPipeline.from_pretrained(nano, device="cpu", dtype=torch.float32)
     assert pipe.size == (32, 32) and pipe.fps == 25
     assert pipe.sampler.config.skip_audio_steps == ()
-    image = Path(__file__).resolve().parents[1] / "examples" / "portrait.png"
+    image = Path(__file__).resolve().parents[1] / "examples" / "avatar_1.png"
     clip = pipe.prepare(Request(image=image, audio=speech, prompt="A person talks.", edits=[((1, 1), "Smiling.")]))
     # Log-mel rows at the video fps: one per frame of the 2.2 s audio (no tempo change).
     assert clip.conditions.audio.shape == (55, 4, 80)
@@ -70,7 +70,7 @@ def test_folder_defaults_and_components(nano: Path, speech: Path) -> None:
 
 
 def test_streaming_audio_gives_the_same_video(nano: Path, speech: Path) -> None:
-    image = Path(__file__).resolve().parents[1] / "examples" / "portrait.png"
+    image = Path(__file__).resolve().parents[1] / "examples" / "avatar_1.png"
     request = Request(image=image, audio=speech, prompt="A person talks.")
     whole = LiveActPipeline.from_pretrained(nano, dtype=torch.float32)
     streamed = LiveActPipeline.from_pretrained(nano, dtype=torch.float32, stream_audio=True)

@@ -76,19 +76,36 @@ class AvatarReader(nn.Module):
         return model.eval()
 
 
-def labelled_frames(seeds: range, size: int = 128, held_out: bool = False) -> dict[str, np.ndarray]:
-    """Frames and labels of one-block clips (actions forced in most, so closed eyes and wide mouths appear)."""
+def labelled_frames(seeds: range, size: int = 128, held_out: bool = False, autoencoder: Path | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Frames and labels of one-block clips (actions forced in most, so closed eyes and wide mouths appear).
+
+    With ``autoencoder``, every clip is also passed through it (encode + decode) and added with the
+    same labels: the reader then reads generated (decoded) frames as well as renders.
+    """
     from liveact.train.synth import ACTIONS, make_clip
 
+    tae = None
+    if autoencoder is not None:
+        from liveact.tae import TinyAutoencoder
+
+        tae = TinyAutoencoder.from_file(autoencoder)
     frames, mouth, eyes, acc = [], [], [], []
     names = ["", *ACTIONS]
     for seed in tqdm(seeds, desc="render reader data", mininterval=10):
         rng = np.random.default_rng(seed)
         clip = make_clip(seed, num_blocks=1, size=size, held_out=held_out, actions=[str(rng.choice(names))])
-        frames.append(clip.frames)
-        mouth.append(clip.mouth)
-        eyes.append(clip.blink.astype(np.float32))
-        acc.append(np.tile([clip.avatar.accessories[a] for a in ACCESSORIES], (len(clip.frames), 1)))
+        versions = [clip.frames]
+        if tae is not None:
+            video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+            with torch.no_grad():
+                decoded = tae.decode_frames(tae.encode_frames(video))[0]
+            versions.append(((decoded.permute(1, 2, 3, 0) + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy())
+        for version in versions:
+            frames.append(version)
+            mouth.append(clip.mouth)
+            eyes.append(clip.blink.astype(np.float32))
+            acc.append(np.tile([clip.avatar.accessories[a] for a in ACCESSORIES], (len(clip.frames), 1)))
     return {"frames": np.concatenate(frames), "mouth": np.concatenate(mouth), "eyes": np.concatenate(eyes),
             "accessories": np.concatenate(acc)}
 
@@ -115,11 +132,15 @@ def accuracy(model: AvatarReader, data: dict[str, np.ndarray]) -> dict[str, floa
                for i, a in enumerate(ACCESSORIES)}}
 
 
-def train(out: Path, steps: int, clips: int, batch: int, seed: int) -> dict[str, float]:
-    """Train the reader and write ``reader.safetensors`` + ``reader.json`` (its held-out accuracy)."""
+def train(out: Path, steps: int, clips: int, batch: int, seed: int, autoencoder: Path | None = None
+          ) -> dict[str, float]:
+    """Train the reader and write ``reader.safetensors`` + ``reader.json`` (its held-out accuracy on
+    renders, and on decoded frames when an autoencoder is given)."""
     torch.manual_seed(seed)
-    data = labelled_frames(range(seed, seed + clips))
+    data = labelled_frames(range(seed, seed + clips), autoencoder=autoencoder)
     val = labelled_frames(range(90_000_000 + seed, 90_000_000 + seed + 40), held_out=True)
+    val_decoded = (labelled_frames(range(90_000_000 + seed, 90_000_000 + seed + 40), held_out=True,
+                                   autoencoder=autoencoder) if autoencoder is not None else None)
     model = AvatarReader()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
@@ -139,10 +160,16 @@ def train(out: Path, steps: int, clips: int, batch: int, seed: int) -> dict[str,
         loss.backward()
         opt.step()
     model.eval()
-    scores = accuracy(model, val)
+    scores = {"renders": accuracy(model, val)}
+    if val_decoded is not None:
+        n = len(val["frames"])  # the decoded copies follow the renders clip by clip: keep every other run
+        decoded = {k: v.reshape(-1, 2, 21, *v.shape[1:])[:, 1].reshape(-1, *v.shape[1:]) for k, v in val_decoded.items()}
+        scores["decoded"] = accuracy(model, decoded)
+        assert len(decoded["frames"]) == n
     out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(out / "reader.safetensors"))
-    (out / "reader.json").write_text(json.dumps({"held_out": scores, "steps": steps, "clips": clips}, indent=1))
+    (out / "reader.json").write_text(json.dumps({"held_out": scores, "steps": steps, "clips": clips,
+                                                 "autoencoder": str(autoencoder)}, indent=1))
     logger.info("reader held-out accuracy: %s", scores)
     return scores
 
@@ -156,5 +183,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clips", type=int, default=600)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--autoencoder", type=Path, default=None, help="also train on frames passed through it")
     a = p.parse_args(argv)
-    train(a.out, a.steps, a.clips, a.batch, a.seed)
+    train(a.out, a.steps, a.clips, a.batch, a.seed, a.autoencoder)

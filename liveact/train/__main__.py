@@ -12,6 +12,7 @@ COMMANDS = {
     "data": ("liveact.train.data", "render and encode synthetic clips into training shards"),
     "stage1": ("liveact.train.stage1", "train the DiT with Neighbor (or Diffusion / Teacher) Forcing"),
     "stage2": ("liveact.train.stage2", "distil to the 3-step sampler on rollouts with the ConvKV memory (DMD)"),
+    "package": ("liveact.train.package", "assemble a self-contained Nano folder (liveact/assets/nano)"),
     "plot": ("liveact.train.plots", "plot loss / validation curves of runs to a PNG"),
 }
 

@@ -24,8 +24,16 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from liveact.tae import TAEConfig, TinyAutoencoder, he_init
-from liveact.train.common import (EMA, Budget, Checkpoint, MetricsLog, cosine_lr, load_optimizer_state,
-                                  optimizer_state, set_threads)
+from liveact.train.common import (
+    EMA,
+    Budget,
+    Checkpoint,
+    MetricsLog,
+    cosine_lr,
+    load_optimizer_state,
+    optimizer_state,
+    set_threads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +124,8 @@ def evaluate(model: TinyAutoencoder, pool: np.ndarray, count: int = 16) -> float
 
 def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: int, seed: int,
           minutes: float | None, latent_noise: float, threads: int | None, frames: int = 13, crop: int = 64,
-          config: TAEConfig = NANO_TAE, val_every: int = 500, init: str = "he") -> None:
+          config: TAEConfig = NANO_TAE, val_every: int = 500, init: str = "he", start_from: Path | None = None,
+          freeze_encoder: bool = False, export_only: bool = False) -> None:
     """Train (or resume) the autoencoder; writes ``out/tae.safetensors`` + ``tae.json`` when done."""
     set_threads(threads)
     torch.manual_seed(seed)
@@ -125,7 +134,16 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
     model = TinyAutoencoder(config).train()
     if init == "he":
         he_init(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    if start_from is not None:
+        # Fine-tune from an exported autoencoder; with a frozen encoder the latent space stays the same,
+        # so a diffusion model trained on it keeps working with the better decoder.
+        model = TinyAutoencoder.from_file(start_from).train().requires_grad_(True)
+        config = model.config
+        stats = (model.latent_mean.clone(), model.latent_std.clone())
+        if freeze_encoder:
+            model.encoder.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0,
+                            betas=(0.9, 0.99))
     ema = EMA(model, 0.999)
     ckpt, log, budget = Checkpoint(out), MetricsLog(out / "metrics.jsonl"), Budget(minutes)
     step = 0
@@ -136,6 +154,9 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         load_optimizer_state(opt, tensors)
         step = meta["step"]
         logger.info("resumed %s at step %d", out, step)
+    if export_only:
+        export(out, ema, pool, val_pool, config, stats if start_from is not None else None)
+        return
     bar = tqdm(total=steps, initial=step, desc="autoencoder", mininterval=10)
     last_save = time.monotonic()
     while step < steps and not budget.exhausted():
@@ -171,7 +192,7 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
     bar.close()
     _save(ckpt, model, ema, opt, step)
     if step >= steps:
-        export(out, ema, pool, val_pool, config)
+        export(out, ema, pool, val_pool, config, stats if start_from is not None else None)
 
 
 def _save(ckpt: Checkpoint, model: TinyAutoencoder, ema: EMA, opt: torch.optim.Optimizer, step: int) -> None:
@@ -181,12 +202,14 @@ def _save(ckpt: Checkpoint, model: TinyAutoencoder, ema: EMA, opt: torch.optim.O
     ckpt.save(tensors, {"step": step})
 
 
-def export(out: Path, ema: EMA, pool: np.ndarray, val_pool: np.ndarray, config: TAEConfig) -> None:
-    """Write the EMA weights with measured latent statistics, and the held-out PSNR."""
+def export(out: Path, ema: EMA, pool: np.ndarray, val_pool: np.ndarray, config: TAEConfig,
+           stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Write the EMA weights with latent statistics (measured, or kept from the encoder it was
+    fine-tuned from), and the held-out PSNR."""
     model = TinyAutoencoder(config)
     model.load_state_dict(ema.state_dict(), strict=False)
     model.eval()
-    mean, std = latent_statistics(model, pool)
+    mean, std = stats if stats is not None else latent_statistics(model, pool)
     model.latent_mean.copy_(mean)
     model.latent_std.copy_(std)
     score = evaluate(model, val_pool)
@@ -213,9 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--val_every", type=int, default=500)
     p.add_argument("--init", choices=("he", "default"), default="he")
+    p.add_argument("--start_from", type=Path, default=None, help="fine-tune this exported autoencoder")
+    p.add_argument("--freeze_encoder", action="store_true", help="train the decoder only (keeps the latent space)")
+    p.add_argument("--export_only", action="store_true", help="export the run's current EMA weights and stop")
     p.add_argument("--encoder_widths", type=int, nargs=3, default=list(NANO_TAE.encoder_widths))
     p.add_argument("--decoder_widths", type=int, nargs=4, default=list(NANO_TAE.decoder_widths))
     a = p.parse_args(argv)
     config = TAEConfig(encoder_widths=tuple(a.encoder_widths), decoder_widths=tuple(a.decoder_widths))
     train(a.out, a.steps, a.batch, a.lr, a.pool, a.size, a.seed, a.minutes, a.latent_noise, a.threads,
-          a.frames, a.crop, config, a.val_every, a.init)
+          a.frames, a.crop, config, a.val_every, a.init, a.start_from, a.freeze_encoder, a.export_only)

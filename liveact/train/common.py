@@ -95,20 +95,6 @@ class Checkpoint:
         return load_file(str(self.weights)), json.loads(self.meta.read_text())
 
 
-def pack(prefix: str, state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Flatten a (possibly nested, e.g. optimizer) state into ``prefix.key`` tensors."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        name = f"{prefix}.{key}"
-        if isinstance(value, torch.Tensor):
-            out[name] = value
-        elif isinstance(value, dict):
-            out.update(pack(name, value))
-        elif isinstance(value, (int, float)):
-            out[name] = torch.tensor(value, dtype=torch.float64)
-    return out
-
-
 def optimizer_state(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """The optimizer's per-parameter tensors as a flat dict (step counts included)."""
     out = {}

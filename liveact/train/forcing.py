@@ -84,7 +84,7 @@ def block_audio_tokens(model: LiveActTransformer, audio: torch.Tensor, span: obj
 
 
 def forcing_loss(model: LiveActTransformer, batch: Batch, mode: Mode, generator: torch.Generator,
-                 memory_config: MemoryConfig = MemoryConfig(), schedule: SamplerConfig = SamplerConfig(),
+                 memory_config: MemoryConfig | None = None, schedule: SamplerConfig | None = None,
                  shift: float = 3.0, sigmas: torch.Tensor | None = None,
                  noise: list[torch.Tensor] | None = None, collect: list | None = None,
                  ) -> tuple[torch.Tensor, list[float]]:
@@ -100,6 +100,7 @@ def forcing_loss(model: LiveActTransformer, batch: Batch, mode: Mode, generator:
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    memory_config, schedule = memory_config or MemoryConfig(), schedule or SamplerConfig()
     stride = schedule.vae_stride[0]
     b, _, total_latents, lh, lw = batch.latents.shape
     ph, pw = model.config.patch_size[1:]

@@ -47,7 +47,7 @@ class Rollout:
 
 
 def rollout(model: LiveActTransformer, batch: Batch, schedule: SamplerConfig, noise: NoiseFn,
-            grad_steps: set[int] | None = None, memory_config: MemoryConfig = MemoryConfig(),
+            grad_steps: set[int] | None = None, memory_config: MemoryConfig | None = None,
             blocks: int | None = None, null_audio: bool = False) -> Rollout:
     """Generate ``blocks`` blocks for every sample of ``batch`` (its latents are only read for the size).
 
@@ -57,6 +57,7 @@ def rollout(model: LiveActTransformer, batch: Batch, schedule: SamplerConfig, no
         grad_steps: steps run with autograd (default: all); the others run under ``no_grad``.
         null_audio: condition on null audio (zeros through the projection), e.g. for a CFG branch.
     """
+    memory_config = memory_config or MemoryConfig()
     stride = schedule.vae_stride[0]
     b, c, _, lh, lw = batch.latents.shape
     ph, pw = model.config.patch_size[1:]

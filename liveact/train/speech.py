@@ -137,26 +137,7 @@ class Speaker:
 
 
 # A small, fixed vocabulary: sentences are random word strings, so train/held-out text is a seed choice.
-WORDS = (
-    "the a one two three some many every this that these those my your our their his her its "
-    "people time year day way thing man woman child world life hand part place case week company "
-    "system program question work government number night point home water room mother area money "
-    "story fact month lot right study book eye job word business issue side kind head house service "
-    "friend father power hour game line end member law car city name team minute idea kid body "
-    "information back parent face others level office door health person art war history party "
-    "result change morning reason research girl guy moment air teacher force education foot boy "
-    "be have do say go get make know think take see come want look use find give tell work call "
-    "try ask need feel become leave put mean keep let begin seem help talk turn start show hear "
-    "play run move like live believe hold bring happen write provide sit stand lose pay meet "
-    "include continue set learn lead understand watch follow stop create speak read allow add "
-    "spend grow open walk win offer remember love consider appear buy wait serve die send expect "
-    "build stay fall cut reach kill remain suggest raise pass sell require report decide pull "
-    "good new first last long great little own other old big high different small large next "
-    "early young important few public bad same able free sure real best better whole strong "
-    "happy blue green bright quiet simple clear full warm cold easy hard fast slow open close "
-    "today tomorrow really very always never often again still maybe perhaps almost quite soon "
-    "and but or because so if when while although until before after since where then also"
-).split()
+WORDS = ["the", "a", "one", "two", "three", "some", "many", "every", "this", "that", "these", "those", "my", "your", "our", "their", "his", "her", "its", "people", "time", "year", "day", "way", "thing", "man", "woman", "child", "world", "life", "hand", "part", "place", "case", "week", "company", "system", "program", "question", "work", "government", "number", "night", "point", "home", "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line", "end", "member", "law", "car", "city", "name", "team", "minute", "idea", "kid", "body", "information", "back", "parent", "face", "others", "level", "office", "door", "health", "person", "art", "war", "history", "party", "result", "change", "morning", "reason", "research", "girl", "guy", "moment", "air", "teacher", "force", "education", "foot", "boy", "be", "have", "do", "say", "go", "get", "make", "know", "think", "take", "see", "come", "want", "look", "use", "find", "give", "tell", "work", "call", "try", "ask", "need", "feel", "become", "leave", "put", "mean", "keep", "let", "begin", "seem", "help", "talk", "turn", "start", "show", "hear", "play", "run", "move", "like", "live", "believe", "hold", "bring", "happen", "write", "provide", "sit", "stand", "lose", "pay", "meet", "include", "continue", "set", "learn", "lead", "understand", "watch", "follow", "stop", "create", "speak", "read", "allow", "add", "spend", "grow", "open", "walk", "win", "offer", "remember", "love", "consider", "appear", "buy", "wait", "serve", "die", "send", "expect", "build", "stay", "fall", "cut", "reach", "kill", "remain", "suggest", "raise", "pass", "sell", "require", "report", "decide", "pull", "good", "new", "first", "last", "long", "great", "little", "own", "other", "old", "big", "high", "different", "small", "large", "next", "early", "young", "important", "few", "public", "bad", "same", "able", "free", "sure", "real", "best", "better", "whole", "strong", "happy", "blue", "green", "bright", "quiet", "simple", "clear", "full", "warm", "cold", "easy", "hard", "fast", "slow", "open", "close", "today", "tomorrow", "really", "very", "always", "never", "often", "again", "still", "maybe", "perhaps", "almost", "quite", "soon", "and", "but", "or", "because", "so", "if", "when", "while", "although", "until", "before", "after", "since", "where", "then", "also"]
 
 ENGLISH_VOICES = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbcwmd")
 OTHER_VOICES = ("de", "fr", "es", "it", "nl", "pt", "pl", "sv", "cs", "fi", "id", "tr", "vi", "hu")

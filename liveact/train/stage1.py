@@ -24,8 +24,16 @@ from liveact.config import MemoryConfig, ModelConfig, SamplerConfig
 from liveact.loading import save_transformer
 from liveact.model import LiveActTransformer
 from liveact.nano import MiniLMTextEncoder
-from liveact.train.common import (EMA, Budget, Checkpoint, MetricsLog, cosine_lr, load_optimizer_state,
-                                  optimizer_state, set_threads)
+from liveact.train.common import (
+    EMA,
+    Budget,
+    Checkpoint,
+    MetricsLog,
+    cosine_lr,
+    load_optimizer_state,
+    optimizer_state,
+    set_threads,
+)
 from liveact.train.data import ClipSet
 from liveact.train.forcing import MODES, Batch, conditioning, forcing_loss, image_tokens
 
@@ -66,8 +74,9 @@ class TextBank:
 
 def make_batch(data: ClipSet, idx: np.ndarray, texts: TextBank, rng: np.random.Generator, patch: int,
                stride: int, text_drop: float = 0.0, audio_drop: float = 0.0, blocks: int | None = None,
-               memory: MemoryConfig = MemoryConfig()) -> Batch:
+               memory: MemoryConfig | None = None) -> Batch:
     """Gather the first ``blocks`` blocks (all by default) of clips ``idx``, dropping text/audio per sample."""
+    memory = memory or MemoryConfig()
     blocks = blocks or len(data.meta[idx[0]]["prompts"])
     latents = memory.first_block_frames + (blocks - 1) * memory.block_frames
     cond = data.cond[idx].float()
@@ -130,7 +139,8 @@ def train(args: argparse.Namespace) -> None:
     patch, stride = config.patch_size[1], SamplerConfig().vae_stride[0]
     bar = tqdm(total=args.steps, initial=step, desc=f"stage1 {args.mode}", mininterval=10)
     last_save, started = time.monotonic(), time.monotonic()
-    while step < args.steps and not budget.exhausted():
+    stop = min(args.steps, args.stop_at or args.steps)
+    while step < stop and not budget.exhausted():
         # Randomness is a function of (seed, step): a resumed run continues the same curve.
         rng = np.random.default_rng((args.seed, step))
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
@@ -156,12 +166,15 @@ def train(args: argparse.Namespace) -> None:
                       seconds=time.monotonic() - started)
         if step % args.val_every == 0 or step == args.steps:
             log.write(step=step, **_validate(config, ema, val, texts))
+        if args.snapshot_every and step % args.snapshot_every == 0:
+            export(config, ema, out / f"model_step{step}")
         if time.monotonic() - last_save > 60 * args.save_minutes or step == args.steps:
             _save(ckpt, model, ema, opt, step)
             last_save = time.monotonic()
     bar.close()
     _save(ckpt, model, ema, opt, step)
-    export(config, ema, out / "model")
+    if step >= args.steps:
+        export(config, ema, out / "model")
 
 
 def _validate(config: ModelConfig, ema: EMA, val: ClipSet, texts: TextBank) -> dict[str, float]:
@@ -213,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log_every", type=int, default=10)
     p.add_argument("--save_minutes", type=float, default=5.0)
     p.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this wall time")
+    p.add_argument("--stop_at", type=int, default=None,
+                   help="stop (resumably) at this step; the schedule still spans --steps (ablations compare runs "
+                        "at one step with one learning-rate schedule)")
+    p.add_argument("--snapshot_every", type=int, default=0, help="also export the EMA model every N steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     train(p.parse_args(argv))

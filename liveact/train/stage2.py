@@ -31,12 +31,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from liveact.config import MemoryConfig, SamplerConfig
+from liveact.config import SamplerConfig
 from liveact.loading import save_transformer
 from liveact.model import LiveActTransformer
 from liveact.nano import MiniLMTextEncoder
-from liveact.train.common import (EMA, Budget, Checkpoint, MetricsLog, cosine_lr, load_optimizer_state,
-                                  optimizer_state, set_threads)
+from liveact.train.common import (
+    EMA,
+    Budget,
+    Checkpoint,
+    MetricsLog,
+    cosine_lr,
+    load_optimizer_state,
+    optimizer_state,
+    set_threads,
+)
 from liveact.train.data import ClipSet
 from liveact.train.forcing import Batch, forcing_loss, sample_sigmas
 from liveact.train.rollout import generator_noise, rollout
@@ -100,6 +108,17 @@ def regress_step(student: LiveActTransformer, batch: Batch, generator: torch.Gen
     truth = batch.latents.float()
     losses = torch.stack([F.mse_loss(out.video(i), truth) for i in range(schedule.num_steps)])
     return losses.mean(), {f"step{i}": float(v) for i, v in enumerate(losses.detach())}
+
+
+@torch.no_grad()
+def rollout_error(model: LiveActTransformer, val: ClipSet, texts: TextBank, clips: int = 8, blocks: int = 3) -> float:
+    """Mean squared error of the 3-step rollout's output against the held-out clips' latents (fixed noise):
+    comparable across objectives and over time."""
+    patch, stride = model.config.patch_size[1], SamplerConfig().vae_stride[0]
+    idx = np.arange(min(clips, len(val)))
+    batch = make_batch(val, idx, texts, np.random.default_rng(0), patch, stride, blocks=blocks)
+    out = rollout(model, batch, student_schedule(), generator_noise(torch.Generator().manual_seed(0)), grad_steps=set())
+    return float(F.mse_loss(out.video(), batch.latents.float()))
 
 
 def train(args: argparse.Namespace) -> None:
@@ -172,6 +191,10 @@ def train(args: argparse.Namespace) -> None:
         if step % args.log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log.write(step=step, loss=loss.item(), grad=float(grad), seconds=time.monotonic() - started, **stats)
+        if step % args.val_every == 0 or step == args.steps:
+            ev = LiveActTransformer(config)
+            ev.load_state_dict(ema.state_dict())
+            log.write(step=step, val_rollout_mse=rollout_error(ev.eval(), val, texts))
         if time.monotonic() - last_save > 60 * args.save_minutes or step == args.steps:
             _save(ckpt, student, ema, opt, fake, fake_opt, step)
             last_save = time.monotonic()
@@ -213,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--log_every", type=int, default=5)
+    p.add_argument("--val_every", type=int, default=100)
     p.add_argument("--save_minutes", type=float, default=5.0)
     p.add_argument("--minutes", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)

@@ -376,7 +376,7 @@ class LiveActPipeline:
             clip = self.image_encoder.encode(image.to(self.image_encoder.device)).to(self.device)
             self._trace("clip_fea", clip)
         with _stage("audio", self.device, timings, report):
-            embedding, source = self._audio_conditioning(waveform, mono, sample_rate)
+            embedding, source = self._audio_conditioning(waveform, mono, sample_rate, num_blocks)
         with _stage("conditioning", self.device, timings, report):
             y = self.conditioning_latent(image).to(self.device)
             self._trace("y", y)
@@ -384,7 +384,7 @@ class LiveActPipeline:
         cond = Conditions(text=texts[0], clip=clip, y=y, audio=embedding, edits=edits, audio_source=source)
         return PreparedClip(request, cond, duration, num_blocks, self.num_frames_for(duration), timings)
 
-    def _audio_conditioning(self, waveform: torch.Tensor, mono: torch.Tensor, sample_rate: int
+    def _audio_conditioning(self, waveform: torch.Tensor, mono: torch.Tensor, sample_rate: int, num_blocks: int
                             ) -> tuple[torch.Tensor, Callable[[int, int], torch.Tensor] | None]:
         """Audio rows ``[S, L, C]`` (one per video frame) and, when streaming, the per-block source."""
         source = None
@@ -395,7 +395,11 @@ class LiveActPipeline:
                                               self.transformer.config.audio_window)
             if self.stream_audio:
                 source = lambda start, end: rows.embedding(start, end).to(self.device)  # noqa: E731
-            total = self.audio_encoder.num_rows(waveform.shape[-1], sample_rate, self.fps)
+            # Rows for every frame the blocks cover (and the window past the last one): frames after
+            # the speech hear silence, exactly as the per-block slices do, not a repeated last row.
+            covered = self.frames_of_block(0) + (num_blocks - 1) * self.frames_of_block(1)
+            total = max(self.audio_encoder.num_rows(waveform.shape[-1], sample_rate, self.fps),
+                        covered + self.transformer.config.audio_window // 2)
             embedding = rows.encoder.rows(rows.speech, self.fps, 0, total).to(self.device)
             self._trace("audio_embedding", embedding)
         elif self.stream_audio:

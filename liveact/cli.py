@@ -324,8 +324,7 @@ def sampler_settings(args: GenerateArgs) -> tuple[MemoryConfig, SamplerConfig]:
     return MemoryConfig(), SamplerConfig()
 
 
-def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype, dist_info,  # noqa: ANN001, ANN201
-                   settings: tuple[MemoryConfig, SamplerConfig]):
+def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype, dist_info):  # noqa: ANN001, ANN201
     """Load the pipeline from the asset folders (or say what is missing)."""
     from liveact.pipeline import LiveActPipeline
 
@@ -337,7 +336,10 @@ def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype,
                         "says where to get them")
     width, height = parse_size(args.size)
     # Only an explicit --config overrides the folder's own settings (which the pipeline reads itself).
-    options = {"memory": settings[0], "schedule": settings[1]} if args.config else {}
+    options = {}
+    if args.config:
+        memory, schedule = sampler_settings(args)
+        options = {"memory": memory, "schedule": schedule}
     pipe = LiveActPipeline.from_pretrained(
         args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype, t5_cpu=args.t5_cpu,
         sequence_parallel=dist_info is not None, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,
@@ -544,7 +546,7 @@ def run(args: GenerateArgs, state: RunState | None = None) -> int:
     pipe = None
     try:
         state.stage = "loading the models"
-        pipe = build_pipeline(args, device, dtype, dist_info, settings)
+        pipe = build_pipeline(args, device, dtype, dist_info)
         for request, path in zip(requests, paths):
             stats = generate_clip(pipe, request, args, path, is_main, state)
             if is_main:

@@ -1,11 +1,16 @@
-"""``generate.py``: the authors' command line, end to end, writing each mp4 as it is generated.
+"""``generate.py`` / ``liveact-generate``: the authors' command line, writing each mp4 as it is generated.
 
 Same flags and input JSON as SoulX-LiveAct's ``generate.py`` (a drop-in), plus ``--output_dir``,
-``--device``, ``--dtype``, ``--max_blocks`` and ``--vae_stitch``. Under ``torchrun`` every rank
-runs the model (sequence parallel) and only rank 0 encodes and writes video.
+``--overwrite``, ``--config``, ``--device``, ``--dtype``, ``--max_blocks`` and ``--vae_stitch``.
+Under ``torchrun`` every rank runs the model (sequence parallel) and only rank 0 encodes and writes.
+
+Output: one H.264 + AAC fragmented mp4 per JSON entry, ``<image stem>_<audio stem>.mp4``, as long as
+its audio; entries that would get the same name get ``_<entry index>`` appended. An existing file is
+never replaced without ``--overwrite`` (checked before any model loads).
 
 User errors (missing files, bad JSON, bad sizes ...) end with one ``error: ...`` line and exit
-status 2, no traceback. Ctrl-C leaves a playable mp4 of everything generated so far (exit 130).
+status 2, no traceback. Ctrl-C (exit 130) says what is on disk: the mp4 of the clip in progress
+plays up to its last finished block, or was not created when no block had finished.
 """
 
 from __future__ import annotations
@@ -15,15 +20,17 @@ import ast
 import json
 import logging
 import os
+import re
 import resource
 import sys
 import time
-from dataclasses import dataclass, fields
+from collections import Counter
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 
-from liveact.config import MemoryConfig, SamplerConfig
+from liveact.config import MemoryConfig, SamplerConfig, load_preset, preset_names, settings_from_dict
 from liveact.loading import AssetError
 from liveact.sampler import block_span
 
@@ -51,11 +58,13 @@ class GenerateArgs:
     fps: int = 24
     audio_cfg: float = 1.0
     dura_print: bool = False
-    input_json: str = "examples.json"
+    input_json: str = ""
     steam_audio: bool = False
     mean_memory: bool = False
     seed: int = 42
     output_dir: str = "."
+    overwrite: bool = False
+    config: str | None = None
     device: str | None = None
     dtype: str | None = None
     max_blocks: int | None = None
@@ -65,29 +74,53 @@ class GenerateArgs:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (reference flags first, then ours)."""
-    p = argparse.ArgumentParser(prog="generate.py", description="Generate talking-human videos with LiveAct.")
+    """The argument parser (reference flags first, then ours); ``--help`` shows every default."""
+    p = argparse.ArgumentParser(
+        prog="generate.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Generate talking-human videos with LiveAct: one mp4 (H.264 + AAC, as long as the audio) "
+                    "per entry of --input_json, written while it is generated.")
     p.add_argument("--size", default="480*832", help="WIDTH*HEIGHT of the output, multiples of 16")
-    p.add_argument("--ckpt_dir", default=None, help="LiveAct checkpoint folder (DiT + Wan assets)")
-    p.add_argument("--wav2vec_dir", default=None, help="transformers wav2vec2 folder (chinese-wav2vec2-base)")
+    p.add_argument("--ckpt_dir", default=None,
+                   help="LiveAct checkpoint folder (DiT + Wan VAE/T5/CLIP files); required in this version")
+    p.add_argument("--wav2vec_dir", default=None,
+                   help="transformers wav2vec2 folder (chinese-wav2vec2-base); required in this version")
     p.add_argument("--t5_cpu", action="store_true", help="run the umT5 text encoder on the CPU")
     p.add_argument("--offload_cache", action="store_true", help="keep the KV memory in host memory")
     p.add_argument("--fp8_kv_cache", action="store_true", help="store the KV memory in FP8 (e4m3)")
-    p.add_argument("--fp8_gemm", action="store_true", help="FP8 matmuls for the DiT's linear layers (CUDA, sm89+)")
-    p.add_argument("--block_offload", action="store_true", help="keep DiT blocks in host memory, prefetch to the GPU")
+    p.add_argument("--fp8_gemm", action="store_true",
+                   help="FP8 matmuls for the DiT's linear layers (CUDA, sm89+)")
+    p.add_argument("--block_offload", action="store_true",
+                   help="keep DiT blocks in host memory, prefetch to the GPU")
     p.add_argument("--fps", type=int, default=24, help="output frame rate (also sets the audio tempo 25/fps)")
     p.add_argument("--audio_cfg", type=float, default=1.0, help="audio guidance scale (> 1 enables it)")
-    p.add_argument("--dura_print", action="store_true", help="print the cost of every block")
-    p.add_argument("--input_json", default="examples.json", help="JSON list of {prompt, cond_image, cond_audio, edit_prompt}")
+    p.add_argument("--dura_print", action="store_true",
+                   help="print the cost of every block on stdout (the reference's 'Done Block k' lines)")
+    # Required: the reference's default (examples.json) exists in no checkout, and a default path
+    # that only resolves from one folder fails confusingly everywhere else.
+    p.add_argument("--input_json", required=True,
+                   help="JSON list of {prompt, cond_image, cond_audio, edit_prompt} (e.g. "
+                        "examples/example.json); paths inside resolve against the JSON's folder")
     p.add_argument("--steam_audio", "--stream_audio", dest="steam_audio", action="store_true",
                    help="encode audio per block on a short slice (streaming audio)")
-    p.add_argument("--mean_memory", action="store_true", help="compress memory with a mean instead of the learned conv")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--output_dir", default=".", help="where <image>_<audio>.mp4 files go")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda:LOCAL_RANK if available)")
+    p.add_argument("--mean_memory", action="store_true",
+                   help="compress memory with a mean instead of the learned conv")
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed of the sampling noise: the same seed, inputs and flags give the same video")
+    p.add_argument("--output_dir", default=".",
+                   help="where the <image>_<audio>.mp4 files go (created if missing)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that already exist (otherwise the run refuses to start)")
+    p.add_argument("--config", default=None,
+                   help=f"preset name ({', '.join(preset_names())}) or preset JSON file whose 'memory' "
+                        "and 'sampler' sections set the KV-memory layout and the schedule (default: the "
+                        "checkpoint config.json's sections, else the defaults); the DiT's geometry comes "
+                        "from --ckpt_dir")
+    p.add_argument("--device", default=None,
+                   help="cuda, cuda:1, cpu ... (default: cuda:LOCAL_RANK if CUDA is available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                   help="model dtype (default bfloat16 on GPU, float32 on CPU)")
-    p.add_argument("--max_blocks", type=int, default=None, help="generate at most this many blocks per clip")
+                   help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--max_blocks", type=int, default=None,
+                   help="generate at most this many blocks per clip (default: enough to cover the audio)")
     p.add_argument("--vae_stitch", default="continuous", choices=["continuous", "reference"],
                    help="continuous causal decode across blocks, or the reference's overlap-and-crop")
     p.add_argument("--offload_t5", action="store_true",
@@ -138,6 +171,8 @@ def load_requests(path: str | Path) -> list:
     from liveact.pipeline import Request
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--input_json {path} is a folder; give the JSON file (e.g. examples/example.json)")
     if not path.is_file():
         raise UserError(f"--input_json {path} not found")
     try:
@@ -158,6 +193,8 @@ def load_requests(path: str | Path) -> list:
         for key in ("cond_image", "cond_audio"):
             file = Path(entry[key]).expanduser()
             file = file if file.is_absolute() else path.parent / file
+            if file.is_dir():
+                raise UserError(f"{where}: {key} {file} is a folder; give the path of a file")
             if not file.is_file():
                 raise UserError(f"{where}: {key} file not found: {file}")
             files[key] = file
@@ -169,7 +206,8 @@ def load_requests(path: str | Path) -> list:
             if not isinstance(text, str) or not text.strip():
                 raise UserError(f"{where}: edit_prompt {key!r} must map to a non-empty prompt")
             edits.append((parse_edit_range(key, where), text))
-        requests.append(Request(image=files["cond_image"], audio=files["cond_audio"], prompt=entry["prompt"], edits=edits))
+        requests.append(Request(image=files["cond_image"], audio=files["cond_audio"], prompt=entry["prompt"],
+                                edits=edits))
     return requests
 
 
@@ -185,9 +223,15 @@ def check_media(request, where: str, min_seconds: float) -> None:  # noqa: ANN00
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
         raise UserError(f"{where}: cond_image {request.image} is not a readable image ({exc})") from None
     try:
-        waveform, sample_rate = load_audio(request.audio)
+        # Silence is judged below with a level threshold; load_audio's check would only catch exact zeros.
+        waveform, sample_rate = load_audio(request.audio, allow_silent=True)
     except ValueError as exc:
-        reason = "not a readable audio file" if "unreadable" in str(exc) else str(exc).splitlines()[0]
+        first_line = str(exc).splitlines()[0]
+        if "unreadable" in first_line:
+            reason = "not a readable audio file"
+        else:
+            # load_audio names the file itself ("audio file X holds no samples"); say it once.
+            reason = re.sub(rf"^audio file {re.escape(str(request.audio))}\s*", "", first_line)
         raise UserError(f"{where}: cond_audio {request.audio}: {reason}") from None
     seconds = waveform.shape[-1] / sample_rate
     if seconds < min_seconds:
@@ -201,6 +245,40 @@ def check_media(request, where: str, min_seconds: float) -> None:  # noqa: ANN00
 def output_path(output_dir: str | Path, request) -> Path:  # noqa: ANN001 - Request (lazy import)
     """``<output_dir>/<image stem>_<audio stem>.mp4`` as the reference names it."""
     return Path(output_dir) / f"{Path(request.image).stem}_{Path(request.audio).stem}.mp4"
+
+
+def output_paths(output_dir: str | Path, requests: list) -> list[Path]:
+    """One distinct output path per entry: the reference's name, ``_<entry index>`` added where names collide.
+
+    Two entries with the same image and audio (say, different prompts) would otherwise write the same
+    file and the second would replace the first.
+    """
+    names = [output_path(output_dir, r).stem for r in requests]
+    counts = Counter(names)
+    names = [f"{n}_{i}" if counts[n] > 1 else n for i, n in enumerate(names)]
+    # A suffixed name can equal another entry's own (image "a" + audio "b_1" is also "a_b_1").
+    while len(set(names)) < len(names):
+        counts = Counter(names)
+        names = [f"{n}_{i}" if counts[n] > 1 else n for i, n in enumerate(names)]
+    paths = [Path(output_dir) / f"{n}.mp4" for n in names]
+    for plain, path in zip((output_path(output_dir, r) for r in requests), paths):
+        if plain != path:
+            logger.warning("several entries would write %s: this one writes %s", plain.name, path.name)
+    return paths
+
+
+def check_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Refuse to start when an output exists (no lost work) unless ``overwrite``; check the folder."""
+    folder = paths[0].parent if paths else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--output_dir {folder} is a file, not a folder")
+    for path in paths:
+        if path.is_dir():
+            raise UserError(f"output {path} is a folder; remove it or choose another --output_dir")
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose "
+                        "another --output_dir")
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -241,7 +319,25 @@ def check_hardware_flags(args: GenerateArgs, device: torch.device) -> None:
         except RuntimeError as exc:
             raise UserError(str(exc)) from None
     if args.block_offload and device.type != "cuda":
-        raise UserError("--block_offload streams DiT blocks from host memory to a GPU; it needs a CUDA device")
+        raise UserError("--block_offload streams DiT blocks from host memory to a GPU; it needs a CUDA "
+                        "device")
+
+
+def sampler_settings(args: GenerateArgs) -> tuple[MemoryConfig, SamplerConfig]:
+    """The memory layout and schedule of the run: ``--config``, else the checkpoint's, else the defaults."""
+    if args.config:
+        try:
+            preset = load_preset(args.config)
+        except ValueError as exc:
+            raise UserError(f"--config: {exc}") from None
+        return preset.memory, preset.sampler
+    config = Path(args.ckpt_dir, "config.json") if args.ckpt_dir else None
+    if config is not None and config.is_file():
+        try:
+            return settings_from_dict(json.loads(config.read_text()), str(config))
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            pass  # reported with the file's name when the pipeline loads it
+    return MemoryConfig(), SamplerConfig()
 
 
 def check_precision_and_memory(args: GenerateArgs, device: torch.device, dtype: torch.dtype,
@@ -273,16 +369,30 @@ def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype,
     from liveact.pipeline import LiveActPipeline
 
     if not args.ckpt_dir or not args.wav2vec_dir:
-        raise UserError("no embedded default model ships with this version yet: pass --ckpt_dir (LiveAct "
-                        "checkpoint folder) and --wav2vec_dir (wav2vec2 folder)")
+        flags = (("--ckpt_dir", args.ckpt_dir), ("--wav2vec_dir", args.wav2vec_dir))
+        missing = " and ".join(flag for flag, value in flags if not value)
+        raise UserError(f"{missing} missing: this version ships no built-in model, so pass --ckpt_dir "
+                        "(the LiveAct checkpoint folder) and --wav2vec_dir (a wav2vec2 folder); README.md "
+                        "says where to get them")
     width, height = parse_size(args.size)
+    # Only an explicit --config overrides the folder's own settings (which the pipeline reads itself).
+    options = {}
+    if args.config:
+        memory, schedule = sampler_settings(args)
+        options = {"memory": memory, "schedule": schedule}
     pipe = LiveActPipeline.from_pretrained(
         args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype, t5_cpu=args.t5_cpu,
         sequence_parallel=dist_info is not None, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,
         size=(width, height), park_text_encoder=args.offload_t5,
         fps=args.fps, audio_cfg=args.audio_cfg, mean_memory=args.mean_memory, fp8_kv_cache=args.fp8_kv_cache,
-        offload_cache=args.offload_cache, vae_stitch=args.vae_stitch, stream_audio=args.steam_audio)
+        offload_cache=args.offload_cache, vae_stitch=args.vae_stitch, stream_audio=args.steam_audio,
+        **options)
     return pipe
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 block``, ``3 blocks``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 @dataclass
@@ -298,43 +408,109 @@ class ClipStats:
         """One line: frames, seconds, wall time, FPS, first-block latency, real-time factor, peak memory."""
         seconds = self.frames / fps
         speed = self.frames / self.wall if self.wall else 0.0
-        return (f"{self.frames} frames ({seconds:.2f} s of video, {self.blocks} blocks) in {self.wall:.2f} s: "
-                f"{speed:.2f} FPS, first block {self.first_block:.2f} s, real-time factor "
-                f"{seconds / self.wall if self.wall else 0.0:.3f}, peak memory {peak / 2**30:.2f} GiB")
+        return (f"{plural(self.frames, 'frame')} ({seconds:.2f} s of video, {plural(self.blocks, 'block')}) "
+                f"in {self.wall:.2f} s: {speed:.2f} FPS, first block {self.first_block:.2f} s, real-time "
+                f"factor {seconds / self.wall if self.wall else 0.0:.3f}, peak memory {peak / 2**30:.2f} GiB")
 
 
-def generate_clip(pipe, request, args: GenerateArgs, path: Path, is_main: bool) -> ClipStats:  # noqa: ANN001
-    """Generate one clip, writing frames to ``path`` as each block is decoded."""
+@dataclass
+class RunState:
+    """What the run has done so far, so that an interruption is reported truthfully."""
+
+    fps: float = 24.0
+    is_main: bool = True
+    stage: str = "checking the inputs"
+    finished: list[Path] = field(default_factory=list)
+    current: Path | None = None
+    current_frames: int = 0
+    current_existed: bool = False
+
+    def interrupted_message(self) -> str:
+        """One line saying what is on disk after Ctrl-C."""
+        if not self.is_main:
+            return "interrupted"
+        done = f"; finished before: {', '.join(map(str, self.finished))}" if self.finished else ""
+        if self.current is None:
+            return f"interrupted while {self.stage}: no new video was written{done}"
+        if self.current_frames == 0:
+            kept = " (the existing file is unchanged)" if self.current_existed else ""
+            return (f"interrupted before the first block of {self.current} was finished: that file was not "
+                    f"written{kept}{done}")
+        return (f"interrupted: {self.current} holds the first {plural(self.current_frames, 'frame')} "
+                f"({self.current_frames / self.fps:.2f} s) and plays{done}")
+
+
+class TqdmLoggingHandler(logging.StreamHandler):
+    """Writes log records through ``tqdm.write``, so they never land on a progress bar's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format and write one record above any active bar."""
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def generate_clip(pipe, request, args: GenerateArgs, path: Path, is_main: bool,  # noqa: ANN001
+                  state: RunState | None = None) -> ClipStats:
+    """Generate one clip, writing frames to ``path`` as each block is decoded.
+
+    Progress goes to stderr: one line per preparation stage, then a bar per block on a terminal, or
+    one line per block when stderr is not one (logs, CI). ``--dura_print`` lines go to stdout.
+    """
     from tqdm import tqdm
 
     from liveact.hostwork import BackgroundWriter
+    from liveact.pipeline import PREPARE_STAGE_TEXT, PREPARE_STAGES
     from liveact.video import ProgressiveVideoWriter
 
+    state = state or RunState(fps=args.fps, is_main=is_main)
     stats = ClipStats()
     start = time.perf_counter()
-    clip = pipe.prepare(request)
+
+    def report(stage: str) -> None:
+        state.stage = f"preparing {path.name} ({PREPARE_STAGE_TEXT[stage]})"
+        if is_main:
+            logger.info("%s: preparing %d/%d: %s", path.name, PREPARE_STAGES.index(stage) + 1,
+                        len(PREPARE_STAGES), PREPARE_STAGE_TEXT[stage])
+
+    clip = pipe.prepare(request, progress=report)
     blocks = clip.num_blocks if args.max_blocks is None else min(clip.num_blocks, args.max_blocks)
+    state.stage = f"generating {path.name}"
+    state.current, state.current_frames, state.current_existed = (path if is_main else None), 0, path.exists()
     # Frames leave the GPU and reach ffmpeg on a thread: the next block starts at once.
     writer = BackgroundWriter(ProgressiveVideoWriter(path, fps=args.fps, width=pipe.size[0], height=pipe.size[1],
                                                      audio=request.audio)) if is_main else None
-    bar = tqdm(total=blocks, desc=path.name, unit="block", disable=not is_main or not sys.stderr.isatty())
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=blocks, desc=path.name, unit="block", disable=not is_main or not interactive)
     try:
         last = time.perf_counter()
         for k, frames in enumerate(pipe.stream(clip, seed=args.seed, max_blocks=blocks, decode=is_main)):
             if writer is not None:
                 writer.write(frames)
+                state.current_frames = writer.frames_written
             now = time.perf_counter()
             if k == 0:
                 stats.first_block = now - start
             stats.blocks, stats.frames = k + 1, stats.frames + pipe.frames_of_block(k)
+            if is_main and pipe.device.type == "cuda" and args.dura_print:
+                torch.cuda.synchronize(pipe.device)
+                now = time.perf_counter()
+            block_frames = pipe.frames_of_block(k)
             if args.dura_print and is_main:
                 # A block reported done is in the encoder (it survives a kill of this process).
                 writer.flush()
                 if pipe.device.type == "cuda":
                     torch.cuda.synchronize(pipe.device)
                     now = time.perf_counter()
-                video_ms = pipe.frames_of_block(k) / args.fps * 1000
-                print(f"Done Block {k}: duration {video_ms:.0f}ms video cost {(now - last) * 1000:.0f}ms", flush=True)
+                tqdm.write(f"Done Block {k}: duration {block_frames / args.fps * 1000:.0f}ms video cost "
+                           f"{(now - last) * 1000:.0f}ms", file=sys.stdout)
+                sys.stdout.flush()
+            if is_main and not interactive:
+                logger.info("%s: block %d/%d done, %d frames (%.2f s of video) in %.2f s", path.name, k + 1,
+                            blocks, block_frames, block_frames / args.fps, now - last)
             last = now
             bar.update(1)
     finally:
@@ -343,29 +519,52 @@ def generate_clip(pipe, request, args: GenerateArgs, path: Path, is_main: bool) 
         stats.frames = min(stats.frames, clip.num_frames)
         if writer is not None:
             writer.close()
+            state.current_frames = writer.frames_written
+            stats.frames = writer.frames_written
+    if is_main:
+        state.finished.append(path)
+    state.current = None
     return stats
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``generate.py``; returns the exit status."""
-    logging.basicConfig(level=os.environ.get("LIVEACT_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=os.environ.get("LIVEACT_LOG", "INFO"), handlers=[TqdmLoggingHandler()],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = RunState()
     try:
         args = parse_args(argv)
-        return run(args)
+        state.fps = args.fps
+        return run(args, state)
     except KeyboardInterrupt:
-        print("interrupted: the mp4 written so far is playable", file=sys.stderr)
+        print(state.interrupted_message(), file=sys.stderr)
         return 130
     except (UserError, AssetError, FileNotFoundError, ValueError) as exc:
         logger.debug("user error", exc_info=True)
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        print("error: " + "; ".join(lines), file=sys.stderr)
+        print("error: " + one_line(exc), file=sys.stderr)
         return 2
 
 
-def run(args: GenerateArgs) -> int:
+def one_line(exc: BaseException) -> str:
+    """An error message on one line; an ``AssetError`` about a folder argument names the flag."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = ""
+    for line in lines:
+        # "2 asset file(s) missing:" + one file per line -> "...missing: a; b"
+        text += line if not text else (" " if text.endswith(":") else "; ") + line
+    if isinstance(exc, AssetError):
+        # The library names its arguments; here they are flags. Paths (a/ckpt_dir/x) stay as they are.
+        text = re.sub(r"(?<![-\w/.])(ckpt_dir|wav2vec_dir)(?![\w/.])", r"--\1", text)
+        if exc.argument and not text.startswith(f"--{exc.argument}"):
+            text = f"--{exc.argument}: {text}"
+    return text
+
+
+def run(args: GenerateArgs, state: RunState | None = None) -> int:
     """Validate everything cheap first, then load models and generate every entry."""
     from liveact.parallel import maybe_init_dist
 
+    state = state or RunState(fps=args.fps)
     parse_size(args.size)
     if args.fps <= 0:
         raise UserError(f"--fps must be > 0, got {args.fps}")
@@ -374,31 +573,45 @@ def run(args: GenerateArgs) -> int:
     if args.max_blocks is not None and args.max_blocks < 1:
         raise UserError(f"--max_blocks must be >= 1, got {args.max_blocks}")
     requests = load_requests(args.input_json)
-    stride = SamplerConfig().vae_stride[0]
-    first_block_seconds = block_span(0, MemoryConfig(), stride).video_frames(stride) / args.fps
+    settings = sampler_settings(args)
+    memory, stride = settings[0], settings[1].vae_stride[0]
+    first_block_seconds = block_span(0, memory, stride).video_frames(stride) / args.fps
     for i, request in enumerate(requests):
         check_media(request, f"{Path(args.input_json).name} entry {i}", first_block_seconds)
+    paths = output_paths(args.output_dir, requests)
+    check_outputs(paths, args.overwrite)
     num_heads = None
     if args.ckpt_dir and Path(args.ckpt_dir, "config.json").is_file():
         num_heads = json.loads(Path(args.ckpt_dir, "config.json").read_text()).get("num_heads")
     wants_cpu = args.device is not None and torch.device(args.device).type == "cpu"
     dist_info = maybe_init_dist(num_heads=num_heads, backend="gloo" if wants_cpu else None)
+    is_main = state.is_main = dist_info is None or dist_info.is_main
+    pipe = None
     try:
         # Everything after the process group exists runs inside the try: errors still tear it down.
-        is_main = dist_info is None or dist_info.is_main
         device = resolve_device(args, dist_info)
-        dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        default_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = getattr(torch, args.dtype) if args.dtype else default_dtype
         check_hardware_flags(args, device)
         check_precision_and_memory(args, device, dtype, dist_info)
+        state.stage = "loading the models"
         pipe = build_pipeline(args, device, dtype, dist_info)
-        for request in requests:
-            path = output_path(args.output_dir, request)
-            stats = generate_clip(pipe, request, args, path, is_main)
+        for request, path in zip(requests, paths):
+            stats = generate_clip(pipe, request, args, path, is_main, state)
             if is_main:
                 logger.info("%s: %s", path, stats.summary(args.fps, peak_memory_bytes(device)))
+        if is_main:
+            logger.info("done: %s written: %s", plural(len(paths), "file"), ", ".join(map(str, paths)))
     finally:
         if dist_info is not None:
+            import gc
+
             import torch.distributed as dist
 
+            # The sequence-parallel model sits in a reference cycle that holds the process group. Free
+            # it now, so destroy_process_group() really ends the group and joins its threads: a gloo
+            # thread still running at interpreter exit can abort the process (tests/test_parallel.py).
+            pipe = None
+            gc.collect()
             dist.destroy_process_group()
     return 0

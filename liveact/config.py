@@ -3,11 +3,19 @@
 Every geometry number of LiveAct lives here: block sizes, memory slots, the compression ratio, the
 timestep schedule, the steps that skip audio and the steps that use audio CFG. Code elsewhere reads
 these fields and derived properties instead of spelling numbers such as ``6 * frame_len``.
+
+The presets are files, ``liveact/configs/<name>.json`` (shipped inside the package, so an installed
+wheel finds them through ``importlib.resources``): the official ``config.json`` fields of the DiT plus
+``memory`` and ``sampler`` sections. Copy one, change it, and pass its path wherever a preset name is
+accepted (``load_preset``, ``python -m liveact.bench --preset``, ``generate.py --config``).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Literal
 
 Compression = Literal["conv", "mean"]
@@ -218,13 +226,142 @@ class SamplerConfig:
         return self.audio_cfg > 1.0 and bool(self.cfg_steps)
 
 
-PRESETS: dict[str, ModelConfig] = {
-    # Wan2.1-I2V-14B + audio adapter: 18,884,094,784 parameters, 1713 state-dict keys.
-    "liveact-14b": ModelConfig(),
-    # LiveAct-Nano: the embedded default model, small enough to run and test on a CPU.
-    "nano": ModelConfig(dim=256, ffn_dim=768, num_heads=4, num_layers=4, intermediate_dim=64,
-                        output_dim=128, context_tokens=8),
-    # The shape of the parity fixtures' model A: the tiniest model the reference can build.
-    "tiny": ModelConfig(dim=128, ffn_dim=256, num_heads=4, num_layers=2, intermediate_dim=4,
-                        output_dim=64, context_tokens=4),
-}
+# --------------------------------------------------------------------------------------------------
+# presets as files
+
+MODEL_SECTIONS = ("memory", "sampler")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One preset file: the DiT geometry, its memory layout and sampler schedule, plus pass-through fields.
+
+    A preset file is an official ``config.json`` (the DiT fields at the top level, in the official
+    naming) with two optional sections, ``"memory"`` (``MemoryConfig`` fields) and ``"sampler"``
+    (``SamplerConfig`` fields). Every other top-level key (``_class_name``, a ``components`` section
+    naming the text encoder, audio features or autoencoder, ...) is kept untouched in ``extra`` for the
+    code that builds those components; unknown fields are never an error there. Inside ``memory`` and
+    ``sampler`` an unknown field is an error, because it can only be a typo of a setting we would
+    otherwise silently ignore.
+    """
+
+    name: str
+    model: ModelConfig
+    memory: MemoryConfig
+    sampler: SamplerConfig
+    extra: dict[str, Any]
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file form: ``extra`` and the model fields at the top level, then the two sections."""
+        return {**self.extra, **self.model.to_dict(), "memory": _section_dict(self.memory),
+                "sampler": _section_dict(self.sampler)}
+
+
+def _section_dict(config: MemoryConfig | SamplerConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """``cls(**values)`` with JSON lists turned into tuples; unknown or invalid fields name ``where``."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def settings_from_dict(data: dict[str, Any], where: str = "config") -> tuple[MemoryConfig, SamplerConfig]:
+    """The ``memory`` and ``sampler`` sections of a preset or a checkpoint's ``config.json`` (or defaults)."""
+    sections = {}
+    for section in MODEL_SECTIONS:
+        value = data.get(section, {})
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: {section!r} must be an object of {section} settings")
+        sections[section] = value
+    return (_build(MemoryConfig, sections["memory"], f"{where} memory"),
+            _build(SamplerConfig, sections["sampler"], f"{where} sampler"))
+
+
+def preset_from_dict(data: dict[str, Any], name: str = "custom", source: str | None = None) -> Preset:
+    """Parse the file form of a preset (see ``Preset``); missing fields take the dataclass defaults."""
+    where = source or name
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: a preset is a JSON object, got {type(data).__name__}")
+    memory, sampler = settings_from_dict(data, where)
+    model_fields = {f.name for f in fields(ModelConfig)}
+    model = _build(ModelConfig, {k: v for k, v in data.items() if k in model_fields}, where)
+    extra = {k: v for k, v in data.items() if k not in model_fields and k not in MODEL_SECTIONS}
+    return Preset(name=name, model=model, memory=memory, sampler=sampler, extra=extra, source=source)
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``liveact/configs/`` (file stems), sorted."""
+    from importlib import resources
+
+    folder = resources.files("liveact").joinpath("configs")
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """A shipped preset by name (``"liveact-14b"``, ``"nano"``, ``"tiny"``) or any preset JSON file.
+
+    Raises:
+        ValueError: unknown name, unreadable file, invalid JSON or invalid values (the message names
+            the file and the field).
+    """
+    from importlib import resources
+
+    text_source = str(name_or_path)
+    path = Path(name_or_path)
+    if text_source in preset_names():
+        resource = resources.files("liveact").joinpath("configs", f"{text_source}.json")
+        name, where, text = text_source, f"preset {text_source} ({resource})", resource.read_text()
+    elif path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise ValueError(f"preset file {path} not found (or not a file)")
+        name, where = path.stem, str(path)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"preset file {path} is not readable: {exc}") from None
+    else:
+        raise ValueError(f"unknown preset {text_source!r}: choose one of {', '.join(preset_names())} "
+                         "or give the path of a preset .json file")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON: {exc}") from None
+    return preset_from_dict(data, name=name, source=where)
+
+
+class _PresetModels(Mapping[str, ModelConfig]):
+    """``name -> ModelConfig`` of the shipped preset files, read on first use (nothing at import time)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ModelConfig] | None = None
+
+    def _load(self) -> dict[str, ModelConfig]:
+        if self._models is None:
+            self._models = {name: load_preset(name).model for name in preset_names()}
+        return self._models
+
+    def __getitem__(self, name: str) -> ModelConfig:
+        return self._load()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __repr__(self) -> str:
+        return f"PRESETS({', '.join(self._load())})"
+
+
+# The DiT geometry of every shipped preset: "liveact-14b", "nano", "tiny" (liveact/configs/<name>.json).
+PRESETS: Mapping[str, ModelConfig] = _PresetModels()

@@ -30,7 +30,24 @@ DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 
 
 class AssetError(ValueError):
-    """A checkpoint file is missing, unreadable or does not match what the model expects."""
+    """A checkpoint file is missing, unreadable or does not match what the model expects.
+
+    ``argument`` names the function argument the problem is about (``"ckpt_dir"``, ``"wav2vec_dir"``)
+    when there is one, so a command line can name its own flag; the message itself speaks of the
+    argument, never of a flag.
+    """
+
+    def __init__(self, message: str, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+def format_count(n: int) -> str:
+    """A parameter count for people: ``18.88B``, ``5.05M``, ``45.1K``, ``12``."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}" if unit != "K" else f"{n / scale:.1f}{unit}"
+    return str(n)
 
 
 def dit_shards(folder: Path) -> list[Path]:
@@ -146,7 +163,8 @@ def load_transformer(
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise AssetError(f"{folder} is not a folder: pass the DiT checkpoint folder")
+        raise AssetError(f"{folder} is not a folder: expected the DiT checkpoint folder ({DIT_CONFIG} + "
+                         "safetensors)")
     shards = dit_shards(folder)
     shapes = _shapes(shards)
     config = infer_model_config(read_dit_config(folder), shapes)
@@ -155,7 +173,8 @@ def load_transformer(
     check_state_dict_shapes(model, shapes, str(folder))
     state = {key: t.to(dtype) for key, t in iter_safetensors(shards, device)}
     model.load_state_dict(state, strict=True, assign=True)
-    logger.info("loaded %s: %.2fB parameters, %s", folder, sum(p.numel() for p in model.parameters()) / 1e9, dtype)
+    count = format_count(sum(p.numel() for p in model.parameters()))
+    logger.info("loaded %s: %s parameters, %s", folder, count, dtype)
     return model.eval().requires_grad_(False)
 
 
@@ -202,7 +221,7 @@ WAV2VEC_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 @dataclass(frozen=True)
 class AssetPaths:
-    """Every file of the official layout (``--ckpt_dir`` and ``--wav2vec_dir``)."""
+    """Every file of the official layout (the ``ckpt_dir`` and ``wav2vec_dir`` folders)."""
 
     dit: Path
     vae: Path
@@ -212,34 +231,60 @@ class AssetPaths:
     wav2vec: Path
 
 
+def _looks_like_wav2vec(folder: Path) -> bool:
+    """A transformers wav2vec2 folder: a preprocessor config and a config naming a Wav2Vec2 model."""
+    if not (folder / "preprocessor_config.json").is_file() or not (folder / DIT_CONFIG).is_file():
+        return False
+    try:
+        config = json.loads((folder / DIT_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and "wav2vec2" in str(config.get("model_type", "")).lower()
+
+
 def resolve_assets(ckpt_dir: str | Path, wav2vec_dir: str | Path) -> AssetPaths:
     """Check the official asset folders and return their paths.
 
     Raises:
-        AssetError: listing every missing file by name with what it should be.
+        AssetError: a folder that is not there or is the other kind of folder, or every missing file
+            by name with what it should be (``argument`` names the folder's parameter).
     """
     ckpt, w2v = Path(ckpt_dir), Path(wav2vec_dir)
-    problems = []
     if not ckpt.is_dir():
-        raise AssetError(f"--ckpt_dir {ckpt} is not a folder (expected the LiveAct checkpoint folder)")
+        raise AssetError(f"ckpt_dir {ckpt} is not a folder (expected the LiveAct checkpoint folder: "
+                         f"{DIT_CONFIG}, the DiT safetensors, {VAE_FILE}, {T5_FILE}, ...)",
+                         argument="ckpt_dir")
     if not w2v.is_dir():
-        raise AssetError(f"--wav2vec_dir {w2v} is not a folder (expected a transformers wav2vec2 folder)")
+        raise AssetError(f"wav2vec_dir {w2v} is not a folder (expected a transformers wav2vec2 folder such "
+                         "as chinese-wav2vec2-base)", argument="wav2vec_dir")
+    if _looks_like_wav2vec(ckpt):
+        swapped = " (the two folders look swapped)" if (w2v / VAE_FILE).is_file() else ""
+        raise AssetError(f"ckpt_dir {ckpt} is a wav2vec2 folder, not the LiveAct checkpoint "
+                         f"folder{swapped}: pass it as wav2vec_dir and the folder holding {DIT_CONFIG} + "
+                         f"{VAE_FILE} as ckpt_dir", argument="ckpt_dir")
+    if (w2v / VAE_FILE).is_file() and not _looks_like_wav2vec(w2v):
+        raise AssetError(f"wav2vec_dir {w2v} holds {VAE_FILE}: it looks like the LiveAct checkpoint folder; "
+                         "pass a transformers wav2vec2 folder (chinese-wav2vec2-base) as wav2vec_dir",
+                         argument="wav2vec_dir")
     expected = {
         DIT_CONFIG: "the DiT's diffusers config.json",
         VAE_FILE: "the Wan2.1 VAE weights",
         T5_FILE: "the umT5-XXL encoder weights",
         CLIP_FILE: "the open-clip XLM-RoBERTa ViT-H/14 weights",
     }
-    problems += [f"{ckpt / name} ({what})" for name, what in expected.items() if not (ckpt / name).is_file()]
+    problems = [f"{ckpt / name} ({what})" for name, what in expected.items() if not (ckpt / name).is_file()]
     if not (ckpt / DIT_WEIGHTS).is_file() and not (ckpt / DIT_INDEX).is_file():
         problems.append(f"{ckpt / DIT_WEIGHTS} or {ckpt / DIT_INDEX} (the DiT weights)")
     if not (ckpt / T5_TOKENIZER).is_dir():
         problems.append(f"{ckpt / T5_TOKENIZER}/ (the umT5 tokenizer folder)")
+    ckpt_problems = len(problems)
     problems += [f"{w2v / name} (wav2vec2 {name})" for name in WAV2VEC_FILES if not (w2v / name).is_file()]
     if not any((w2v / name).is_file() for name in WAV2VEC_WEIGHTS):
         problems.append(f"{w2v / WAV2VEC_WEIGHTS[0]} or {w2v / WAV2VEC_WEIGHTS[1]} (wav2vec2 weights)")
     if problems:
-        raise AssetError("missing asset files:\n  " + "\n  ".join(problems))
+        argument = "ckpt_dir" if len(problems) == ckpt_problems else None if ckpt_problems else "wav2vec_dir"
+        raise AssetError(f"{len(problems)} asset file(s) missing:\n  " + "\n  ".join(problems),
+                         argument=argument)
     if not (ckpt / CLIP_TOKENIZER).is_dir():
         logger.info("%s is absent; it is not needed (the CLIP text tower is never used)", ckpt / CLIP_TOKENIZER)
     return AssetPaths(dit=ckpt, vae=ckpt / VAE_FILE, t5=ckpt / T5_FILE, t5_tokenizer=ckpt / T5_TOKENIZER,

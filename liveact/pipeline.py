@@ -2,8 +2,12 @@
 
     pipe = LiveActPipeline.from_pretrained(ckpt_dir, wav2vec_dir, device="cuda", dtype=torch.bfloat16)
     clip = pipe.prepare(Request(image="face.png", audio="speech.wav", prompt="A person talks."))
-    for frames in pipe.stream(clip, seed=42):      # [1, 3, F, H, W] in [-1, 1]
-        writer.write(frames)
+    for frames in pipe.stream(clip, seed=42):      # [1, 3, F, H, W] in [-1, 1], whole blocks
+        writer.write(frames)                       # ProgressiveVideoWriter trims to the audio
+
+``stream()`` yields whole blocks (21 frames, then 32 at the default layout), enough of them to cover
+the whole audio, so the last block usually runs past the end of the speech: keep the first
+``clip.num_frames`` frames (``liveact.video.ProgressiveVideoWriter`` does this when given the audio).
 
 The order of work per clip is the reference's (REFERENCE.md §6.2): T5 of the prompt and edits,
 image cover-resize + centre crop, CLIP, audio (tempo 25/fps, 16 kHz, x3, wav2vec2), the mask and
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +29,9 @@ import torch
 from PIL import Image
 
 from liveact.audio import StreamingAudio, Wav2VecEncoder, load_audio, prepare_speech, select_channel
-from liveact.config import MemoryConfig, SamplerConfig
+from liveact.config import MemoryConfig, SamplerConfig, settings_from_dict
 from liveact.encoders import CLIPImageEncoder, T5TextEncoder
-from liveact.loading import AssetError, load_transformer, resolve_assets
+from liveact.loading import AssetError, load_transformer, read_dit_config, resolve_assets
 from liveact.logmel import LogMelEncoder, LogMelStream
 from liveact.model import LiveActTransformer
 from liveact.sampler import Conditions, NeighborForcingSampler, audio_window, block_span
@@ -49,13 +55,53 @@ class Request:
 
 @dataclass
 class PreparedClip:
-    """A request turned into sampler conditions, with the clip's length."""
+    """A request turned into sampler conditions, with the clip's length.
+
+    ``duration``: seconds of audio; ``num_frames``: video frames that cover it, ``ceil(duration * fps)``
+    (keep this many of the streamed frames); ``num_blocks``: blocks to generate for them (the last
+    one usually runs past the audio); ``timings``: seconds spent in each preparation stage.
+    """
 
     request: Request
     conditions: Conditions
     duration: float
     num_blocks: int
     num_frames: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# The preparation stages, in order, as passed to ``prepare(progress=...)``.
+PREPARE_STAGES = ("text", "image", "audio", "conditioning")
+PREPARE_STAGE_TEXT = {
+    "text": "encoding the prompts (text encoder)",
+    "image": "encoding the portrait (image encoder)",
+    "audio": "extracting audio features (wav2vec2)",
+    "conditioning": "encoding the conditioning video (VAE)",
+}
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a ``torch.device``, with a clear error when this machine cannot provide it.
+
+    Raises:
+        ValueError: not a device name, or a CUDA device on a machine or torch build without CUDA.
+    """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device name: use 'cpu', 'cuda' or "
+                         "'cuda:N'") from None
+    name = repr(str(device))
+    if device.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(f"device={name}, but this PyTorch build ({torch.__version__}) has no CUDA "
+                             "support: use device='cpu', or install the CUDA build of torch")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name}, but no CUDA GPU is visible to PyTorch (check the driver and "
+                             "CUDA_VISIBLE_DEVICES), or use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name}, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
 
 
 def load_image(image: str | Path | Image.Image) -> Image.Image:
@@ -63,12 +109,14 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     path = Path(image)
+    if path.is_dir():
+        raise ValueError(f"image {path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - PIL raises several types for bad files
         raise ValueError(f"unreadable image {path}: {exc}") from exc
 
 
@@ -170,10 +218,18 @@ class LiveActPipeline:
         a time, so the 14B model never sits on the GPU whole).
         ``t5_cpu`` keeps the 11 GB text encoder on the CPU; its output is moved to ``device``.
         ``options`` go to the constructor (size, fps, sampler options ...); a self-contained folder
-        supplies its own size, fps and schedule unless they are given.
+        supplies its own size, fps and schedule unless they are given. For an official folder, unless
+        ``memory`` or ``schedule`` is given there, its ``config.json`` sets them through the optional
+        ``"memory"`` / ``"sampler"`` sections of a preset file (``liveact.config.Preset``), else the
+        defaults apply.
+
+        Raises:
+            ValueError: ``device`` is not available here (checked before anything is loaded).
+            AssetError: a missing, unreadable or mismatched asset file (named in the message).
         """
         from liveact.nano import default_model_dir, load_components, model_defaults, read_components
 
+        device = check_device(device)
         folder = default_model_dir() if ckpt_dir is None else Path(ckpt_dir)
         if read_components(folder) is not None:
             if wav2vec_dir is not None:
@@ -188,9 +244,16 @@ class LiveActPipeline:
             return cls(transformer, parts["vae"], parts["text_encoder"], parts["image_encoder"],
                        parts["audio_encoder"], **options)
         if wav2vec_dir is None:
-            raise AssetError(f"{folder} is an official LiveAct checkpoint folder: it also needs the wav2vec2 "
-                             "folder (chinese-wav2vec2-base)")
+            raise AssetError(f"{folder} is an official LiveAct checkpoint folder: it also needs wav2vec_dir, "
+                             "the wav2vec2 folder (chinese-wav2vec2-base)", argument="wav2vec_dir")
         paths = resolve_assets(folder, wav2vec_dir)
+        try:
+            memory, schedule = settings_from_dict(read_dit_config(paths.dit), str(paths.dit / "config.json"))
+        except ValueError as exc:
+            raise AssetError(str(exc), argument="ckpt_dir") from None
+        for key, value in (("memory", memory), ("schedule", schedule)):
+            if options.get(key) is None:
+                options[key] = value
         transformer = load_transformer(paths.dit, dtype=dtype, device="cpu" if block_offload else device)
         on_gpu = torch.device(device).type == "cuda"
         if sequence_parallel:
@@ -241,9 +304,21 @@ class LiveActPipeline:
         """Video seconds of one later block."""
         return self.sampler.memory_config.block_frames * self.temporal_stride / self.fps
 
+    def num_frames_for(self, duration: float) -> int:
+        """Video frames that cover ``duration`` seconds of audio: ``ceil(duration * fps)``, at least 1."""
+        # The epsilon keeps float noise (4.0 s * 24 fps = 96.00000001) from adding a frame.
+        return max(1, math.ceil(duration * self.fps - 1e-6))
+
     def num_blocks_for(self, duration: float) -> int:
-        """Blocks for ``duration`` seconds of audio: ``int(duration / seconds_per_block) + 1`` (the reference)."""
-        return int(duration / self.seconds_per_block) + 1
+        """Blocks whose frames cover all ``duration`` seconds of audio.
+
+        The first block gives ``frames_of_block(0)`` frames (21 at the default layout), every later
+        one ``frames_of_block(1)`` (32). The reference's ``int(duration / seconds_per_block) + 1``
+        ignores the shorter first block, so it can stop before the end of the speech (5.2 s at 24 fps:
+        117 frames for 125); this count never does, and the blocks both generate are the same.
+        """
+        first, later = self.frames_of_block(0), self.frames_of_block(1)
+        return 1 + max(0, math.ceil((self.num_frames_for(duration) - first) / later))
 
     # ----------------------------------------------------------------------------------------
 
@@ -289,8 +364,18 @@ class LiveActPipeline:
         return torch.cat([mask, z], dim=1)
 
     @torch.no_grad()
-    def prepare(self, request: Request) -> PreparedClip:
-        """Encode everything a clip is conditioned on; checks inputs before any heavy work."""
+    def prepare(self, request: Request, progress: Callable[[str], None] | None = None) -> PreparedClip:
+        """Encode everything a clip is conditioned on; checks inputs before any heavy work.
+
+        Args:
+            request: the image, audio, prompt and edits.
+            progress: called with each stage's name (``PREPARE_STAGES``: text, image, audio,
+                conditioning) as it starts; by default each stage is logged. On a CPU the last one
+                (the VAE encode) can take minutes.
+        Raises:
+            FileNotFoundError / ValueError: a missing, unreadable, empty or too short input.
+        """
+        report = progress or (lambda stage: logger.info("preparing: %s", PREPARE_STAGE_TEXT[stage]))
         waveform, sample_rate = load_audio(request.audio)
         mono = select_channel(waveform, self.downmix)  # also refuses a silent channel 0 up front
         duration = waveform.shape[-1] / sample_rate
@@ -300,10 +385,28 @@ class LiveActPipeline:
                              f"({min_duration:.3f} s) is needed")
         image = cover_crop(load_image(request.image), *self.size)
         self._trace("cond_image", image)
-        prompts = [request.prompt] + [text for _, text in request.edits]
-        texts = self.encode_text(prompts)
-        clip = self.image_encoder.encode(image.to(self.image_encoder.device)).to(self.device)
-        self._trace("clip_fea", clip)
+        num_blocks = self.num_blocks_for(duration)
+        self._warn_unused_edits(request, num_blocks)
+        timings: dict[str, float] = {}
+
+        with _stage("text", self.device, timings, report):
+            prompts = [request.prompt] + [text for _, text in request.edits]
+            texts = self.encode_text(prompts)
+        with _stage("image", self.device, timings, report):
+            clip = self.image_encoder.encode(image.to(self.image_encoder.device)).to(self.device)
+            self._trace("clip_fea", clip)
+        with _stage("audio", self.device, timings, report):
+            embedding, source = self._audio_conditioning(waveform, mono, sample_rate, num_blocks)
+        with _stage("conditioning", self.device, timings, report):
+            y = self.conditioning_latent(image).to(self.device)
+            self._trace("y", y)
+        edits = [(rng, t) for (rng, _), t in zip(request.edits, texts[1:])]
+        cond = Conditions(text=texts[0], clip=clip, y=y, audio=embedding, edits=edits, audio_source=source)
+        return PreparedClip(request, cond, duration, num_blocks, self.num_frames_for(duration), timings)
+
+    def _audio_conditioning(self, waveform: torch.Tensor, mono: torch.Tensor, sample_rate: int, num_blocks: int
+                            ) -> tuple[torch.Tensor, Callable[[int, int], torch.Tensor] | None]:
+        """Audio rows ``[S, L, C]`` (one per video frame) and, when streaming, the per-block source."""
         source = None
         if isinstance(self.audio_encoder, LogMelEncoder):
             # Nano: log-mel rows computed at the video fps (no tempo change); a slice equals the whole.
@@ -311,8 +414,12 @@ class LiveActPipeline:
                                               else waveform.mean(0, keepdim=True), sample_rate, self.fps,
                                               self.transformer.config.audio_window)
             if self.stream_audio:
-                source = lambda start, end: rows.embedding(start, end).to(self.device)
-            total = self.audio_encoder.num_rows(waveform.shape[-1], sample_rate, self.fps)
+                source = lambda start, end: rows.embedding(start, end).to(self.device)  # noqa: E731
+            # Rows for every frame the blocks cover (and the window past the last one): frames after
+            # the speech hear silence, exactly as the per-block slices do, not a repeated last row.
+            covered = self.frames_of_block(0) + (num_blocks - 1) * self.frames_of_block(1)
+            total = max(self.audio_encoder.num_rows(waveform.shape[-1], sample_rate, self.fps),
+                        covered + self.transformer.config.audio_window // 2)
             embedding = rows.encoder.rows(rows.speech, self.fps, 0, total).to(self.device)
             self._trace("audio_embedding", embedding)
         elif self.stream_audio:
@@ -320,9 +427,10 @@ class LiveActPipeline:
             # the reference, the slices come from the mono signal (it slices `audio_ori[:1]`).
             streaming = StreamingAudio(self.audio_encoder, mono, sample_rate, self.fps,
                                        self.transformer.config.audio_window)
-            source = lambda start, end: streaming.embedding(start, end).to(self.device)
-            embedding = source(*audio_window(block_span(0, self.sampler.memory_config, self.temporal_stride),
-                                             self.sampler.memory_config, self.temporal_stride))
+            source = lambda start, end: streaming.embedding(start, end).to(self.device)  # noqa: E731
+            memory = self.sampler.memory_config
+            embedding = source(*audio_window(block_span(0, memory, self.temporal_stride), memory,
+                                             self.temporal_stride))
         else:
             # All channels are stretched together, then channel 0 is kept (the reference's order).
             speech = prepare_speech(waveform, sample_rate, self.fps, self.audio_encoder.sample_rate,
@@ -330,13 +438,19 @@ class LiveActPipeline:
             self._trace("speech", speech)
             embedding = self.audio_encoder.encode(speech).to(self.device)
             self._trace("audio_embedding", embedding)
-        y = self.conditioning_latent(image).to(self.device)
-        self._trace("y", y)
-        cond = Conditions(text=texts[0], clip=clip, y=y,
-                          audio=embedding, edits=[(rng, t) for (rng, _), t in zip(request.edits, texts[1:])],
-                          audio_source=source)
-        num_frames = max(1, math.ceil(duration * self.fps - 1e-9))
-        return PreparedClip(request, cond, duration, self.num_blocks_for(duration), num_frames)
+        return embedding, source
+
+    def _warn_unused_edits(self, request: Request, num_blocks: int) -> None:
+        """Say when an edit range lies (partly) past the clip's last block: it would silently never apply."""
+        last = num_blocks - 1
+        for (first, end), text in request.edits:
+            if first > last:
+                logger.warning("edit [%d, %d] (%r) starts after the last block (%d) of this %d-block clip: "
+                               "it never applies", first, end, text, last, num_blocks)
+            elif end > last:
+                logger.warning("edit [%d, %d] (%r) runs past the last block (%d) of this %d-block clip: "
+                               "it applies to blocks %d..%d only", first, end, text, last, num_blocks, first,
+                               last)
 
     def stream(self, clip: PreparedClip | Request, seed: int = 42, max_blocks: int | None = None,
                generator: torch.Generator | None = None, decode: bool = True) -> Iterator[torch.Tensor]:
@@ -348,8 +462,10 @@ class LiveActPipeline:
 
         Yields:
             ``[1, 3, F, H, W]`` float in [-1, 1]: ``F = 1 + stride (T0 - 1)`` frames for the first
-            block, ``stride * T`` after (21 then 32 with the default layout at 24 fps); or the
-            latent ``[C, T, lh, lw]`` when ``decode`` is False.
+            block, ``stride * T`` after (21 then 32 with the default layout at any fps); or the
+            latent ``[C, T, lh, lw]`` when ``decode`` is False. Whole blocks only: together they
+            cover the audio and usually run past it, so keep the first ``clip.num_frames`` frames
+            (``ProgressiveVideoWriter`` given the audio file does this).
         """
         if isinstance(clip, Request):
             clip = self.prepare(clip)
@@ -365,4 +481,17 @@ class LiveActPipeline:
         return block_span(index, self.sampler.memory_config, self.temporal_stride).video_frames(self.temporal_stride)
 
 
-__all__ = ["AssetError", "LiveActPipeline", "PreparedClip", "Request", "cover_crop", "first_frame_mask", "load_image"]
+@contextmanager
+def _stage(name: str, device: torch.device, timings: dict[str, float],
+           report: Callable[[str], None]) -> Iterator[None]:
+    """Report stage ``name`` as it starts and record its seconds in ``timings`` (synchronised on CUDA)."""
+    report(name)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = time.perf_counter() - start
+
+
+__all__ = ["PREPARE_STAGES", "AssetError", "LiveActPipeline", "PreparedClip", "Request", "check_device",
+           "cover_crop", "first_frame_mask", "load_image"]

@@ -51,7 +51,10 @@ def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
         ([_entry(cond_image="missing.png")], "entry 0: cond_image file not found: .*missing.png"),
         ([_entry(cond_image="broken.png")], "entry 0: cond_image .*broken.png is not a readable image"),
         ([_entry(cond_audio="notes.txt")], "entry 0: cond_audio .*notes.txt: not a readable audio file"),
-        ([_entry(cond_audio="silent.wav")], "entry 0: cond_audio .*silent.wav: .*silent"),
+        ([_entry(cond_audio="silent.wav")],
+         "entry 0: cond_audio [^ ]*silent.wav is silent \\(peak below -80 dBFS\\)"),
+        ([_entry(cond_image=".")], "entry 0: cond_image .* is a folder; give the path of a file"),
+        ([_entry(cond_audio=".")], "entry 0: cond_audio .* is a folder; give the path of a file"),
         ([_entry(cond_audio="short.wav")], "entry 0: cond_audio .*short.wav is 0.20 s long; at least 0.88 s"),
         ("[{\"prompt\": \"x\",", "is not valid JSON"),
         ([], "non-empty JSON list"),
@@ -69,6 +72,9 @@ def test_bad_inputs_give_one_line_errors(media: Path, capsys: pytest.CaptureFixt
     import re
 
     assert re.search(message, lines[0]), lines[0]
+    assert ":;" not in lines[0]
+    for name in ("silent.wav", "notes.txt", "short.wav"):
+        assert lines[0].count(name) <= 1, lines[0]  # the file is named once, not repeated
 
 
 @pytest.mark.parametrize(
@@ -90,8 +96,130 @@ def test_bad_flags(media: Path, capsys: pytest.CaptureFixture, flags: list[str],
 
 
 def test_missing_model_is_said_clearly(media: Path, capsys: pytest.CaptureFixture) -> None:
-    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])))
-    assert rc == 2 and "--ckpt_dir" in err
+    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(media / "out"))
+    assert rc == 2 and "--ckpt_dir and --wav2vec_dir missing" in err and "no built-in model" in err, err
+    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(media / "out"),
+                   "--ckpt_dir", str(media))
+    assert rc == 2 and "--wav2vec_dir missing" in err and "--ckpt_dir and" not in err, err
+
+
+def _fake_wav2vec(folder: Path) -> Path:
+    """The two config files of a transformers wav2vec2 folder (enough to be recognised as one)."""
+    folder.mkdir()
+    config = {"model_type": "wav2vec2", "architectures": ["Wav2Vec2Model"]}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": 16000}))
+    return folder
+
+
+def test_wav2vec_folder_as_ckpt_dir_is_named(media: Path, capsys: pytest.CaptureFixture) -> None:
+    w2v = _fake_wav2vec(media / "chinese-wav2vec2-base")
+    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(media / "out"),
+                   "--ckpt_dir", str(w2v), "--wav2vec_dir", str(w2v), "--device", "cpu")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: --ckpt_dir {w2v} is a wav2vec2 folder, not the LiveAct checkpoint")
+    assert "pass it as --wav2vec_dir" in lines[0]
+
+
+def test_missing_asset_files_are_listed_on_one_line(media: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt = media / "ckpt"
+    ckpt.mkdir()
+    w2v = _fake_wav2vec(media / "w2v")
+    (w2v / "model.safetensors").write_bytes(b"")  # only its presence is checked before loading
+    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(media / "out"),
+                   "--ckpt_dir", str(ckpt), "--wav2vec_dir", str(w2v), "--device", "cpu")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err
+    assert ":;" not in lines[0] and "Wan2.1_VAE.pth" in lines[0], lines[0]
+    expected = f"error: --ckpt_dir: 6 asset file(s) missing: {ckpt / 'config.json'} ("
+    assert lines[0].startswith(expected), lines[0]
+
+
+def test_input_json_is_required(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2 and "--input_json" in capsys.readouterr().err
+
+
+def test_help_shows_defaults() -> None:
+    from liveact.cli import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "seed of the sampling noise" in text and "(default: 42)" in text
+    assert "(default: 480*832)" in text and "(default: 24)" in text and "--overwrite" in text
+
+
+def test_colliding_output_names_get_the_entry_index(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from liveact.cli import output_paths
+    from liveact.pipeline import Request
+
+    def req(image: str, audio: str) -> Request:
+        return Request(image=image, audio=audio, prompt="p")
+
+    names = [p.name for p in output_paths(tmp_path, [req("a.png", "s.wav"), req("b.png", "s.wav"),
+                                                     req("a.png", "s.wav")])]
+    assert names == ["a_s_0.mp4", "b_s.mp4", "a_s_2.mp4"]
+    assert "a_s.mp4" in caplog.text and "a_s_2.mp4" in caplog.text
+    # A suffixed name that equals another entry's own name is suffixed again.
+    names = [p.name for p in output_paths(tmp_path, [req("a.png", "s.wav"), req("a.png", "s.wav"),
+                                                     req("a.png", "s_1.wav")])]
+    assert names == ["a_s_0.mp4", "a_s_1_1.mp4", "a_s_1_2.mp4"]
+
+
+def test_existing_output_is_never_replaced_without_overwrite(media: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    out = media / "out"
+    out.mkdir()
+    (out / "face_speech.mp4").write_bytes(b"an earlier result")
+    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(out))
+    assert rc == 2 and "face_speech.mp4 already exist" in err and "--overwrite" in err, err
+    assert (out / "face_speech.mp4").read_bytes() == b"an earlier result"
+    # With --overwrite the check passes (and the run goes on to say the model is missing).
+    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(out),
+                   "--overwrite")
+    assert rc == 2 and "--ckpt_dir" in err and "already exist" not in err, err
+
+
+def test_interruption_messages_say_what_is_on_disk(tmp_path: Path) -> None:
+    from liveact.cli import RunState
+
+    state = RunState(fps=24)
+    assert state.interrupted_message() == "interrupted while checking the inputs: no new video was written"
+    state.current = tmp_path / "a.mp4"
+    message = state.interrupted_message()
+    assert "before the first block" in message and "not written" in message and "playable" not in message
+    state.current_existed = True
+    assert "the existing file is unchanged" in state.interrupted_message()
+    state.current_frames = 53
+    message = state.interrupted_message()
+    assert f"{tmp_path / 'a.mp4'} holds the first 53 frames (2.21 s) and plays" in message
+    state.finished = [tmp_path / "0.mp4"]
+    assert message + f"; finished before: {tmp_path / '0.mp4'}" == state.interrupted_message()
+    assert RunState(is_main=False).interrupted_message() == "interrupted"
+
+
+def test_summary_counts_in_words() -> None:
+    from liveact.cli import ClipStats
+
+    assert "(0.88 s of video, 1 block)" in ClipStats(frames=21, blocks=1, wall=2.0).summary(24, 0)
+    assert "53 frames (2.21 s of video, 2 blocks)" in ClipStats(frames=53, blocks=2, wall=2.0).summary(24, 0)
+
+
+def test_log_lines_go_through_tqdm_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Log records are written with tqdm.write, which clears and redraws an active bar around them."""
+    import logging
+
+    from tqdm import tqdm
+
+    from liveact.cli import TqdmLoggingHandler
+
+    written = []
+    monkeypatch.setattr(tqdm, "write", classmethod(lambda cls, s, file=None, **kw: written.append((s, file))))
+    handler = TqdmLoggingHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.emit(logging.LogRecord("liveact", logging.INFO, __file__, 1, "block 2/5 done", None, None))
+    assert written == [("block 2/5 done", sys.stderr)]
 
 
 def test_relative_paths_resolve_against_the_json_folder(media: Path, tmp_path: Path) -> None:

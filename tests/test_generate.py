@@ -32,7 +32,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     yy, xx = np.mgrid[0:96, 0:80]
     face = np.stack([(xx * 3) % 256, (yy * 2) % 256, ((xx + yy) * 5) % 256], -1).astype(np.uint8)
     Image.fromarray(face).save(inputs / "face.png")
-    for name, seconds in (("hello", 1.7), ("long", 7.0)):
+    # hello: 2.5 s = 60 frames at 24 fps, which the reference's block count (2 blocks, 53 frames) cuts short.
+    for name, seconds in (("hello", 2.5), ("long", 7.0)):
         t = np.arange(int(16000 * seconds)) / 16000
         wave = 0.3 * np.sin(2 * np.pi * 180 * t) * (1.2 + np.sin(2 * np.pi * 2.5 * t))
         sf.write(inputs / f"{name}.wav", wave.astype(np.float32), 16000)
@@ -62,6 +63,11 @@ def test_two_entries_give_two_playable_mp4s(workspace: dict[str, Path]) -> None:
                           timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Done Block 0" in proc.stdout and "real-time factor" in proc.stderr
+    # stderr is not a terminal: one line per preparation stage and per block, no progress bar.
+    assert "face_hello.mp4: preparing 1/4: encoding the prompts" in proc.stderr
+    assert "face_hello.mp4: preparing 4/4: encoding the conditioning video" in proc.stderr
+    assert "face_hello.mp4: block 3/3 done" in proc.stderr and "face_long.mp4: block 6/6 done" in proc.stderr
+    assert "\r" not in proc.stderr and "done: 2 files written" in proc.stderr
     for stem, audio in (("face_hello", "hello.wav"), ("face_long", "long.wav")):
         info = probe_video(out / f"{stem}.mp4")
         assert info["has_video"] and info["has_audio"]
@@ -95,6 +101,47 @@ def test_killed_run_leaves_a_playable_partial_mp4(workspace: dict[str, Path]) ->
         time.sleep(0.5)
     frames = read_frames(path)
     assert len(frames) >= 21 + 32, "the two finished blocks (21 + 32 frames) are in the file"
+    assert probe_video(path)["has_audio"]
+
+
+def _interrupt(ws: dict[str, Path], out: Path, when: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run long.json and send SIGINT (Ctrl-C) when a stdout or stderr line starts with ``when``."""
+    import threading
+
+    proc = subprocess.Popen(_command(ws, "long.json", out, "--dura_print"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=_env())
+    lines: list[str] = []
+    timer = threading.Timer(600, proc.kill)  # never hang the suite
+    timer.start()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if when in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        lines += proc.stdout.readlines()
+        proc.wait(timeout=120)
+    finally:
+        timer.cancel()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines)), out / "face_long.mp4"
+
+
+def test_ctrl_c_says_what_is_on_disk(workspace: dict[str, Path]) -> None:
+    """While preparing: no file, and it says so; after block 1: the file plays with what it says it holds."""
+    proc, path = _interrupt(workspace, workspace["root"] / "early", "face_long.mp4: preparing 2/4")
+    assert proc.returncode == 130, proc.stdout[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == ("interrupted while preparing face_long.mp4 (encoding the portrait (image encoder)): "
+                    "no new video was written"), last
+    assert not path.exists()
+
+    proc, path = _interrupt(workspace, workspace["root"] / "late", "Done Block 1")
+    assert proc.returncode == 130, proc.stdout[-3000:]
+    frames = read_frames(path)
+    assert len(frames) >= 21 + 32
+    last = proc.stdout.strip().splitlines()[-1]
+    seconds = len(frames) / FPS
+    assert last == f"interrupted: {path} holds the first {len(frames)} frames ({seconds:.2f} s) and plays"
     assert probe_video(path)["has_audio"]
 
 

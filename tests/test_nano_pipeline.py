@@ -60,8 +60,11 @@ def test_folder_defaults_and_components(nano: Path, speech: Path) -> None:
     assert pipe.sampler.config.skip_audio_steps == ()
     image = Path(__file__).resolve().parents[1] / "examples" / "avatar_1.png"
     clip = pipe.prepare(Request(image=image, audio=speech, prompt="A person talks.", edits=[((1, 1), "Smiling.")]))
-    # Log-mel rows at the video fps: one per frame of the 2.2 s audio (no tempo change).
-    assert clip.conditions.audio.shape == (55, 4, 80)
+    # Log-mel rows at the video fps (no tempo change): one per frame of the blocks that cover the 2.2 s
+    # audio (55 frames -> 21 + 32 + 32) and the window past the last, silence after the speech.
+    window = pipe.transformer.config.audio_window
+    assert clip.num_frames == 55 and clip.num_blocks == 3
+    assert clip.conditions.audio.shape == (85 + window // 2, 4, 80)
     assert clip.conditions.clip.shape == (1, 4, 64)  # reference latent 4x4 in 2x2 patches
     blocks = list(pipe.stream(clip, seed=1, max_blocks=2))
     assert [b.shape for b in blocks] == [(1, 3, 21, 32, 32), (1, 3, 32, 32, 32)]

@@ -1,4 +1,4 @@
-"""Sequence parallelism (``liveact.parallel``) on 2 and 4 CPU ranks (gloo on 127.0.0.1) equals one process.
+"""Sequence parallelism (``liveact.parallel``) on 2 and 4 CPU ranks (gloo, file store) equals one process.
 
 A tiny random model (4 heads) streams 6 blocks with audio CFG and edits, and 4 blocks with FP8 memory
 + mean compression; every block's ``x0`` of every rank is compared with the single-process run. The
@@ -9,9 +9,9 @@ frames. Per-rank memory is 1/N of the single process's.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,36 +72,47 @@ def _run(model, name: str) -> dict:
     return {"x0": x0, "nbytes": nbytes}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank_result(state_path: Path, mode: str) -> dict:
+    """This rank's results; the parallelized model lives only inside this call."""
+    model = _model(state_path)
+    if mode == "error":
+        try:
+            parallelize(model)
+        except ValueError as exc:
+            return {"error": str(exc)}
+        return {"error": None}
+    parallelize(model)
+    return {name: _run(model, name) for name in SCENARIOS}
 
 
-def _worker(rank: int, world_size: int, port: int, state_path: str, out_dir: str, mode: str) -> None:
-    """One rank: join the gloo group on 127.0.0.1, parallelize, run, save the results."""
+def _worker(rank: int, world_size: int, store: str, state_path: str, out_dir: str, mode: str) -> None:
+    """One rank: join the gloo group through a file store, parallelize, run, save the results.
+
+    Teardown order matters. ``parallelize`` leaves the model in a reference cycle (its wrappers hold
+    bound methods of the model), and the model holds the process group, so after this rank's last
+    collective the group would outlive ``destroy_process_group`` until the interpreter's final garbage
+    collection. Its gloo worker threads then still run during interpreter shutdown, and one that
+    drops a finished collective's work there must take the GIL to release the tensors' Python
+    objects: Python ends that thread inside a noexcept destructor and the process aborts with
+    "terminate called without an active exception" (a timing race: about 1 run in 20 here).
+    Collecting the cycle first lets ``destroy_process_group`` free the group and join its threads
+    while the interpreter is whole. A file store (instead of tcp:// on a port picked in advance)
+    also removes the race for the port with other processes on the machine.
+    """
     torch.set_num_threads(1)
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
-        model = _model(Path(state_path))
-        if mode == "error":
-            try:
-                parallelize(model)
-            except ValueError as exc:
-                result = {"error": str(exc)}
-            else:
-                result = {"error": None}
-        else:
-            parallelize(model)
-            result = {name: _run(model, name) for name in SCENARIOS}
+        result = _rank_result(Path(state_path), mode)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
+        gc.collect()
         dist.destroy_process_group()
 
 
 def _spawn(world_size: int, state_path: Path, tmp: Path, mode: str = "run") -> list[dict]:
-    mp.spawn(_worker, args=(world_size, _free_port(), str(state_path), str(tmp), mode), nprocs=world_size)
+    store = tmp / "rendezvous"
+    mp.spawn(_worker, args=(world_size, str(store), str(state_path), str(tmp), mode), nprocs=world_size)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
 

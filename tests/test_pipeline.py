@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import fixtures_root
+from conftest import fixtures_root, missing_fixtures
 from PIL import Image
 from tiny_assets import clip_vision_to_original, umt5_to_original, vae_to_original, write_tiny_assets
 
@@ -32,7 +32,7 @@ from liveact.vae import WanVAE, convert_wan_vae_state_dict, infer_vae_config
 SIZE = (48, 32)  # (width, height): non-square so a swapped axis fails; 6x4 latents, 3x2 tokens
 FPS = 24
 SEED = 7
-AUDIO_SECONDS = 3.5  # int(3.5 / (32 / 24)) + 1 = 3 blocks
+AUDIO_SECONDS = 3.5  # 84 frames at 24 fps: 21 + 32 + 32 = 3 blocks
 BLOCKS = 3
 BLOCK_FRAMES = [21, 32, 32]  # 1 + 4 * (6 - 1), then 4 * 8 with the default memory layout
 
@@ -150,7 +150,7 @@ def test_inverse_converters_on_reference_files(component: str) -> None:
     path = fixtures_root() / "components" / component
     files = {"vae": VAE_FILE, "t5": T5_FILE, "clip": CLIP_FILE}
     if not (path / files[component]).is_file():
-        pytest.skip(f"no {component} fixture")
+        missing_fixtures(f"no {files[component]} under components/{component}/")
     original = torch.load(path / files[component], map_location="cpu", weights_only=True)
     if component == "vae":
         arch = infer_vae_config(original)
@@ -249,3 +249,108 @@ def test_bad_asset_is_named(
         LiveActPipeline.from_pretrained(ckpt, w2v, device="cpu", dtype=torch.float32, size=SIZE, fps=FPS)
     # The full path, so ckpt/config.json and wav2vec/config.json are told apart.
     assert str(target) in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole speech, stages, library errors
+
+
+def _at_fps(pipe: LiveActPipeline, fps: float) -> LiveActPipeline:
+    return LiveActPipeline(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.image_encoder,
+                           pipe.audio_encoder, size=SIZE, fps=fps)
+
+
+@pytest.mark.parametrize("fps", [16, 20, 24, 25, 30])
+def test_blocks_cover_the_whole_audio(pipe: LiveActPipeline, fps: int) -> None:
+    """The fewest blocks whose frames reach the end of the audio, at every duration."""
+    at = _at_fps(pipe, fps)
+    first, later = at.frames_of_block(0), at.frames_of_block(1)
+    for step in range(1, 400):
+        seconds = step * 0.037
+        needed = at.num_frames_for(seconds)
+        blocks = at.num_blocks_for(seconds)
+        frames = first + later * (blocks - 1)
+        assert frames >= needed, (fps, seconds, blocks)
+        assert blocks == 1 or frames - later < needed, (fps, seconds, blocks)
+
+
+def test_reference_block_count_loses_the_end_and_ours_does_not(pipe: LiveActPipeline) -> None:
+    at = _at_fps(pipe, 24)
+    seconds = 5.2  # 125 frames at 24 fps
+    reference = int(seconds / (32 / 24)) + 1
+    assert (reference, 21 + 32 * (reference - 1)) == (4, 117)  # 0.33 s of speech without video
+    assert at.num_frames_for(seconds) == 125 and at.num_blocks_for(seconds) == 5  # 149 frames
+
+
+@pytest.fixture(scope="module")
+def short_request(tmp_path_factory: pytest.TempPathFactory, request_: Request) -> Request:
+    """2.5 s of audio at 24 fps: 60 frames, which the reference's 2 blocks (53 frames) do not reach."""
+    sr = 16000
+    t = np.arange(int(2.5 * sr)) / sr
+    wav = tmp_path_factory.mktemp("short") / "short.wav"
+    sf.write(wav, (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), sr)
+    return Request(image=request_.image, audio=wav, prompt=request_.prompt,
+                   edits=[((50, 60), "never"), ((1, 9), "partly")])
+
+
+def test_prepare_reports_stages_and_unused_edits(pipe: LiveActPipeline, short_request: Request,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from liveact.pipeline import PREPARE_STAGES
+
+    stages: list[str] = []
+    with caplog.at_level("WARNING", logger="liveact.pipeline"):
+        clip = pipe.prepare(short_request, progress=stages.append)
+    assert stages == list(PREPARE_STAGES) and list(clip.timings) == list(PREPARE_STAGES)
+    assert all(t >= 0 for t in clip.timings.values())
+    assert (clip.num_frames, clip.num_blocks) == (60, 3)
+    assert "edit [50, 60]" in caplog.text and "never applies" in caplog.text
+    assert "edit [1, 9]" in caplog.text and "blocks 1..2 only" in caplog.text
+
+    # The extra block changes nothing before it: the blocks both counts generate are identical.
+    generator = torch.Generator().manual_seed(SEED)
+    ours = list(pipe.sampler.stream(clip.conditions, clip.num_blocks, generator=generator))
+    generator = torch.Generator().manual_seed(SEED)
+    reference = list(pipe.sampler.stream(clip.conditions, 2, generator=generator))
+    assert len(ours) == 3 and all(torch.equal(a, b) for a, b in zip(ours, reference))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_clear_error(tmp_path: Path) -> None:
+    from liveact.pipeline import check_device
+
+    with pytest.raises(ValueError, match="device='cuda'.*device='cpu'"):
+        # Checked before the (missing) folders: no pin_memory or driver error from deep inside.
+        LiveActPipeline.from_pretrained(tmp_path / "nope", tmp_path / "nope", device="cuda")
+    with pytest.raises(ValueError, match="not a torch device name"):
+        check_device("gpu")
+    assert check_device("cpu") == torch.device("cpu")
+
+
+def test_library_errors_name_arguments_not_flags(tmp_path: Path) -> None:
+    from liveact.loading import format_count, resolve_assets
+    from liveact.pipeline import load_image
+
+    with pytest.raises(AssetError) as info:
+        resolve_assets(tmp_path / "missing", tmp_path)
+    assert info.value.argument == "ckpt_dir" and str(info.value).startswith("ckpt_dir ")
+    assert "--" not in str(info.value)
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
+        load_image(tmp_path)
+    counts = [format_count(n) for n in (18_884_094_784, 5_050_000, 45_100, 12)]
+    assert counts == ["18.88B", "5.05M", "45.1K", "12"]
+
+
+def test_checkpoint_config_sections_set_memory_and_schedule(assets: tuple[Path, Path],
+                                                            tmp_path: Path) -> None:
+    """A checkpoint's config.json may carry the preset file's memory/sampler sections; others pass through."""
+    import json
+
+    ckpt = shutil.copytree(assets[0], tmp_path / "ckpt")
+    config = json.loads((ckpt / DIT_CONFIG).read_text())
+    config.update(sampler={"timesteps": [1000.0, 750.0, 0.0], "cfg_steps": [1], "skip_audio_steps": [0]},
+                  components={"text_encoder": "some-other-encoder"})
+    (ckpt / DIT_CONFIG).write_text(json.dumps(config))
+    pipe = LiveActPipeline.from_pretrained(ckpt, assets[1], device="cpu", dtype=torch.float32, size=SIZE,
+                                           fps=FPS)
+    assert pipe.sampler.config.timesteps == (1000.0, 750.0, 0.0) and pipe.sampler.config.num_steps == 2
+    assert pipe.sampler.memory_config.block_frames == 8

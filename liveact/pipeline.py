@@ -329,7 +329,7 @@ class LiveActPipeline:
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> list[torch.Tensor]:
         """Text contexts ``[L_i, text_dim]`` on the transformer's device (umT5, or Nano's MiniLM)."""
-        if not isinstance(self.text_encoder, T5TextEncoder):
+        if not hasattr(self.text_encoder, "encode_ids"):  # Nano's MiniLM: one call, no token ids to trace
             contexts = [t.to(self.device, self.transformer.dtype) for t in self.text_encoder.encode(prompts)]
             for context in contexts:
                 self._trace("text_context", context)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-Compression = Literal["conv", "mean"]
+Compression = Literal["conv", "mean", "none", "grow"]
 Grouping = Literal["raster", "per_location"]
 ValueConv = Literal["k", "v"]
 
@@ -154,8 +154,9 @@ class MemoryConfig:
                 f"long_term_frames + block_frames ({self.long_term_frames}+{self.block_frames}): the "
                 "compressed span is the old long-term and short-term slots plus the previous block, "
                 "less its last short_term_frames frames")
-        if self.compression not in ("conv", "mean"):
-            raise ValueError(f"compression={self.compression!r}; choose 'conv' or 'mean'")
+        if self.compression not in ("conv", "mean", "none", "grow"):
+            raise ValueError(f"compression={self.compression!r}; choose 'conv', 'mean', 'none' (sink + "
+                             "short-term only) or 'grow' (no compression: an ever-growing cache)")
         if self.grouping not in ("raster", "per_location"):
             raise ValueError(f"grouping={self.grouping!r}; choose 'raster' or 'per_location'")
         if self.value_conv not in ("k", "v"):

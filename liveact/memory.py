@@ -332,6 +332,18 @@ class LayerKV:
         visible = lay.frames(0, lay.visible_frames(mem.phase))
         return k_buf[:, visible], v_buf[:, visible]
 
+    @property
+    def attended(self) -> tuple[slice, ...] | None:
+        """Token slices of the returned keys/values that attention uses (after RoPE); None: all.
+
+        Only the ``none`` ablation leaves slots out: the long-term slots, from the second block on.
+        """
+        mem = self.memory
+        if mem.config.compression != "none" or mem.phase == FIRST_BLOCK:
+            return None
+        lay = mem.layout
+        return lay.sink, slice(lay.short_term.start, lay.frames(0, lay.visible_frames(mem.phase)).stop)
+
     def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Working K/V of this layer on the compute device (the storage itself when possible)."""
         mem = self.memory
@@ -497,6 +509,11 @@ class KVMemory(nn.Module):
         """Slots the current block attends to."""
         return self.layout.visible_frames(self.phase)
 
+    @property
+    def rope_frames(self) -> int:
+        """Frames of the RoPE table the keys are roped with (the whole slot layout)."""
+        return self.config.total_frames
+
     def nbytes(self) -> int:
         """Bytes held by all buffers (storage, scales and, when not shared, the device workspace)."""
         own = sum(b.numel() * b.element_size() for b in self.buffers())
@@ -523,5 +540,91 @@ class KVMemory(nn.Module):
     def _compress(self, buf: torch.Tensor, taps: torch.Tensor | None) -> torch.Tensor:
         """Compress the source span into the long-term slots, then move the short-term frames."""
         lay = self.layout
-        buf = self._write(buf, lay.long_term, compress(buf[:, lay.compress_source], taps, self.config, lay.frame_len))
+        if self.config.compression != "none":  # "none" never attends to the long-term slots
+            buf = self._write(buf, lay.long_term, compress(buf[:, lay.compress_source], taps, self.config, lay.frame_len))
         return self._write(buf, lay.short_term, buf[:, lay.short_term_source])
+
+
+class GrowingLayerKV:
+    """A layer of a ``GrowingKVMemory`` (the ``LayerKV`` interface)."""
+
+    attended = None
+
+    def __init__(self, memory: GrowingKVMemory, index: int) -> None:
+        self.memory = memory
+        self.index = index
+
+    def update(self, k_new: torch.Tensor, v_new: torch.Tensor, k_conv: torch.Tensor | None,
+               v_conv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the block's keys/values ``[B, T * frame_len, H, D]`` to all earlier ones and return them all."""
+        mem = self.memory
+        if mem.phase < 0:
+            raise RuntimeError("call begin_block() before the forward pass")
+        keep = mem.committed_frames * mem.layout.frame_len
+        k_old, v_old = mem.kv[self.index]
+        k = torch.cat([k_old[:, :keep], k_new.to(mem.dtype)], 1) if keep else k_new.to(mem.dtype)
+        v = torch.cat([v_old[:, :keep], v_new.to(mem.dtype)], 1) if keep else v_new.to(mem.dtype)
+        mem.kv[self.index] = (k, v)
+        return k, v
+
+
+class GrowingKVMemory(nn.Module):
+    """The ablation without compression: every block's keys/values are kept and attended to.
+
+    Same interface as ``KVMemory`` for the sampler and the model (``begin_block``, ``layer``,
+    ``query_start_frame``, ``rope_frames``); memory and attention cost grow with every block, which
+    is what the long-run benchmark measures (``python -m liveact.eval longrun --memory grow``).
+    Temporal RoPE positions keep increasing (no reset).
+    """
+
+    differentiable = False
+    workspace = None
+
+    def __init__(self, config: MemoryConfig, num_layers: int, frame_len: int, device: torch.device | str,
+                 dtype: torch.dtype) -> None:
+        super().__init__()
+        self.config = config
+        self.layout = MemoryLayout(config, frame_len)
+        self.device, self.dtype = torch.device(device), dtype
+        empty = torch.zeros(0, device=self.device, dtype=dtype)
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)] * num_layers
+        self.block_index = self.phase = -1
+        self.committed_frames = 0
+        self._block_start = 0
+
+    def reset(self) -> None:
+        """Forget everything (the next block is a new clip's first)."""
+        empty = torch.zeros(0, device=self.device, dtype=self.dtype)
+        self.kv = [(empty, empty)] * len(self.kv)
+        self.block_index = self.phase = -1
+        self.committed_frames = self._block_start = 0
+
+    def begin_block(self, block_index: int) -> None:
+        """Announce the next forward pass's block; the same index again re-runs it over the same history."""
+        if block_index == 0:
+            self.committed_frames = self._block_start = 0
+        elif block_index != self.block_index:
+            first = self.config.first_block_frames if self.block_index == 0 else self.config.block_frames
+            self._block_start += first
+            self.committed_frames = self._block_start
+        self.block_index = block_index
+        self.phase = block_phase(block_index)
+
+    @property
+    def query_start_frame(self) -> int:
+        """Temporal RoPE position of the current block's first frame."""
+        return self._block_start
+
+    @property
+    def rope_frames(self) -> int:
+        """Frames the RoPE table must cover (rounded up to a power of two: few tables, reused)."""
+        needed = self._block_start + max(self.config.first_block_frames, self.config.block_frames)
+        return 1 << (needed - 1).bit_length()
+
+    def nbytes(self) -> int:
+        """Bytes of all kept keys/values."""
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv)
+
+    def layer(self, index: int) -> GrowingLayerKV:
+        """The handle of layer ``index`` for the current block."""
+        return GrowingLayerKV(self, index)

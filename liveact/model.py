@@ -28,7 +28,7 @@ from torch import nn
 from liveact import islands
 from liveact.attention import attention, select_backend
 from liveact.config import MemoryConfig, ModelConfig
-from liveact.memory import KVMemory, KVWorkspace, LayerKV
+from liveact.memory import GrowingKVMemory, KVMemory, KVWorkspace, LayerKV
 from liveact.rope import apply_rope, rope_table
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,9 @@ class SelfAttention(nn.Module):
         k_all, v_all = layer.kv.update(k, v, self.memory_proj_k.weight, self.memory_proj_v.weight)
         q = apply_rope(q, *inp.rope_q)
         k_all = apply_rope(k_all, inp.rope_k[0][: k_all.shape[1]], inp.rope_k[1][: k_all.shape[1]])
+        if layer.kv.attended is not None:  # the "none" memory ablation: long-term slots left out
+            k_all = torch.cat([k_all[:, s] for s in layer.kv.attended], 1)
+            v_all = torch.cat([v_all[:, s] for s in layer.kv.attended], 1)
         return attention(q, k_all, v_all, backend=self.attention_backend)
 
     def forward(self, x: torch.Tensor, layer: LayerInputs, inp: BlockInputs) -> torch.Tensor:
@@ -474,6 +477,11 @@ class LiveActTransformer(nn.Module):
             raise ValueError(
                 f"MemoryConfig.ratio={memory_config.ratio} does not match the model's ConvKV kernel "
                 f"size {self.config.memory_ratio}")
+        if memory_config.compression == "grow":
+            if differentiable or memory_config.fp8 or memory_config.offload or batch != 1:
+                raise ValueError("the growing (uncompressed) memory is an inference ablation: batch 1, no "
+                                 "training, FP8 or offload")
+            return GrowingKVMemory(memory_config, self.config.num_layers, frame_len, self.device, self.dtype)
         return KVMemory(memory_config, self.config.num_layers, self.kv_heads, self.config.head_dim,
                         frame_len, self.device, self.dtype, batch=batch, differentiable=differentiable,
                         workspace=workspace)
@@ -610,7 +618,7 @@ class LiveActTransformer(nn.Module):
         compiled region (the sampler does) so a compiled forward finds them there.
         """
         start = memory.query_start_frame
-        cos, sin = self.rope(memory.config.total_frames, grid[1], grid[2])
+        cos, sin = self.rope(memory.rope_frames, grid[1], grid[2])
         fl = grid[1] * grid[2]
         q_tokens = slice(start * fl, (start + grid[0]) * fl)
         return BlockInputs(grid=grid, memory=memory, context=context, audio=audio, silent_frames=silent_frames,

@@ -111,7 +111,7 @@ def test_from_pretrained_errors_name_the_problem(tmp_path: Path) -> None:
         (lambda: ModelConfig(audio_window=4), "must be odd"),
         (lambda: MemoryConfig(first_block_frames=5), "must equal sink"),
         (lambda: MemoryConfig(block_frames=6), "long_term_frames \\* ratio"),
-        (lambda: MemoryConfig(compression="max"), "choose 'conv' or 'mean'"),
+        (lambda: MemoryConfig(compression="max"), "choose 'conv', 'mean', 'none'"),
         (lambda: SamplerConfig(timesteps=(1000.0, 1000.0, 0.0)), "strictly decreasing"),
         (lambda: SamplerConfig(cfg_steps=(3,)), "outside 0..2"),
         (lambda: SamplerConfig(audio_cfg=0.5), "must be >= 1"),

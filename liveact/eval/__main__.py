@@ -10,6 +10,8 @@ import sys
 COMMANDS = {
     "train-reader": ("liveact.eval.reader", "train the avatar reader (mouth, eyes, accessories) metrics use"),
     "run": ("liveact.eval.runner", "sample a Nano model on held-out clips and print its metrics"),
+    "longrun": ("liveact.eval.longrun", "stream many minutes in one run: latency, memory, quality over time"),
+    "longrun-plot": ("liveact.eval.longrun:plot_main", "plot longrun.json files of several runs in one PNG"),
 }
 
 
@@ -22,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<14} {text}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=os.environ.get("LIVEACT_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+    module, _, function = COMMANDS[argv[0]][0].partition(":")
+    getattr(importlib.import_module(module), function or "main")(argv[1:])
     return 0
 
 

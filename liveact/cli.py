@@ -25,7 +25,7 @@ import resource
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +39,11 @@ logger = logging.getLogger("liveact")
 SILENCE_PEAK = 1e-4  # -80 dBFS: quieter than any recording of speech
 
 
+# The authors' generate.py defaults, used for the official 14B folders.
+OFFICIAL_SIZE = "480*832"
+OFFICIAL_FPS = 24
+
+
 class UserError(ValueError):
     """Bad input from the user: reported as one line, exit status 2."""
 
@@ -47,7 +52,7 @@ class UserError(ValueError):
 class GenerateArgs:
     """Typed ``generate.py`` arguments (names as the reference's flags)."""
 
-    size: str = "480*832"
+    size: str | None = None
     ckpt_dir: str | None = None
     wav2vec_dir: str | None = None
     t5_cpu: bool = False
@@ -55,7 +60,7 @@ class GenerateArgs:
     fp8_kv_cache: bool = False
     fp8_gemm: bool = False
     block_offload: bool = False
-    fps: int = 24
+    fps: int | None = None
     audio_cfg: float = 1.0
     dura_print: bool = False
     input_json: str = ""
@@ -73,17 +78,30 @@ class GenerateArgs:
     no_memory_check: bool = False
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, unless its help already says it or there is none (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (reference flags first, then ours); ``--help`` shows every default."""
     p = argparse.ArgumentParser(
-        prog="generate.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="generate.py", formatter_class=DefaultsHelpFormatter,
         description="Generate talking-human videos with LiveAct: one mp4 (H.264 + AAC, as long as the audio) "
                     "per entry of --input_json, written while it is generated.")
-    p.add_argument("--size", default="480*832", help="WIDTH*HEIGHT of the output, multiples of 16")
+    p.add_argument("--size", default=None,
+                   help=f"WIDTH*HEIGHT of the output, multiples of 16 (default: the model's own; "
+                        f"{OFFICIAL_SIZE} for the official folders)")
     p.add_argument("--ckpt_dir", default=None,
-                   help="LiveAct checkpoint folder (DiT + Wan VAE/T5/CLIP files); required in this version")
+                   help="LiveAct checkpoint folder: the official one (DiT + Wan VAE/T5/CLIP files) or a "
+                        "self-contained one (components.json); default: the embedded LiveAct-Nano")
     p.add_argument("--wav2vec_dir", default=None,
-                   help="transformers wav2vec2 folder (chinese-wav2vec2-base); required in this version")
+                   help="transformers wav2vec2 folder (chinese-wav2vec2-base); needed by the official "
+                        "folders only")
     p.add_argument("--t5_cpu", action="store_true", help="run the umT5 text encoder on the CPU")
     p.add_argument("--offload_cache", action="store_true", help="keep the KV memory in host memory")
     p.add_argument("--fp8_kv_cache", action="store_true", help="store the KV memory in FP8 (e4m3)")
@@ -91,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FP8 matmuls for the DiT's linear layers (CUDA, sm89+)")
     p.add_argument("--block_offload", action="store_true",
                    help="keep DiT blocks in host memory, prefetch to the GPU")
-    p.add_argument("--fps", type=int, default=24, help="output frame rate (also sets the audio tempo 25/fps)")
+    p.add_argument("--fps", type=int, default=None,
+                   help=f"output frame rate; for the official folders it also sets the audio tempo 25/fps "
+                        f"(default: the model's own; {OFFICIAL_FPS} for the official folders)")
     p.add_argument("--audio_cfg", type=float, default=1.0, help="audio guidance scale (> 1 enables it)")
     p.add_argument("--dura_print", action="store_true",
                    help="print the cost of every block on stdout (the reference's 'Done Block k' lines)")
@@ -364,16 +384,41 @@ def check_precision_and_memory(args: GenerateArgs, device: torch.device, dtype: 
         raise UserError(message)
 
 
+def resolve_model(args: GenerateArgs, official_size: str = OFFICIAL_SIZE, official_fps: int = OFFICIAL_FPS
+                  ) -> GenerateArgs:
+    """``args`` with the model folder, size and fps filled in.
+
+    No ``--ckpt_dir`` means the embedded LiveAct-Nano; a folder with ``components.json`` brings its own
+    size and fps; an official folder gets the authors' defaults (``official_size``, ``official_fps``).
+    Explicit values always win.
+    """
+    from liveact.nano import default_model_dir, model_defaults, read_components
+
+    folder = args.ckpt_dir
+    if folder is None:
+        folder = str(default_model_dir())
+        if not Path(folder, "components.json").is_file():
+            raise UserError(f"no --ckpt_dir given and this install has no embedded model ({folder} is "
+                            "missing): pass --ckpt_dir (and --wav2vec_dir for the official weights)")
+    if not Path(folder).is_dir():
+        raise UserError(f"--ckpt_dir {folder} is not a folder")
+    try:
+        own = model_defaults(folder) if read_components(folder) is not None else None
+    except AssetError as exc:
+        raise UserError(f"--ckpt_dir: {exc}") from None
+    if own is None:
+        size, fps = official_size, official_fps
+    else:
+        size = "*".join(str(v) for v in own.get("size", (128, 128)))
+        fps = own.get("fps", 25)
+    return replace(args, ckpt_dir=folder, size=args.size or size, fps=args.fps if args.fps is not None else fps)
+
+
 def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype, dist_info):  # noqa: ANN001, ANN201
-    """Load the pipeline from the asset folders (or say what is missing)."""
+    """Load the pipeline from the asset folders (or say what is missing); ``args`` as ``resolve_model`` gives."""
     from liveact.pipeline import LiveActPipeline
 
-    if not args.ckpt_dir or not args.wav2vec_dir:
-        flags = (("--ckpt_dir", args.ckpt_dir), ("--wav2vec_dir", args.wav2vec_dir))
-        missing = " and ".join(flag for flag, value in flags if not value)
-        raise UserError(f"{missing} missing: this version ships no built-in model, so pass --ckpt_dir "
-                        "(the LiveAct checkpoint folder) and --wav2vec_dir (a wav2vec2 folder); README.md "
-                        "says where to get them")
+    args = resolve_model(args)
     width, height = parse_size(args.size)
     # Only an explicit --config overrides the folder's own settings (which the pipeline reads itself).
     options = {}
@@ -534,7 +579,6 @@ def main(argv: list[str] | None = None) -> int:
     state = RunState()
     try:
         args = parse_args(argv)
-        state.fps = args.fps
         return run(args, state)
     except KeyboardInterrupt:
         print(state.interrupted_message(), file=sys.stderr)
@@ -564,7 +608,9 @@ def run(args: GenerateArgs, state: RunState | None = None) -> int:
     """Validate everything cheap first, then load models and generate every entry."""
     from liveact.parallel import maybe_init_dist
 
-    state = state or RunState(fps=args.fps)
+    args = resolve_model(args)
+    state = state or RunState()
+    state.fps = args.fps
     parse_size(args.size)
     if args.fps <= 0:
         raise UserError(f"--fps must be > 0, got {args.fps}")

@@ -24,8 +24,11 @@ from liveact.train.synth import SAMPLE_RATE, FaceState, _speech_track, render_fr
 
 logger = logging.getLogger("make_examples")
 
-# Far from the training seeds (clips start at 1,000,000; validation at 50,000,000).
-AVATAR_SEEDS = (987_654_324, 987_654_335)
+# Far from the training seeds (clips start at 1,000,000; validation at 50,000,000). Chosen among
+# 987_654_300-987_654_599 for colours the shipped autoencoder reproduces (round-trip PSNR 26.4 and
+# 25.1 dB at 128x128; its latent keeps little green, see liveact/assets/nano/README.md) and for
+# variety: a hat and long hair on blue; glasses and a bun on orange.
+AVATAR_SEEDS = (987_654_323, 987_654_407)
 SPEECH = ((424_242, 9.0), (434_343, 12.0))  # (seed, seconds): held-out voices and sentences
 MAIN = "A person talks to the camera."
 EDITS = {"[1, 2]": "The person smiles broadly.", "[3, 4]": "The person nods slowly.",

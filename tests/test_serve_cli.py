@@ -12,14 +12,14 @@ def test_defaults_are_safe_and_match_the_authors() -> None:
     assert args.host == "127.0.0.1"  # never the LAN unless asked
     assert args.port == 5001 and args.seed == 42
     assert args.size is None and args.fps is None  # the model's own (720*416 / 24 for official folders)
-    assert args.ckpt_dir is None  # optional: the embedded default model when it ships
+    assert args.ckpt_dir is None  # the embedded LiveAct-Nano
     assert parse_args(["--fp8_kv_cache", "--block_offload", "--t5_cpu"]).block_offload
 
 
 @pytest.mark.parametrize(
     "argv,message",
     [
-        ([], "--ckpt_dir"),  # no default model yet: say what to pass
+        (["--ckpt_dir", "no/such/folder"], "--ckpt_dir"),
         (["--size", "100*100"], "multiples of 16"),
         (["--fps", "0"], "--fps"),
         (["--queue_size", "-1"], "--queue_size"),
@@ -31,3 +31,11 @@ def test_bad_input_is_one_error_line(
     assert main(argv + ["--data_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_missing_embedded_model_is_one_error_line(capsys: pytest.CaptureFixture, tmp_path: object,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("liveact.nano.default_model_dir", lambda: tmp_path / "no-model")
+    assert main(["--data_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no embedded model" in err[0] and "--ckpt_dir" in err[0]

@@ -117,21 +117,22 @@ def load_pipeline(
 ) -> tuple[Any, str]:
     """The one place the demo loads its model: the same loader as ``generate.py`` (so the embedded
     default model, when no ``--ckpt_dir`` is given, comes for free). Returns ``(pipeline, model name)``."""
-    from liveact.cli import GenerateArgs, build_pipeline
+    from liveact.cli import GenerateArgs, build_pipeline, resolve_model
 
     gen = GenerateArgs(
-        size=args.size or OFFICIAL_SIZE,
+        size=args.size,
         ckpt_dir=args.ckpt_dir,
         wav2vec_dir=args.wav2vec_dir,
         t5_cpu=args.t5_cpu,
         fp8_kv_cache=args.fp8_kv_cache,
         fp8_gemm=args.fp8_gemm,
         block_offload=args.block_offload,
-        fps=args.fps or OFFICIAL_FPS,
+        fps=args.fps,
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
     )
+    gen = resolve_model(gen, official_size=OFFICIAL_SIZE, official_fps=OFFICIAL_FPS)
     pipe = build_pipeline(gen, device, dtype, dist_info)
     name = Path(args.ckpt_dir).name if args.ckpt_dir else "default"
     return pipe, name

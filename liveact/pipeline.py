@@ -453,12 +453,17 @@ class LiveActPipeline:
                                last)
 
     def stream(self, clip: PreparedClip | Request, seed: int = 42, max_blocks: int | None = None,
-               generator: torch.Generator | None = None, decode: bool = True) -> Iterator[torch.Tensor]:
+               generator: torch.Generator | None = None, decode: bool = True,
+               decode_ahead: bool = False) -> Iterator[torch.Tensor]:
         """Generate and decode block by block.
 
         Args:
             decode: False yields the latent blocks undecoded (sequence-parallel ranks other than
                 the main one only take part in the transformer's collectives).
+            decode_ahead: decode block ``k`` on a worker thread while the transformer makes block
+                ``k + 1`` (same frames; each block arrives one block later). On a CPU the two then
+                use different cores (give torch half of them: ``torch.set_num_threads``); on a GPU
+                it gains nothing.
 
         Yields:
             ``[1, 3, F, H, W]`` float in [-1, 1]: ``F = 1 + stride (T0 - 1)`` frames for the first
@@ -472,9 +477,29 @@ class LiveActPipeline:
         blocks = clip.num_blocks if max_blocks is None else min(clip.num_blocks, max_blocks)
         generator = generator or torch.Generator().manual_seed(seed)
         decoder = self.decoder.stream_decoder(stitch=self.vae_stitch)
-        for latent in self.sampler.stream(clip.conditions, blocks, generator=generator):
-            self._trace("latent", latent)
-            yield decoder.decode_block(latent.to(self.decoder.device, self.decoder.dtype)).float() if decode else latent
+        latents = self.sampler.stream(clip.conditions, blocks, generator=generator)
+
+        def decoded(latent: torch.Tensor) -> torch.Tensor:
+            return decoder.decode_block(latent.to(self.decoder.device, self.decoder.dtype)).float()
+
+        if not decode_ahead or not decode:
+            for latent in latents:
+                self._trace("latent", latent)
+                yield decoded(latent) if decode else latent
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        # One worker: blocks are decoded in order (the decoder carries its state across blocks).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="liveact-decode") as pool:
+            pending = None
+            for latent in latents:
+                self._trace("latent", latent)
+                job = pool.submit(decoded, latent)
+                if pending is not None:
+                    yield pending.result()
+                pending = job
+            if pending is not None:
+                yield pending.result()
 
     def frames_of_block(self, index: int) -> int:
         """Video frames block ``index`` decodes to."""

@@ -86,3 +86,13 @@ def test_official_folder_still_needs_wav2vec(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(AssetError, match="wav2vec2"):
         LiveActPipeline.from_pretrained(tmp_path)
+
+
+def test_decode_ahead_gives_the_same_frames(nano: Path, speech: Path) -> None:
+    image = Path(__file__).resolve().parents[1] / "examples" / "avatar_1.png"
+    pipe = LiveActPipeline.from_pretrained(nano, dtype=torch.float32)
+    clip = pipe.prepare(Request(image=image, audio=speech, prompt="A person talks."))
+    inline = list(pipe.stream(clip, seed=4, max_blocks=3))
+    ahead = list(pipe.stream(clip, seed=4, max_blocks=3, decode_ahead=True))
+    assert [b.shape for b in ahead] == [b.shape for b in inline]
+    torch.testing.assert_close(torch.cat(ahead, 2), torch.cat(inline, 2), rtol=0, atol=0)

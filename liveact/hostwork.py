@@ -58,6 +58,9 @@ class BackgroundWriter:
         self.sink = sink
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
+        # Sticky: once a write failed, later blocks are dropped (the sink is broken), even after the
+        # producer has taken the error; without it a later block would fail again at close().
+        self._failed = False
         self._thread = threading.Thread(target=self._run, name="liveact-writer", daemon=True)
         self._thread.start()
         self._closed = False
@@ -69,13 +72,13 @@ class BackgroundWriter:
                 if item is None:
                     return
                 block, event = item
-                if self._error is not None:
-                    continue  # drain: the error is reported to the producer
+                if self._failed:
+                    continue  # drain: the first error is reported to the producer, once
                 if event is not None:
                     event.synchronize()
                 self.sink.write(block.numpy())
             except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
-                self._error = exc
+                self._error, self._failed = exc, True
             finally:
                 self._queue.task_done()
 

@@ -1,4 +1,6 @@
-"""The studio page in headless Debian Chromium (Playwright), against ``demo.py`` on the tiny assets.
+"""The studio page in headless Debian Chromium (Playwright), against ``demo.py`` with the embedded
+LiveAct-Nano model (what ``python demo.py`` serves); ``LIVEACT_BROWSER_MODEL=tiny`` uses the random-weight
+tiny assets in the official formats instead.
 
 Upload path: pick an image and an audio file, start, and check that the ``<video>`` plays (its time
 advances, frames are not blank) with an audio track; a screenshot is saved and the time to first
@@ -31,6 +33,8 @@ from tiny_assets import write_tiny_assets
 pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("LIVEACT_CHROMIUM", "/usr/bin/chromium")
+MODEL = os.environ.get("LIVEACT_BROWSER_MODEL", "nano")
+SIZE = (64, 64) if MODEL == "tiny" else (128, 128)  # frame size the server streams
 REPO = Path(__file__).resolve().parents[1]
 BASE_FLAGS = [
     "--headless",
@@ -61,6 +65,9 @@ def speech_wav(path: Path, seconds: float, rate: int = 16000) -> Path:
 
 
 def portrait(path: Path) -> Path:
+    if MODEL != "tiny":  # a face of the family the model was trained on
+        shutil.copyfile(REPO / "examples" / "avatar_1.png", path)
+        return path
     img = Image.new("RGB", (256, 320), (70, 90, 120))
     draw = ImageDraw.Draw(img)
     draw.ellipse((68, 60, 188, 200), fill=(224, 182, 150))
@@ -75,21 +82,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip(f"{CHROMIUM} not installed (.ci/run installs Debian's chromium)")
     pytest.importorskip("playwright")
     root = tmp_path_factory.mktemp("browser")
-    ckpt, w2v = write_tiny_assets(root / "assets", seed=0)
+    if MODEL == "tiny":
+        ckpt, w2v = write_tiny_assets(root / "assets", seed=0)
+        model = ["--ckpt_dir", str(ckpt), "--wav2vec_dir", str(w2v), "--size", f"{SIZE[0]}*{SIZE[1]}", "--fps", "24"]
+    else:
+        model = []  # no --ckpt_dir: the embedded model, at its own size and fps
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     proc = subprocess.Popen(
         [
             sys.executable,
             str(REPO / "demo.py"),
-            "--ckpt_dir",
-            str(ckpt),
-            "--wav2vec_dir",
-            str(w2v),
-            "--size",
-            "64*64",
-            "--fps",
-            "24",
+            *model,
             "--port",
             str(port),
             "--data_dir",
@@ -172,14 +176,14 @@ def test_upload_job_plays_in_chromium(server: str, tmp_path: Path) -> None:
         page.wait_for_function("window.liveactStats.firstFrameMs !== null", timeout=180_000)
         first_frame = page.evaluate("window.liveactStats.firstFrameMs") / 1000
         before = page.evaluate(FRAME_STATS)
-        # It plays: more frames are presented and the clock moves (generous: the tiny model may be
-        # slower than real time on a busy CI machine, and the player then waits for the next block).
+        # It plays: more frames are presented and the clock moves (generous: the model may be slower
+        # than real time on a busy CI machine, and the player then waits for the next block).
         page.wait_for_function(
             f"window.liveactStats.frames.length >= {before['frames'] + 10}", timeout=120_000
         )
         after = page.evaluate(FRAME_STATS)
         assert after["time"] > before["time"], (before, after)
-        assert (after["width"], after["height"]) == (64, 64)
+        assert (after["width"], after["height"]) == SIZE
         assert after["std"] > 5.0, after  # not a blank (uniform) frame
         assert after["audioBytes"] > 0, after  # an audio track is decoded
         page.wait_for_selector("#download:not([hidden])", timeout=180_000)
@@ -192,7 +196,7 @@ def test_upload_job_plays_in_chromium(server: str, tmp_path: Path) -> None:
         blocks = page.text_content("#st-blocks")
         browser.close()
     print(
-        f"\ntime to first frame (click -> first frame on screen, tiny model, 64x64 on CPU): "
+        f"\ntime to first frame (click -> first frame on screen, {MODEL} model, {SIZE[0]}x{SIZE[1]} on CPU): "
         f"{first_frame:.2f} s; blocks {blocks}"
     )
     assert shot.stat().st_size > 10_000
@@ -221,7 +225,7 @@ def test_microphone_job_streams_while_speaking(server: str, tmp_path: Path) -> N
         job_id = page.evaluate("window.liveactStats.jobId")
         chunks_then = page.evaluate("window.liveactStats.micChunks")
         frames_then = page.evaluate("window.liveactStats.frames.length")
-        # Later blocks are generated while the microphone keeps sending (generous deadline: the tiny
+        # Later blocks are generated while the microphone keeps sending (generous deadline: the
         # model's block time depends on how busy the CPU is). Poll the job, not the on-screen frame
         # count: the first block alone holds many frames, which play out over more than a second.
         deadline = time.monotonic() + 180
@@ -249,7 +253,7 @@ def test_microphone_job_streams_while_speaking(server: str, tmp_path: Path) -> N
         assert status == "cancelled"
         browser.close()
     print(
-        f"\nmicrophone: first frame {first_frame:.2f} s after the click; speech-to-screen latency "
+        f"\nmicrophone ({MODEL} model): first frame {first_frame:.2f} s after the click; speech-to-screen latency "
         f"(median of {len(latencies)} blocks) {float(np.median(latencies)):.2f} s; "
         f"server block latency {job['speech_latency']} s; generation FPS {job['generation_fps']}"
     )

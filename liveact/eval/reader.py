@@ -1,4 +1,5 @@
-"""A tiny CNN that reads the synthetic avatar family: mouth opening, closed eyes, accessories.
+"""A tiny CNN that reads the synthetic avatar family: mouth opening, closed eyes, accessories, and the
+face state the timed actions move (smile, brows, wide eyes, head position).
 
 Nothing to download: it is trained here on rendered frames whose ground truth is known
 (``synth.make_clip``), with blur/noise/colour augmentation so it also reads decoded (slightly soft)
@@ -22,50 +23,63 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from liveact.train.synth import MOTION
+
 logger = logging.getLogger(__name__)
 
 ACCESSORIES = ("glasses", "earrings", "hat")  # three classes each (none / two styles)
+# Head offsets are a few hundredths of the frame: scaled up so every motion target is of order one.
+MOTION_SCALE = torch.tensor([1.0, 1.0, 1.0, 20.0, 20.0])
 
 
 class AvatarReader(nn.Module):
-    """``[N, 3, H, W]`` frames in [-1, 1] -> mouth opening, eyes-closed logit, accessory logits."""
+    """``[N, 3, H, W]`` frames in [-1, 1] -> mouth opening, eyes-closed logit, accessory logits and the
+    face state of the timed actions (``MOTION``: smile, brows, eye_wide, head dx, dy)."""
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
         w = width
-        self.trunk = nn.Sequential(
-            nn.Conv2d(3, w // 2, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(w // 2, w, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
-        )
-        self.mouth = nn.Linear(2 * w, 1)
-        self.eyes = nn.Linear(2 * w, 1)
-        self.accessories = nn.Linear(2 * w, 3 * len(ACCESSORIES))
+
+        def conv(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        # Stride 16 at the end keeps an 8x8 map at 128^2: the mouth (a few pixels tall) is still resolved
+        # at stride 4-8, where most of the width sits.
+        self.trunk = nn.Sequential(*conv(3, w // 2, 2), *conv(w // 2, w, 2), *conv(w, 2 * w, 1),
+                                   *conv(2 * w, 3 * w, 2), *conv(3 * w, 3 * w, 1), *conv(3 * w, 4 * w, 2))
+        feat = 8 * w  # max- and mean-pooled
+        self.mouth = nn.Linear(feat, 1)
+        self.eyes = nn.Linear(feat, 1)
+        self.accessories = nn.Linear(feat, 3 * len(ACCESSORIES))
+        self.motion = nn.Linear(feat, len(MOTION))
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W]`` -> pooled features ``[N, 2 * width]`` (max-pooled: small parts count)."""
-        return self.trunk(frames).amax(dim=(2, 3))
+        """``[N, 3, H, W]`` -> pooled features ``[N, 8 * width]``: max-pooled (small parts count) and
+        mean-pooled (where the head is)."""
+        x = self.trunk(frames)
+        return torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1)
 
     def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predictions: ``mouth`` ``[N]`` in [0, 1], ``eyes_closed`` ``[N]`` logit, ``accessories``
-        ``[N, 3, 3]`` logits (accessory, class)."""
+        ``[N, 3, 3]`` logits (accessory, class), ``motion`` ``[N, len(MOTION)]`` (head offsets scaled by
+        ``MOTION_SCALE``)."""
         f = self.features(frames)
         return {"mouth": torch.sigmoid(self.mouth(f))[:, 0], "eyes_closed": self.eyes(f)[:, 0],
-                "accessories": self.accessories(f).view(-1, len(ACCESSORIES), 3)}
+                "accessories": self.accessories(f).view(-1, len(ACCESSORIES), 3), "motion": self.motion(f)}
 
     @torch.no_grad()
     def read(self, frames: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
         """Read uint8 frames ``[F, H, W, 3]``: ``mouth`` ``[F]``, ``eyes_closed`` ``[F]`` (probability),
-        ``accessories`` ``[F, 3]`` (predicted class per accessory)."""
-        outs: dict[str, list] = {"mouth": [], "eyes_closed": [], "accessories": []}
+        ``accessories`` ``[F, 3]`` (predicted class per accessory), ``motion`` ``[F, len(MOTION)]`` (face
+        state; head offsets as fractions of the frame)."""
+        outs: dict[str, list] = {"mouth": [], "eyes_closed": [], "accessories": [], "motion": []}
         for i in range(0, len(frames), batch):
             x = torch.from_numpy(np.ascontiguousarray(frames[i: i + batch])).permute(0, 3, 1, 2).float() / 127.5 - 1
             p = self(x)
             outs["mouth"].append(p["mouth"].numpy())
             outs["eyes_closed"].append(torch.sigmoid(p["eyes_closed"]).numpy())
             outs["accessories"].append(p["accessories"].argmax(-1).numpy())
+            outs["motion"].append((p["motion"] / MOTION_SCALE).numpy())
         return {k: np.concatenate(v) for k, v in outs.items()}
 
     @classmethod
@@ -95,7 +109,7 @@ def labelled_frames(seeds: range, size: int = 128, held_out: bool = False, autoe
         from liveact.tae import TinyAutoencoder
 
         tae = TinyAutoencoder.from_file(autoencoder)
-    frames, mouth, eyes, acc = [], [], [], []
+    frames, mouth, eyes, acc, motion = [], [], [], [], []
     names = ["", *ACTIONS]
     for seed in tqdm(seeds, desc="render reader data", mininterval=10):
         rng = np.random.default_rng(seed)
@@ -111,8 +125,9 @@ def labelled_frames(seeds: range, size: int = 128, held_out: bool = False, autoe
             mouth.append(clip.mouth)
             eyes.append(clip.blink.astype(np.float32))
             acc.append(np.tile([clip.avatar.accessories[a] for a in ACCESSORIES], (len(clip.frames), 1)))
+            motion.append(clip.motion)
     return {"frames": np.concatenate(frames), "mouth": np.concatenate(mouth), "eyes": np.concatenate(eyes),
-            "accessories": np.concatenate(acc)}
+            "accessories": np.concatenate(acc), "motion": np.concatenate(motion)}
 
 
 def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -128,13 +143,19 @@ def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def accuracy(model: AvatarReader, data: dict[str, np.ndarray]) -> dict[str, float]:
-    """Held-out accuracy: mouth MAE and correlation, eyes-closed and accessory accuracy."""
+    """Held-out accuracy: mouth MAE and correlation, eyes-closed and accessory accuracy, correlation of
+    each face-state reading with its ground truth."""
     pred = model.read(data["frames"])
-    mouth_corr = float(np.corrcoef(pred["mouth"], data["mouth"])[0, 1])
-    return {"mouth_mae": float(np.abs(pred["mouth"] - data["mouth"]).mean()), "mouth_corr": mouth_corr,
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.corrcoef(a, b)[0, 1]) if a.std() > 1e-8 and b.std() > 1e-8 else 0.0
+
+    return {"mouth_mae": float(np.abs(pred["mouth"] - data["mouth"]).mean()),
+            "mouth_corr": corr(pred["mouth"], data["mouth"]),
             "eyes_closed_acc": float(((pred["eyes_closed"] > 0.5) == (data["eyes"] > 0.5)).mean()),
             **{f"{a}_acc": float((pred["accessories"][:, i] == data["accessories"][:, i]).mean())
-               for i, a in enumerate(ACCESSORIES)}}
+               for i, a in enumerate(ACCESSORIES)},
+            **{f"{m}_corr": corr(pred["motion"][:, i], data["motion"][:, i]) for i, m in enumerate(MOTION)}}
 
 
 def train(out: Path, steps: int, clips: int, batch: int, seed: int, autoencoder: Path | None = None
@@ -153,12 +174,15 @@ def train(out: Path, steps: int, clips: int, batch: int, seed: int, autoencoder:
     for step in tqdm(range(steps), desc="reader", mininterval=10):
         idx = rng.integers(0, len(frames), size=batch)
         x = augment(frames[idx].float() / 127.5 - 1, rng)
-        if rng.random() < 0.5:
+        motion = torch.from_numpy(data["motion"][idx]) * MOTION_SCALE
+        if rng.random() < 0.5:  # a mirrored frame: the head offset to the side changes sign
             x = x.flip(-1)
+            motion[:, MOTION.index("dx")] *= -1
         p = model(x)
         loss = (F.l1_loss(p["mouth"], torch.from_numpy(data["mouth"][idx])) * 4
                 + F.binary_cross_entropy_with_logits(p["eyes_closed"], torch.from_numpy(data["eyes"][idx]))
-                + F.cross_entropy(p["accessories"].flatten(0, 1), torch.from_numpy(data["accessories"][idx]).long().flatten()))
+                + F.cross_entropy(p["accessories"].flatten(0, 1), torch.from_numpy(data["accessories"][idx]).long().flatten())
+                + F.l1_loss(p["motion"], motion) * 2)
         for g in opt.param_groups:
             g["lr"] = 2e-3 * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / steps))
         opt.zero_grad(set_to_none=True)

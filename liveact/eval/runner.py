@@ -22,7 +22,7 @@ import torch
 
 from liveact.config import SamplerConfig
 from liveact.eval.metrics import VideoMetrics, evaluate_video
-from liveact.eval.reader import AvatarReader
+from liveact.eval.reader import AvatarReader, default_reader_dir
 from liveact.model import LiveActTransformer
 from liveact.nano import MiniLMTextEncoder
 from liveact.sampler import Conditions, NeighborForcingSampler
@@ -80,12 +80,22 @@ def sample_frames(parts: NanoParts, cond: Conditions, num_blocks: int, schedule:
 
 
 def evaluate_clips(parts: NanoParts, data: ClipSet, reader: AvatarReader, clips: int, schedule: SamplerConfig,
-                   context: str = "neighbor", audio_cfg: float = 1.0, seed: int = 0) -> dict[str, float]:
-    """Mean metrics over the first ``clips`` held-out clips (one sample each)."""
+                   context: str = "neighbor", audio_cfg: float = 1.0, seed: int = 0, ground_truth: bool = False
+                   ) -> dict[str, float]:
+    """Mean metrics over the first ``clips`` held-out clips (one sample each).
+
+    With ``ground_truth`` the clips' own latents are decoded instead of sampled: the ceiling every
+    metric can reach through this autoencoder and this reader.
+    """
     scores: list[VideoMetrics] = []
     for i in range(min(clips, len(data))):
         blocks = len(data.meta[i]["prompts"])
-        frames = sample_frames(parts, clip_conditions(parts, data, i), blocks, schedule, seed + i, context, audio_cfg)
+        if ground_truth:
+            with torch.no_grad():
+                frames = to_uint8_frames(parts.tae.decode_frames(data.latents[i: i + 1].float()))
+        else:
+            frames = sample_frames(parts, clip_conditions(parts, data, i), blocks, schedule, seed + i, context,
+                                   audio_cfg)
         wave = data.wave[i].float().numpy()
         scores.append(evaluate_video(frames, wave, 25.0, reader, mouth_gt=data.mouth[i].numpy()))
     return summarise(scores)
@@ -107,21 +117,23 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="DiT folder (config.json + safetensors)")
     p.add_argument("--tae", type=Path, required=True)
-    p.add_argument("--reader", type=Path, default=Path("runs/reader"))
+    p.add_argument("--reader", type=Path, default=default_reader_dir())
     p.add_argument("--data", type=Path, required=True, help="held-out shards")
     p.add_argument("--clips", type=int, default=16)
     p.add_argument("--steps", type=int, default=None, help="multi-step schedule; default: the 3-step one")
     p.add_argument("--shift", type=float, default=3.0)
     p.add_argument("--context", choices=("neighbor", "clean"), default="neighbor")
     p.add_argument("--audio_cfg", type=float, default=1.0)
+    p.add_argument("--ground_truth", action="store_true",
+                   help="decode the clips' own latents instead of sampling (the metrics' ceiling)")
     p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     schedule = flow_schedule(a.steps, a.shift) if a.steps else replace(SamplerConfig(), skip_audio_steps=())
     parts = NanoParts.load(a.model, a.tae)
     result = evaluate_clips(parts, ClipSet.load(a.data, a.clips), AvatarReader.load(a.reader), a.clips, schedule,
-                            a.context, a.audio_cfg)
-    result.update(model=str(a.model), steps=len(schedule.timesteps) - 1, context=a.context, audio_cfg=a.audio_cfg)
+                            a.context, a.audio_cfg, ground_truth=a.ground_truth)
+    result.update(model="ground truth" if a.ground_truth else str(a.model), steps=len(schedule.timesteps) - 1, context=a.context, audio_cfg=a.audio_cfg)
     print(json.dumps(result, indent=1))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,9 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "shake": ("The person shakes their head.", "Shaking the head side to side.", "The person shakes no.",
               "A head shake."),
 }
+# Face state a reader can regress from one frame: how the timed actions show. ``dx``/``dy`` are head
+# offsets (fractions of the frame); nods and shakes show as their motion over time.
+MOTION = ("smile", "brows", "eye_wide", "dx", "dy")
 MAIN_PROMPTS = ("A person talks to the camera.", "Someone is speaking calmly.", "A character talks.",
                 "The person speaks to the viewer.", "A talking head.", "A person is talking naturally.",
                 "Someone tells a story.", "A cartoon person speaks.")
@@ -358,7 +361,9 @@ class Clip:
 
     ``frames`` ``[F, H, W, 3]`` uint8; ``audio`` ``[N]`` float32 at ``sample_rate``; ``mouth`` ``[F]``
     opening in [0, 1]; ``blink`` ``[F]`` eyes-closed flags; ``block_actions`` the action of each block
-    ("" = none); ``prompts`` the text of each block (the action's description, else the main prompt).
+    ("" = none); ``prompts`` the text of each block (the action's description, else the main prompt);
+    ``motion`` ``[F, len(MOTION)]`` the drawn face state per frame (see ``MOTION``), the ground truth
+    of the timed actions.
     """
 
     frames: np.ndarray
@@ -373,6 +378,7 @@ class Clip:
     main_prompt: str
     avatar: Avatar
     voice: str
+    motion: np.ndarray = field(default_factory=lambda: np.zeros((0, len(MOTION)), np.float32))
     extra: dict = field(default_factory=dict)
 
 
@@ -465,6 +471,7 @@ def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS,
 
     frames = np.empty((num_frames, size, size, 3), np.uint8)
     drawn = np.empty(num_frames, np.float32)
+    motion = np.empty((num_frames, len(MOTION)), np.float32)
     for f in range(num_frames):
         eyes = 0.0 if blink[f] else 1.0
         eyes = eyes * (1 - closed[f])
@@ -475,10 +482,11 @@ def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS,
             eyes_open=float(eyes), brows=float(max(brows[f], surprised[f])), eye_wide=float(surprised[f]),
         )
         drawn[f] = state.opening
+        motion[f] = [getattr(state, name) for name in MOTION]
         frames[f] = render_frame(person, state, size)
     return Clip(frames=frames, audio=wave.astype(np.float32), sample_rate=SAMPLE_RATE, fps=fps, mouth=drawn,
                 blink=blink | (closed > 0.5), speaking=speaking, block_actions=actions, prompts=prompts,
-                main_prompt=main, avatar=person, voice=voice)
+                main_prompt=main, avatar=person, voice=voice, motion=motion)
 
 
 def frame_rms(wave: np.ndarray, num_frames: int, fps: float = FPS, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

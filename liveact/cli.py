@@ -62,6 +62,7 @@ class GenerateArgs:
     block_offload: bool = False
     fps: int | None = None
     audio_cfg: float = 1.0
+    edit_cfg: float | None = None
     dura_print: bool = False
     input_json: str = ""
     steam_audio: bool = False
@@ -113,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"output frame rate; for the official folders it also sets the audio tempo 25/fps "
                         f"(default: the model's own; {OFFICIAL_FPS} for the official folders)")
     p.add_argument("--audio_cfg", type=float, default=1.0, help="audio guidance scale (> 1 enables it)")
+    p.add_argument("--edit_cfg", type=float, default=None,
+                   help="edit guidance scale: blocks under an edit prompt also run the main prompt and are pushed "
+                        "away from it, so the edit shows (> 1 enables it; costs one more pass on those blocks). "
+                        "Default: the model's own (LiveAct-Nano sets it; off for the official weights)")
     p.add_argument("--dura_print", action="store_true",
                    help="print the cost of every block on stdout (the reference's 'Done Block k' lines)")
     # Required: the reference's default (examples.json) exists in no checkout, and a default path
@@ -429,7 +434,7 @@ def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype,
         args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype, t5_cpu=args.t5_cpu,
         sequence_parallel=dist_info is not None, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,
         size=(width, height), park_text_encoder=args.offload_t5,
-        fps=args.fps, audio_cfg=args.audio_cfg, mean_memory=args.mean_memory, fp8_kv_cache=args.fp8_kv_cache,
+        fps=args.fps, audio_cfg=args.audio_cfg, edit_cfg=args.edit_cfg, mean_memory=args.mean_memory, fp8_kv_cache=args.fp8_kv_cache,
         offload_cache=args.offload_cache, vae_stitch=args.vae_stitch, stream_audio=args.steam_audio,
         **options)
     return pipe
@@ -619,6 +624,8 @@ def run(args: GenerateArgs, state: RunState | None = None) -> int:
         raise UserError(f"--fps must be > 0, got {args.fps}")
     if args.audio_cfg < 1.0:
         raise UserError(f"--audio_cfg must be >= 1 (1 disables guidance), got {args.audio_cfg}")
+    if args.edit_cfg is not None and args.edit_cfg < 1.0:
+        raise UserError(f"--edit_cfg must be >= 1 (1 disables edit guidance), got {args.edit_cfg}")
     if args.max_blocks is not None and args.max_blocks < 1:
         raise UserError(f"--max_blocks must be >= 1, got {args.max_blocks}")
     requests = load_requests(args.input_json)

@@ -201,6 +201,7 @@ class SamplerConfig:
     skip_audio_steps: tuple[int, ...] = (0,)
     cfg_steps: tuple[int, ...] = (1, 2)
     audio_cfg: float = 1.0
+    edit_cfg: float = 1.0
     latent_channels: int = 16
     vae_stride: tuple[int, int, int] = (4, 8, 8)
 
@@ -215,6 +216,8 @@ class SamplerConfig:
                 raise ValueError(f"{name} has steps {bad} outside 0..{self.num_steps - 1}")
         if self.audio_cfg < 1.0:
             raise ValueError(f"audio_cfg={self.audio_cfg} must be >= 1 (1 disables guidance)")
+        if self.edit_cfg < 1.0:
+            raise ValueError(f"edit_cfg={self.edit_cfg} must be >= 1 (1 disables edit guidance)")
 
     @property
     def num_steps(self) -> int:
@@ -225,6 +228,11 @@ class SamplerConfig:
     def use_cfg(self) -> bool:
         """Whether the null-audio pass runs at all."""
         return self.audio_cfg > 1.0 and bool(self.cfg_steps)
+
+    @property
+    def use_edit_cfg(self) -> bool:
+        """Whether blocks under an edit prompt also run a main-prompt pass to guide away from."""
+        return self.edit_cfg > 1.0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +154,7 @@ class LiveActPipeline:
         fps: output frame rate (also sets the audio tempo 25/fps).
         audio_cfg, mean_memory, fp8_kv_cache, offload_cache: sampler options (see
             ``NeighborForcingSampler``).
+        edit_cfg: edit guidance scale (``SamplerConfig.edit_cfg``); None keeps the schedule's.
         vae_stitch: ``continuous`` (one causal decode across blocks) or ``reference`` (the authors'
             overlap-and-crop decode).
         stream_audio: re-encode a short audio slice per block (``--steam_audio``) instead of the
@@ -177,7 +178,7 @@ class LiveActPipeline:
         fps: float = 24, audio_cfg: float = 1.0, mean_memory: bool = False, fp8_kv_cache: bool = False,
         offload_cache: bool = False, vae_stitch: str = "continuous", stream_audio: bool = False,
         downmix: bool = False, memory: MemoryConfig | None = None, schedule: SamplerConfig | None = None,
-        park_text_encoder: bool = False,
+        park_text_encoder: bool = False, edit_cfg: float | None = None,
     ) -> None:
         width, height = size
         stride = (schedule or SamplerConfig()).vae_stride
@@ -194,6 +195,8 @@ class LiveActPipeline:
         self.park_text_encoder = park_text_encoder
         # What decodes the latent blocks: the autoencoder itself, or a faster one (TAEW2.1 for 14B).
         self.decoder = vae
+        if edit_cfg is not None:
+            schedule = replace(schedule or SamplerConfig(), edit_cfg=edit_cfg)
         self.sampler = NeighborForcingSampler(
             transformer, audio_cfg=audio_cfg, mean_memory=mean_memory, fp8_kv_cache=fp8_kv_cache,
             offload_cache=offload_cache, memory=memory, sampler=schedule)

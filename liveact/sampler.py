@@ -256,16 +256,21 @@ class NeighborForcingSampler:
         t_all = [torch.tensor([t], dtype=torch.float32, device=model.device) for t in scfg.timesteps]
         sigmas = [t / scfg.num_train_timesteps for t in t_all]
 
+        def text_kv(prompt: int) -> list:
+            if prompt not in text_cache:
+                text_cache[prompt] = model.embed_text(cond.text_of(prompt))
+                while len(text_cache) > max(2, self.max_cached_prompts):
+                    text_cache.popitem(last=False)
+            text_cache.move_to_end(prompt)
+            return text_cache[prompt]
+
         for k in range(num_blocks):
             span = block_span(k, self.memory_config, scfg.vae_stride[0])
             shape = (scfg.latent_channels, span.frames, lh, lw)
             prompt = cond.prompt_for(k)
-            if prompt not in text_cache:
-                text_cache[prompt] = model.embed_text(cond.text_of(prompt))
-                while len(text_cache) > self.max_cached_prompts:
-                    text_cache.popitem(last=False)
-            text_cache.move_to_end(prompt)
-            context = CrossContext(text=text_cache[prompt], image=image_kv)
+            # Edit guidance: on an edited block, push away from what the main prompt alone would make.
+            base = CrossContext(text=text_kv(0), image=image_kv) if prompt and scfg.use_edit_cfg else None
+            context = CrossContext(text=text_kv(prompt), image=image_kv)
             y_block = y[:, span.y_start: span.y_start + span.frames]
             silent = 1 if span.first_latent == 0 else 0
             audio = self.block_audio(cond, span)
@@ -273,9 +278,17 @@ class NeighborForcingSampler:
 
             latent = self._noise(shape, generator)
             for i in range(scfg.num_steps):
+                step_audio = None if i in scfg.skip_audio_steps else audio
+                if base is not None:
+                    # Same block over the same history: the edited pass runs last, so the keys/values
+                    # the memory keeps for later blocks are the edited ones, as without guidance.
+                    memories[i].begin_block(k)
+                    v_base = model(latent, y_block, t_all[i], base, memories[i], audio=step_audio,
+                                   silent_frames=silent)
                 memories[i].begin_block(k)
-                v = model(latent, y_block, t_all[i], context, memories[i],
-                          audio=None if i in scfg.skip_audio_steps else audio, silent_frames=silent)
+                v = model(latent, y_block, t_all[i], context, memories[i], audio=step_audio, silent_frames=silent)
+                if base is not None:
+                    v = v_base + scfg.edit_cfg * (v - v_base)
                 if i in null_memories:
                     null_memories[i].begin_block(k)
                     v_null = model(latent, y_block, t_all[i], context, null_memories[i], audio=null_audio,

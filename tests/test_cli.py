@@ -85,6 +85,7 @@ def test_bad_inputs_give_one_line_errors(media: Path, capsys: pytest.CaptureFixt
         (["--fps", "0"], "--fps must be > 0"),
         (["--fps", "-5"], "--fps must be > 0"),
         (["--audio_cfg", "0.5"], "--audio_cfg must be >= 1"),
+        (["--edit_cfg", "0.5"], "--edit_cfg must be >= 1"),
         (["--max_blocks", "0"], "--max_blocks must be >= 1"),
     ],
 )

@@ -72,6 +72,15 @@ def test_folder_defaults_and_components(nano: Path, speech: Path) -> None:
     torch.testing.assert_close(torch.cat(blocks, 2), torch.cat(again, 2))
 
 
+def test_edit_guidance_comes_from_the_folder_and_the_flag_overrides_it() -> None:
+    from liveact.nano import default_model_dir
+
+    shipped = LiveActPipeline.from_pretrained(default_model_dir(), dtype=torch.float32)
+    assert shipped.sampler.config.edit_cfg > 1.0  # LiveAct-Nano's timed actions need it to show
+    off = LiveActPipeline.from_pretrained(default_model_dir(), dtype=torch.float32, edit_cfg=1.0)
+    assert off.sampler.config.edit_cfg == 1.0 and not off.sampler.config.use_edit_cfg
+
+
 def test_streaming_audio_gives_the_same_video(nano: Path, speech: Path) -> None:
     image = Path(__file__).resolve().parents[1] / "examples" / "avatar_1.png"
     request = Request(image=image, audio=speech, prompt="A person talks.")

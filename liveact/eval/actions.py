@@ -130,7 +130,7 @@ def evaluate(model_dir: Path, tae_path: Path, data_dir: Path, reader: AvatarRead
             spans = block_spans(len(video), first, later)
             sink += action_contrasts(action_signals(reader.read(video), 25.0), actions, spans)
     return {"per_action": summarise(model_c, truth_c), "blocks": len(model_c), "model": str(model_dir),
-            "steps": len(schedule.timesteps) - 1}
+            "steps": len(schedule.timesteps) - 1, "edit_cfg": schedule.edit_cfg}
 
 
 def read_video(path: Path) -> tuple[np.ndarray, float]:
@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, help="held-out shards")
     p.add_argument("--clips", type=int, default=64, help="held-out clips to look at (those with actions are used)")
     p.add_argument("--steps", type=int, default=None, help="multi-step schedule; default: the 3-step one")
+    p.add_argument("--edit_cfg", type=float, default=1.0, help="edit guidance scale (1 = off)")
     p.add_argument("--video", type=Path, help="instead: score this generated video ...")
     p.add_argument("--input_json", type=Path, help="... against the edit_prompt ranges of this generate.py input")
     p.add_argument("--entry", type=int, default=0, help="which entry of --input_json made the video")
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         if a.model is None or a.tae is None or a.data is None:
             p.error("give --model, --tae and --data (or --video and --input_json)")
         schedule = flow_schedule(a.steps) if a.steps else replace(SamplerConfig(), skip_audio_steps=())
+        schedule = replace(schedule, edit_cfg=a.edit_cfg)
         result = evaluate(a.model, a.tae, a.data, reader, a.clips, schedule)
     print(json.dumps(result, indent=1))
     if a.out:

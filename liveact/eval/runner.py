@@ -124,16 +124,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shift", type=float, default=3.0)
     p.add_argument("--context", choices=("neighbor", "clean"), default="neighbor")
     p.add_argument("--audio_cfg", type=float, default=1.0)
+    p.add_argument("--edit_cfg", type=float, default=1.0, help="edit guidance on blocks with an action prompt")
     p.add_argument("--ground_truth", action="store_true",
                    help="decode the clips' own latents instead of sampling (the metrics' ceiling)")
     p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     schedule = flow_schedule(a.steps, a.shift) if a.steps else replace(SamplerConfig(), skip_audio_steps=())
+    schedule = replace(schedule, edit_cfg=a.edit_cfg)
     parts = NanoParts.load(a.model, a.tae)
     result = evaluate_clips(parts, ClipSet.load(a.data, a.clips), AvatarReader.load(a.reader), a.clips, schedule,
                             a.context, a.audio_cfg, ground_truth=a.ground_truth)
-    result.update(model="ground truth" if a.ground_truth else str(a.model), steps=len(schedule.timesteps) - 1, context=a.context, audio_cfg=a.audio_cfg)
+    result.update(model="ground truth" if a.ground_truth else str(a.model), steps=len(schedule.timesteps) - 1, context=a.context, audio_cfg=a.audio_cfg,
+                  edit_cfg=a.edit_cfg)
     print(json.dumps(result, indent=1))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

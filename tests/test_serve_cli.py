@@ -14,6 +14,7 @@ def test_defaults_are_safe_and_match_the_authors() -> None:
     assert args.size is None and args.fps is None  # the model's own (720*416 / 24 for official folders)
     assert args.ckpt_dir is None  # the embedded LiveAct-Nano
     assert parse_args(["--fp8_kv_cache", "--block_offload", "--t5_cpu"]).block_offload
+    assert args.edit_cfg is None and parse_args(["--edit_cfg", "1"]).edit_cfg == 1.0  # None: the model's own
 
 
 @pytest.mark.parametrize(
@@ -23,6 +24,7 @@ def test_defaults_are_safe_and_match_the_authors() -> None:
         (["--size", "100*100"], "multiples of 16"),
         (["--fps", "0"], "--fps"),
         (["--queue_size", "-1"], "--queue_size"),
+        (["--edit_cfg", "0.5"], "--edit_cfg"),
     ],
 )
 def test_bad_input_is_one_error_line(

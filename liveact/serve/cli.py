@@ -54,6 +54,7 @@ class DemoArgs:
     max_audio_mb: int = 50
     max_audio_seconds: float = 600.0
     warmup_blocks: int = 2
+    edit_cfg: float | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["bfloat16", "float16", "float32"],
         help="model dtype (default bfloat16 on GPU, float32 on CPU)",
     )
+    p.add_argument(
+        "--edit_cfg",
+        type=float,
+        default=None,
+        help="edit guidance scale for jobs with timed edits (> 1 enables it; default: the model's own)",
+    )
     p.add_argument("--queue_size", type=int, default=0, help="jobs that may wait behind the running one")
     p.add_argument("--max_image_mb", type=int, default=10, help="upload limit of the portrait")
     p.add_argument("--max_audio_mb", type=int, default=50, help="upload limit of the audio file")
@@ -131,6 +138,7 @@ def load_pipeline(
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
+        edit_cfg=args.edit_cfg,
     )
     gen = resolve_model(gen, official_size=OFFICIAL_SIZE, official_fps=OFFICIAL_FPS)
     pipe = build_pipeline(gen, device, dtype, dist_info)
@@ -194,6 +202,8 @@ def run(args: DemoArgs) -> int:
         raise UserError(f"--fps must be between 1 and 60, got {args.fps}")
     if args.queue_size < 0:
         raise UserError(f"--queue_size must be >= 0, got {args.queue_size}")
+    if args.edit_cfg is not None and args.edit_cfg < 1.0:
+        raise UserError(f"--edit_cfg must be >= 1 (1 disables edit guidance), got {args.edit_cfg}")
     data_dir = Path(args.data_dir).expanduser().resolve()
     save_dir = Path(args.video_save_path).expanduser().resolve() if args.video_save_path else None
     num_heads = None

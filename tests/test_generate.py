@@ -23,6 +23,12 @@ FPS = 24
 SIZE = "64*48"
 
 
+def default_sigint() -> None:
+    """Give a child the default Ctrl-C: a runner started in the background by a non-interactive shell
+    ignores SIGINT, children inherit that, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("generate")
@@ -109,7 +115,7 @@ def _interrupt(ws: dict[str, Path], out: Path, when: str) -> tuple[subprocess.Co
     import threading
 
     proc = subprocess.Popen(_command(ws, "long.json", out, "--dura_print"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_env())
+                            stderr=subprocess.STDOUT, text=True, env=_env(), preexec_fn=default_sigint)
     lines: list[str] = []
     timer = threading.Timer(600, proc.kill)  # never hang the suite
     timer.start()

@@ -31,6 +31,12 @@ H, W = 64, 96
 AAC_FRAME_S = 1024 / 16000  # the audio track ends on an AAC frame boundary
 
 
+def default_sigint() -> None:
+    """Give a child the default Ctrl-C: a runner started in the background by a non-interactive shell
+    ignores SIGINT, children inherit that, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def make_frames(start: int, n: int, h: int = H, w: int = W) -> np.ndarray:
     """Smooth frames whose mean brightness encodes the frame index (H.264 keeps it within a few levels).
 
@@ -183,7 +189,7 @@ def _run_child(tmp_path: Path, tune: str | None) -> tuple[subprocess.Popen, Path
     out = tmp_path / "partial.mp4"
     code = CHILD.format(root=str(REPO_ROOT), out=str(out), wav=str(wav), tune=tune)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
     return proc, out
 
 

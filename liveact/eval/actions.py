@@ -30,7 +30,8 @@ import torch
 
 from liveact.config import MemoryConfig, SamplerConfig
 from liveact.eval.reader import AvatarReader, default_reader_dir
-from liveact.train.synth import ACTIONS, MOTION
+from liveact.sampler import block_span
+from liveact.train.synth import ACTIONS, FPS, MOTION
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def wobble(x: np.ndarray, window: int) -> np.ndarray:
 def action_signals(read: dict[str, np.ndarray], fps: float) -> dict[str, np.ndarray]:
     """Per-frame evidence ``[F]`` of every action in ``ACTIONS`` from ``AvatarReader.read`` output."""
     motion = {name: read["motion"][:, i] for i, name in enumerate(MOTION)}
-    window = max(3, int(round(0.8 * fps)))  # one nod (1.3 Hz) or most of a shake (1.8 Hz)
+    window = max(3, round(0.8 * fps))  # one nod (1.3 Hz) or most of a shake (1.8 Hz)
     return {"smile": motion["smile"], "raise_brows": motion["brows"], "surprised": motion["eye_wide"],
             "close_eyes": read["eyes_closed"], "nod": wobble(motion["dy"], window),
             "shake": wobble(motion["dx"], window)}
@@ -103,17 +104,16 @@ def summarise(model: list[tuple[int, str, float]], truth: list[tuple[int, str, f
 
 
 def default_spans() -> tuple[int, int]:
-    """Video frames of the first and later blocks under the default memory layout (stride 4)."""
-    mem = MemoryConfig()
-    return (mem.first_block_frames - 1) * 4 + 1, mem.block_frames * 4
+    """Video frames of the first and later blocks under the default memory layout and schedule."""
+    mem, stride = MemoryConfig(), SamplerConfig().vae_stride[0]
+    return block_span(0, mem, stride).video_frames(stride), block_span(1, mem, stride).video_frames(stride)
 
 
 def evaluate(model_dir: Path, tae_path: Path, data_dir: Path, reader: AvatarReader, clips: int,
              schedule: SamplerConfig, seed: int = 0) -> dict:
     """Sample held-out clips that carry actions and score them against their decoded ground truth."""
-    from liveact.eval.runner import NanoParts, clip_conditions, sample_frames
+    from liveact.eval.runner import NanoParts, clip_conditions, decode_truth, sample_frames
     from liveact.train.data import ClipSet
-    from liveact.video import to_uint8_frames
 
     parts = NanoParts.load(model_dir, tae_path)
     data = ClipSet.load(data_dir, clips)
@@ -124,24 +124,11 @@ def evaluate(model_dir: Path, tae_path: Path, data_dir: Path, reader: AvatarRead
         if not any(actions) or all(actions):
             continue
         frames = sample_frames(parts, clip_conditions(parts, data, i), len(actions), schedule, seed + i)
-        with torch.no_grad():
-            truth = to_uint8_frames(parts.tae.decode_frames(data.latents[i: i + 1].float()))
-        for video, sink in ((frames, model_c), (truth, truth_c)):
+        for video, sink in ((frames, model_c), (decode_truth(parts, data, i), truth_c)):
             spans = block_spans(len(video), first, later)
-            sink += action_contrasts(action_signals(reader.read(video), 25.0), actions, spans)
+            sink += action_contrasts(action_signals(reader.read(video), FPS), actions, spans)
     return {"per_action": summarise(model_c, truth_c), "blocks": len(model_c), "model": str(model_dir),
             "steps": len(schedule.timesteps) - 1, "edit_cfg": schedule.edit_cfg}
-
-
-def read_video(path: Path) -> tuple[np.ndarray, float]:
-    """``([F, H, W, 3] uint8, fps)`` of a video file (imageio-ffmpeg)."""
-    import imageio_ffmpeg
-
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    w, h = meta["size"]
-    frames = np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])
-    return frames, float(meta["fps"])
 
 
 def check_video(video: Path, edits: dict[str, str], reader: AvatarReader, plot: Path | None = None) -> dict:
@@ -151,8 +138,9 @@ def check_video(video: Path, edits: dict[str, str], reader: AvatarReader, plot: 
     blocks outside every range are the neutral baseline.
     """
     from liveact.cli import parse_edit_range
+    from liveact.video import probe_video, read_frames
 
-    frames, fps = read_video(video)
+    frames, fps = read_frames(video), float(probe_video(video)["fps"])
     first, later = default_spans()
     spans = block_spans(len(frames), first, later)
     block_actions = [""] * len(spans)
@@ -170,11 +158,11 @@ def check_video(video: Path, edits: dict[str, str], reader: AvatarReader, plot: 
               "blocks": [{"block": k, "action": a, "contrast": c}
                          for k, a, c in action_contrasts(signals, block_actions, spans)]}
     if plot is not None:
-        plot_video_check(frames, signals, block_actions, spans, plot)
+        plot_video_check(frames, fps, signals, block_actions, spans, plot)
     return result
 
 
-def plot_video_check(frames: np.ndarray, signals: dict[str, np.ndarray], block_actions: list[str],
+def plot_video_check(frames: np.ndarray, fps: float, signals: dict[str, np.ndarray], block_actions: list[str],
                      spans: list[tuple[int, int]], out: Path) -> None:
     """PNG: one frame from the middle of every action block above each action's evidence over time."""
     import matplotlib
@@ -194,13 +182,13 @@ def plot_video_check(frames: np.ndarray, signals: dict[str, np.ndarray], block_a
         ax.set_title(f"block {k}: {block_actions[k] or 'neutral'}", fontsize=8)
         ax.axis("off")
     ax = fig.add_subplot(grid[1, :])
-    t = np.arange(len(frames)) / 25.0
-    for action in sorted(set(a for a in block_actions if a)):
+    t = np.arange(len(frames)) / fps
+    for action in sorted({a for a in block_actions if a}):
         sig = signals[action]
         line, = ax.plot(t, sig / max(1e-6, float(np.abs(sig).max())), label=action, lw=1)
         for k, a in enumerate(block_actions):
             if a == action:
-                ax.axvspan(spans[k][0] / 25.0, spans[k][1] / 25.0, color=line.get_color(), alpha=0.12)
+                ax.axvspan(spans[k][0] / fps, spans[k][1] / fps, color=line.get_color(), alpha=0.12)
     ax.set_xlabel("seconds")
     ax.set_ylabel("evidence (scaled to max 1)")
     ax.legend(fontsize=7, ncol=3, loc="upper left")

@@ -280,5 +280,15 @@ def plot_main(argv: list[str] | None = None) -> None:
         print(table_row(rec["summary"]))
 
 
-__all__ = ["LongRunRecord", "TABLE_HEADER", "long_speech", "main", "memory_options", "plot", "resident_bytes", "run",
-           "table_row", "window_metrics"]
+__all__ = [
+    "TABLE_HEADER",
+    "LongRunRecord",
+    "long_speech",
+    "main",
+    "memory_options",
+    "plot",
+    "resident_bytes",
+    "run",
+    "table_row",
+    "window_metrics",
+]

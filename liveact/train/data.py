@@ -4,11 +4,14 @@ Each clip (``synth.make_clip``) becomes: the video latents ``[16, F_lat, h, w]``
 the I2V conditioning latent of ``(frame 0, zeros ...)`` ``[16, 14, h, w]`` (its latent 0 is also the
 reference image's latent, read by the image branch), the log-mel rows ``[S, 4, 80]`` of the audio
 with a random noise floor, the prompt of every block, and the ground truth kept for evaluation
-(mouth opening and blinks per frame, the action of each block, the person's accessories).
+(mouth opening, mouth position and blinks per frame, the action of each block, the person's
+accessories).
 
     python -m liveact.train data --tae runs/tae/tae.safetensors --out runs/data --clips 4000
 
 Shards of ``--shard`` clips are written atomically and skipped when present, so the command resumes.
+Shards written before a ground-truth field existed get it with ``--add_mouth_xy`` (the clips are
+rendered again from their seeds; nothing is re-encoded, so a model trained on them stays valid).
 """
 
 from __future__ import annotations
@@ -63,11 +66,50 @@ def encode_clip(seed: int, num_blocks: int, tae: TinyAutoencoder, mel: LogMelEnc
         cond = tae.encode_frames(conditioning_frames(video[:, :, 0], MemoryConfig(), tae.temporal_stride)).float()[0]
     audio = mel.rows(torch.from_numpy(wave), clip.fps, 0, clip.frames.shape[0])
     tensors = {"latents": latents.half(), "cond": cond.half(), "audio": audio.half(),
-               "mouth": torch.from_numpy(clip.mouth), "blink": torch.from_numpy(clip.blink.astype(np.float32)),
+               "mouth": torch.from_numpy(clip.mouth), "mouth_xy": torch.from_numpy(clip.mouth_xy),
+               "blink": torch.from_numpy(clip.blink.astype(np.float32)),
                "wave": torch.from_numpy(wave).half()}
     meta = {"seed": seed, "prompts": clip.prompts, "actions": clip.block_actions, "main_prompt": clip.main_prompt,
             "voice": clip.voice, "accessories": clip.avatar.accessories}
     return tensors, meta
+
+
+def _add_mouth_xy_worker(args: tuple) -> None:
+    """Add ``mouth_xy`` to one shard, rendering its clips again from their seeds."""
+    from liveact.train.synth import make_clip
+
+    shard_path, held_out, size = args
+    torch.set_num_threads(1)
+    tensors = load_file(str(shard_path))
+    meta = json.loads(shard_path.with_suffix(".json").read_text())
+    rows = []
+    for i, m in enumerate(meta):
+        clip = make_clip(m["seed"], num_blocks=len(m["prompts"]), size=size, held_out=held_out)
+        if clip.prompts != m["prompts"] or not np.allclose(clip.mouth, tensors["mouth"][i].numpy(), atol=1e-5):
+            raise RuntimeError(f"clip {m['seed']} of {shard_path} renders differently now (was it built with "
+                               f"{'--held_out' if not held_out else 'no --held_out'}?): rebuild the shard")
+        rows.append(torch.from_numpy(clip.mouth_xy))
+    tensors["mouth_xy"] = torch.stack(rows)
+    tmp = shard_path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, shard_path)
+
+
+def add_mouth_xy(out: Path, held_out: bool, size: int, workers: int) -> None:
+    """Give every shard of ``out`` that lacks it the per-frame mouth position (resumable, atomic)."""
+    from safetensors import safe_open
+
+    jobs = []
+    for path in sorted(out.glob("shard_*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            if "mouth_xy" not in f.keys():
+                jobs.append((path, held_out, size))
+    if not jobs:
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        for _ in tqdm(pool.imap_unordered(_add_mouth_xy_worker, jobs), total=len(jobs), desc=f"mouth_xy -> {out}"):
+            pass
 
 
 def _worker(args: tuple) -> None:
@@ -112,6 +154,7 @@ class ClipSet:
     blink: torch.Tensor  # [N, S]
     wave: torch.Tensor  # [N, samples]
     meta: list[dict]
+    mouth_xy: torch.Tensor | None = None  # [N, S, 2] mouth centre (x, y), fractions of the frame
 
     @classmethod
     def load(cls, folder: Path, limit: int | None = None) -> ClipSet:
@@ -125,7 +168,8 @@ class ClipSet:
             meta += json.loads(path.with_suffix(".json").read_text())
             if limit and len(meta) >= limit:
                 break
-        cat = {k: torch.cat([p[k] for p in parts])[:limit] for k in parts[0]}
+        keys = set.intersection(*(set(p) for p in parts))  # a field older shards lack is left out
+        cat = {k: torch.cat([p[k] for p in parts])[:limit] for k in keys}
         return cls(meta=meta[:limit], **cat)
 
     def __len__(self) -> int:
@@ -136,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.train data``."""
     p = argparse.ArgumentParser(prog="python -m liveact.train data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tae", type=Path, required=True, help="trained autoencoder (tae.safetensors)")
+    p.add_argument("--tae", type=Path, default=None, help="trained autoencoder (tae.safetensors); needed to build")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--clips", type=int, default=4000)
     p.add_argument("--shard", type=int, default=200)
@@ -145,5 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1_000_000)
     p.add_argument("--held_out", action="store_true", help="validation clips: held-out voices and sentences")
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--add_mouth_xy", action="store_true",
+                   help="add the mouth position to existing shards of --out (same --held_out as when built)")
     a = p.parse_args(argv)
+    if a.add_mouth_xy:
+        add_mouth_xy(a.out, a.held_out, a.size, a.workers)
+        return
+    if a.tae is None:
+        p.error("--tae is required to build shards (the autoencoder that encodes the clips)")
     build(a.out, a.tae, a.clips, a.shard, a.blocks, a.workers, a.seed, a.held_out, a.size)

@@ -12,7 +12,9 @@ the flow velocity ``eps - x0`` (``x_sigma = (1 - sigma) x0 + sigma eps``, as the
 - ``teacher``: context blocks are clean: after a block's noisy pass, a clean pass (``sigma = 0``)
   overwrites its memory slots (Teacher Forcing; sampled with a clean-context memory).
 
-Conditioning dropout (text, audio) trains the unconditional branches used for guidance.
+Conditioning dropout (text, audio) trains the unconditional branches used for guidance. Optional
+per-cell loss weights (``mouth_weights``) make the few latent cells that carry the lip-sync count:
+the mouth is ~4% of a 128x128 frame, so unweighted it is a small share of the loss.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from liveact.model import CrossContext, LiveActTransformer
 from liveact.nano import latent_tokens
 from liveact.pipeline import first_frame_mask
 from liveact.sampler import audio_rows, block_span
+from liveact.train.synth import MOUTH_BOX
 
 Mode = Literal["neighbor", "diffusion", "teacher"]
 MODES: tuple[str, ...] = ("neighbor", "diffusion", "teacher")
@@ -43,6 +46,7 @@ class Batch:
         image: ``[B, Li, clip_dim]`` image tokens (the reference latent in patches).
         audio: ``[B, S, layers, channels]`` audio rows, one per video frame (zeros where dropped).
         texts: ``texts[k][b]``: ``[L, text_dim]`` prompt features of block ``k`` of sample ``b``.
+        mouth_xy: ``[B, S, 2]`` the mouth's centre per video frame (fractions of the frame), if known.
     """
 
     latents: torch.Tensor
@@ -50,6 +54,7 @@ class Batch:
     image: torch.Tensor
     audio: torch.Tensor
     texts: list[list[torch.Tensor]]
+    mouth_xy: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -67,6 +72,42 @@ def conditioning(cond_latent: torch.Tensor, temporal_stride: int) -> torch.Tenso
 def image_tokens(cond_latent: torch.Tensor, patch: int) -> torch.Tensor:
     """The reference image's tokens from latent 0 of the conditioning latent ``[B, C, F, h, w]``."""
     return latent_tokens(cond_latent[:, :, 0], patch)
+
+
+def mouth_weights(mouth_xy: torch.Tensor, latent_frames: int, grid: tuple[int, int], stride: int,
+                  weight: float, base: float = 1.0) -> torch.Tensor:
+    """Per-latent-cell loss weights ``base + weight * m``, ``m`` the share of a cell inside the mouth box.
+
+    Args:
+        mouth_xy: ``[B, S, 2]`` mouth centre (x, y) per video frame, fractions of the frame.
+        latent_frames: ``F``; latent 0 is video frame 0, latent ``j`` covers frames ``stride (j-1) + 1 ..
+            stride j`` (where the mouth is taken as its mean position).
+        grid: ``(h, w)`` latent cells.
+
+    Returns:
+        ``[B, 1, F, h, w]``.
+    """
+    centres = [mouth_xy[:, 0]] + [mouth_xy[:, 1 + stride * (j - 1): 1 + stride * j].mean(1)
+                                  for j in range(1, latent_frames)]
+    c = torch.stack(centres, 1).float()  # [B, F, 2]
+    x0, x1, y0, y1 = MOUTH_BOX
+
+    def overlap(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
+        """``[B, F, n]``: the share of each of ``n`` cells along an axis inside ``[lo, hi]``."""
+        edges = torch.arange(n, dtype=torch.float32) / n
+        return (torch.minimum(hi[..., None], edges + 1 / n) - torch.maximum(lo[..., None], edges)).clamp(min=0) * n
+
+    ox = overlap(c[..., 0] + x0, c[..., 0] + x1, grid[1])
+    oy = overlap(c[..., 1] + y0, c[..., 1] + y1, grid[0])
+    return base + weight * (oy[..., :, None] * ox[..., None, :])[:, None]
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error; with ``weights`` (broadcast to ``pred``) the weighted mean."""
+    if weights is None:
+        return F.mse_loss(pred, target)
+    w = weights.expand_as(pred)
+    return ((pred - target).square() * w).sum() / w.sum().clamp(min=1e-8)
 
 
 def sample_sigmas(batch: int, blocks: int, mode: Mode, shift: float, generator: torch.Generator) -> torch.Tensor:
@@ -87,13 +128,14 @@ def forcing_loss(model: LiveActTransformer, batch: Batch, mode: Mode, generator:
                  memory_config: MemoryConfig | None = None, schedule: SamplerConfig | None = None,
                  shift: float = 3.0, sigmas: torch.Tensor | None = None,
                  noise: list[torch.Tensor] | None = None, collect: list | None = None,
-                 ) -> tuple[torch.Tensor, list[float]]:
+                 loss_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
     """Flow-matching loss of one batch of clips under a forcing mode.
 
     Args:
         sigmas: ``[blocks, B]`` to fix the noise levels (validation); drawn when None.
         noise: per-block noise to fix it (validation); drawn from ``generator`` when None.
         collect: if given, each block's clean prediction ``x_t - sigma v`` ``[B, C, T, h, w]`` is appended.
+        loss_weights: ``[B, 1, F, h, w]`` per-cell weights over the whole clip (``mouth_weights``).
 
     Returns:
         the mean loss over blocks, and each block's loss (floats) for logging.
@@ -123,7 +165,9 @@ def forcing_loss(model: LiveActTransformer, batch: Batch, mode: Mode, generator:
         memory.begin_block(k)
         v = model(x_t, y, sigmas[k] * schedule.num_train_timesteps, context, memory, audio=audio,
                   silent_frames=silent)
-        losses.append(F.mse_loss(v.float(), eps - x0))
+        weights = None if loss_weights is None else \
+            loss_weights[:, :, span.first_latent: span.first_latent + span.frames]
+        losses.append(weighted_mse(v.float(), eps - x0, weights))
         if collect is not None:
             collect.append(x_t - sigma * v.float())
         if mode == "teacher" and k < blocks - 1:

@@ -35,7 +35,7 @@ from liveact.train.common import (
     set_threads,
 )
 from liveact.train.data import ClipSet
-from liveact.train.forcing import MODES, Batch, conditioning, forcing_loss, image_tokens
+from liveact.train.forcing import MODES, Batch, conditioning, forcing_loss, image_tokens, mouth_weights
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +87,26 @@ def make_batch(data: ClipSet, idx: np.ndarray, texts: TextBank, rng: np.random.G
     per_block = [[texts("" if drop_text[j] else data.meta[i]["prompts"][k]) for j, i in enumerate(idx)]
                  for k in range(blocks)]
     return Batch(latents=data.latents[idx][:, :, :latents].float(), y=conditioning(cond, stride),
-                 image=image_tokens(cond, patch), audio=audio, texts=per_block)
+                 image=image_tokens(cond, patch), audio=audio, texts=per_block,
+                 mouth_xy=None if data.mouth_xy is None else data.mouth_xy[idx].float())
+
+
+def batch_mouth_weights(batch: Batch, weight: float, base: float = 1.0, stride: int = 4) -> torch.Tensor | None:
+    """``[B, 1, F, h, w]`` loss weights of a batch's mouth cells (None when ``weight`` is 0)."""
+    if not weight:
+        return None
+    if batch.mouth_xy is None:
+        raise ValueError("mouth weighting needs the mouth position in the shards: run "
+                         "`python -m liveact.train data --out DATA --add_mouth_xy` (add --held_out for held-out shards)")
+    _, _, frames, h, w = batch.latents.shape
+    return mouth_weights(batch.mouth_xy, frames, (h, w), stride, weight, base)
 
 
 @torch.no_grad()
 def validation_loss(model: LiveActTransformer, data: ClipSet, texts: TextBank, mode: str, batch: int = 8,
-                    clips: int = 32) -> float:
-    """Mean loss over ``clips`` held-out clips at fixed noise levels and fixed noise (comparable over time)."""
+                    clips: int = 32, mouth_only: bool = False) -> float:
+    """Mean loss over ``clips`` held-out clips at fixed noise levels and fixed noise (comparable over time);
+    with ``mouth_only`` over the mouth's latent cells only."""
     patch, stride = model.config.patch_size[1], SamplerConfig().vae_stride[0]
     total, count = 0.0, 0
     rng = np.random.default_rng(0)
@@ -104,8 +117,9 @@ def validation_loss(model: LiveActTransformer, data: ClipSet, texts: TextBank, m
             g = torch.Generator().manual_seed(1234 + start)
             blocks = len(data.meta[idx[0]]["prompts"])
             sig = torch.full((blocks, len(idx)), sigma)
+            weights = batch_mouth_weights(b, 1.0, base=0.0, stride=stride) if mouth_only else None
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss, _ = forcing_loss(model, b, mode, g, sigmas=sig)
+                loss, _ = forcing_loss(model, b, mode, g, sigmas=sig, loss_weights=weights)
             total += loss.item() * len(idx)
             count += len(idx)
     return total / count
@@ -117,9 +131,15 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     data, val = ClipSet.load(args.data, args.limit), ClipSet.load(args.val, 64)
     texts = TextBank(MiniLMTextEncoder(max_tokens=nano_model_config().text_len))
-    config = nano_model_config(num_layers=args.layers, dim=args.dim, ffn_dim=4 * args.dim, num_heads=args.dim // 64)
-    model = LiveActTransformer(config)
-    init_weights(model)
+    if args.init_from:
+        # Fine-tune an exported model (e.g. with another loss weighting): its geometry, its weights.
+        model = LiveActTransformer.from_pretrained(args.init_from, torch_dtype=torch.float32).requires_grad_(True)
+        config = model.config
+    else:
+        config = nano_model_config(num_layers=args.layers, dim=args.dim, ffn_dim=4 * args.dim,
+                                   num_heads=args.dim // 64)
+        model = LiveActTransformer(config)
+        init_weights(model)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     ema = EMA(model, args.ema)
@@ -135,7 +155,8 @@ def train(args: argparse.Namespace) -> None:
         logger.info("resumed %s at step %d", out, step)
     else:
         log.write(event="start", params=sum(p.numel() for p in model.parameters()), mode=args.mode,
-                  config=config.to_dict(), clips=len(data))
+                  config=config.to_dict(), clips=len(data), init_from=str(args.init_from or ""),
+                  mouth_weight=args.mouth_weight)
     patch, stride = config.patch_size[1], SamplerConfig().vae_stride[0]
     bar = tqdm(total=args.steps, initial=step, desc=f"stage1 {args.mode}", mininterval=10)
     last_save, started = time.monotonic(), time.monotonic()
@@ -152,7 +173,8 @@ def train(args: argparse.Namespace) -> None:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.lr, args.warmup, args.steps)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, per_block = forcing_loss(model, batch, args.mode, generator, shift=args.shift)
+            loss, per_block = forcing_loss(model, batch, args.mode, generator, shift=args.shift,
+                                           loss_weights=batch_mouth_weights(batch, args.mouth_weight, stride=stride))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -180,7 +202,10 @@ def train(args: argparse.Namespace) -> None:
 def _validate(config: ModelConfig, ema: EMA, val: ClipSet, texts: TextBank) -> dict[str, float]:
     """Validation losses of the EMA weights under the Neighbor and Teacher Forcing objectives."""
     model = ema_model(config, ema)
-    return {f"val_{m}": validation_loss(model, val, texts, m) for m in ("neighbor", "teacher")}
+    out = {f"val_{m}": validation_loss(model, val, texts, m) for m in ("neighbor", "teacher")}
+    if val.mouth_xy is not None:
+        out["val_neighbor_mouth"] = validation_loss(model, val, texts, "neighbor", mouth_only=True)
+    return out
 
 
 def ema_model(config: ModelConfig, ema: EMA) -> LiveActTransformer:
@@ -229,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stop_at", type=int, default=None,
                    help="stop (resumably) at this step; the schedule still spans --steps (ablations compare runs "
                         "at one step with one learning-rate schedule)")
+    p.add_argument("--init_from", type=Path, default=None, help="start from this exported model (fine-tuning)")
+    p.add_argument("--mouth_weight", type=float, default=0.0,
+                   help="extra loss weight on the mouth's latent cells (needs mouth_xy in the shards)")
     p.add_argument("--snapshot_every", type=int, default=0, help="also export the EMA model every N steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

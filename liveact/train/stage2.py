@@ -46,9 +46,9 @@ from liveact.train.common import (
     set_threads,
 )
 from liveact.train.data import ClipSet
-from liveact.train.forcing import Batch, forcing_loss, sample_sigmas
+from liveact.train.forcing import Batch, forcing_loss, sample_sigmas, weighted_mse
 from liveact.train.rollout import generator_noise, rollout
-from liveact.train.stage1 import TextBank, make_batch
+from liveact.train.stage1 import TextBank, batch_mouth_weights, make_batch
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +101,15 @@ def dmd_step(student: LiveActTransformer, teacher: LiveActTransformer, fake: Liv
     return loss, {"dmd_grad": float(grad.abs().mean()), "x_std": float(x.detach().std())}
 
 
-def regress_step(student: LiveActTransformer, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """Every step's prediction along the student's rollout regresses to the ground truth."""
+def regress_step(student: LiveActTransformer, batch: Batch, generator: torch.Generator, mouth_weight: float = 0.0
+                 ) -> tuple[torch.Tensor, dict]:
+    """Every step's prediction along the student's rollout regresses to the ground truth (the mouth's
+    latent cells weighted ``1 + mouth_weight``)."""
     schedule = student_schedule()
     out = rollout(student, batch, schedule, generator_noise(generator))
     truth = batch.latents.float()
-    losses = torch.stack([F.mse_loss(out.video(i), truth) for i in range(schedule.num_steps)])
+    weights = batch_mouth_weights(batch, mouth_weight, stride=schedule.vae_stride[0])
+    losses = torch.stack([weighted_mse(out.video(i), truth, weights) for i in range(schedule.num_steps)])
     return losses.mean(), {f"step{i}": float(v) for i, v in enumerate(losses.detach())}
 
 
@@ -151,7 +154,8 @@ def train(args: argparse.Namespace) -> None:
         step = meta["step"]
         logger.info("resumed %s at step %d", out, step)
     else:
-        log.write(event="start", objective=args.objective, teacher=str(args.teacher), clips=len(data))
+        log.write(event="start", objective=args.objective, teacher=str(args.teacher), clips=len(data),
+                  mouth_weight=args.mouth_weight)
     patch, stride = config.patch_size[1], SamplerConfig().vae_stride[0]
     bar = tqdm(total=args.steps, initial=step, desc=f"stage2 {args.objective}", mininterval=10)
     last_save, started = time.monotonic(), time.monotonic()
@@ -179,7 +183,7 @@ def train(args: argparse.Namespace) -> None:
                 loss, extra = dmd_step(student, teacher, fake, batch, generator, int(rng.integers(3)), args.audio_cfg)
         else:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss, extra = regress_step(student, batch, generator)
+                loss, extra = regress_step(student, batch, generator, args.mouth_weight)
         stats.update(extra)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -233,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fake_updates", type=int, default=2, help="fake-score updates per student update (TTUR)")
     p.add_argument("--audio_cfg", type=float, default=2.0, help="audio guidance of the real (teacher) score")
     p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--mouth_weight", type=float, default=0.0,
+                   help="regress: extra weight on the mouth's latent cells (needs mouth_xy in the shards)")
     p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--log_every", type=int, default=5)

@@ -45,6 +45,10 @@ ACTIONS: dict[str, tuple[str, ...]] = {
 # Face state a reader can regress from one frame: how the timed actions show. ``dx``/``dy`` are head
 # offsets (fractions of the frame); nods and shakes show as their motion over time.
 MOTION = ("smile", "brows", "eye_wide", "dx", "dy")
+MOUTH_Y = 0.42  # the mouth's centre line below the face centre, in face half-heights
+# Where the mouth can be drawn around its centre (x0, x1, y0, y1, fractions of the frame): the widest
+# mouth (smiling) and the lowest jaw (wide open, surprised). Training weights these pixels/cells.
+MOUTH_BOX = (-0.15, 0.15, -0.05, 0.11)
 MAIN_PROMPTS = ("A person talks to the camera.", "Someone is speaking calmly.", "A character talks.",
                 "The person speaks to the viewer.", "A talking head.", "A person is talking naturally.",
                 "Someone tells a story.", "A cartoon person speaks.")
@@ -326,7 +330,7 @@ def render_frame(avatar: Avatar, state: FaceState, size: int = 128) -> np.ndarra
                       fill=tuple(int(min(255, v * 1.0 + a)) for v, a in zip(avatar.skin, (25, -20, -20))))
 
     # Mouth: width from the person, rounding (narrower) and smile (wider); height from the opening.
-    my = cy + fh * 0.42
+    my = cy + fh * MOUTH_Y
     mw = avatar.mouth_w * s * (1 - 0.35 * state.rounding) * (1 + 0.35 * state.smile)
     mh = 0.065 * s * state.opening * (1 + 0.4 * state.eye_wide)
     lip_w = max(2, s // 90)
@@ -363,7 +367,8 @@ class Clip:
     opening in [0, 1]; ``blink`` ``[F]`` eyes-closed flags; ``block_actions`` the action of each block
     ("" = none); ``prompts`` the text of each block (the action's description, else the main prompt);
     ``motion`` ``[F, len(MOTION)]`` the drawn face state per frame (see ``MOTION``), the ground truth
-    of the timed actions.
+    of the timed actions; ``mouth_xy`` ``[F, 2]`` the mouth's centre (x, y) in fractions of the frame
+    (where the lip-sync evidence is: training can weight it).
     """
 
     frames: np.ndarray
@@ -379,6 +384,7 @@ class Clip:
     avatar: Avatar
     voice: str
     motion: np.ndarray = field(default_factory=lambda: np.zeros((0, len(MOTION)), np.float32))
+    mouth_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     extra: dict = field(default_factory=dict)
 
 
@@ -472,6 +478,7 @@ def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS,
     frames = np.empty((num_frames, size, size, 3), np.uint8)
     drawn = np.empty(num_frames, np.float32)
     motion = np.empty((num_frames, len(MOTION)), np.float32)
+    mouth_xy = np.empty((num_frames, 2), np.float32)
     for f in range(num_frames):
         eyes = 0.0 if blink[f] else 1.0
         eyes = eyes * (1 - closed[f])
@@ -483,10 +490,12 @@ def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS,
         )
         drawn[f] = state.opening
         motion[f] = [getattr(state, name) for name in MOTION]
+        mouth_xy[f] = (0.5 + state.dx, person.center_y + state.dy + person.face_h * MOUTH_Y)
         frames[f] = render_frame(person, state, size)
     return Clip(frames=frames, audio=wave.astype(np.float32), sample_rate=SAMPLE_RATE, fps=fps, mouth=drawn,
                 blink=blink | (closed > 0.5), speaking=speaking, block_actions=actions, prompts=prompts,
-                main_prompt=main, avatar=person, voice=voice, motion=motion)
+                main_prompt=main, avatar=person, voice=voice, motion=motion,
+                mouth_xy=mouth_xy)
 
 
 def frame_rms(wave: np.ndarray, num_frames: int, fps: float = FPS, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -184,7 +184,7 @@ def test_stage2_runs_and_exports(tmp_path: Path, objective: str) -> None:
 
 def test_mouth_box_covers_every_drawn_mouth_and_nothing_far_from_it() -> None:
     from liveact.train.autoencoder import mouth_mask
-    from liveact.train.synth import FaceState, MOUTH_Y, make_clip, render_frame, sample_avatar
+    from liveact.train.synth import MOUTH_Y, FaceState, make_clip, render_frame, sample_avatar
 
     size = 128
     for seed in range(6):

@@ -28,7 +28,6 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from liveact.tae import TAEConfig, TinyAutoencoder, he_init
-from liveact.train.synth import MOUTH_BOX
 from liveact.train.common import (
     EMA,
     Budget,
@@ -39,6 +38,7 @@ from liveact.train.common import (
     optimizer_state,
     set_threads,
 )
+from liveact.train.synth import MOUTH_BOX
 
 logger = logging.getLogger(__name__)
 

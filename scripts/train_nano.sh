@@ -20,6 +20,13 @@ $T data --tae $R/tae_frozen.safetensors --out $R/data --clips 2000 --shard 100
 # 3. Stage 1: Neighbor Forcing from scratch.
 $T stage1 --data $R/data --val $R/data_val --out $R/stage1 --steps 2800 --batch 4 --snapshot_every 700
 
+# 3b. Lip-sync: the mouth's position per frame in the shards (no re-encoding), then the decoder and the
+#     DiT fine-tuned with the mouth's pixels / latent cells weighted (encoder frozen: same latent space).
+$T data --out $R/data_val --add_mouth_xy --held_out
+$T data --out $R/data --add_mouth_xy
+$T autoencoder --out $R/tae_mouth --start_from $R/tae_frozen.safetensors --freeze_encoder --mouth_weight 10 --steps 3000 --pool 600 --batch 6 --lr 3e-4 --val_every 250 --init default
+$T stage1 --data $R/data --val $R/data_val --out $R/stage1_mouth --init_from $R/stage1/model --mouth_weight 10 --steps 1200 --lr 1e-4 --warmup 50 --batch 4 --val_every 200 --snapshot_every 400
+
 # 4. The reader the metrics use (renders + decoded frames).
 [ -f $R/reader/reader.safetensors ] || python -m liveact.eval train-reader --out $R/reader --steps 4000 --clips 600 --autoencoder $R/tae_frozen.safetensors
 

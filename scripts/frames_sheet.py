@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     fps = float(probe_video(a.video)["fps"])
-    first, count = int(round(a.start * fps)), int(round(a.seconds * fps))
+    first, count = round(a.start * fps), round(a.seconds * fps)
     frames = read_frames(a.video, max_frames=first + count)[first::a.every]
     if not len(frames):
         p.error(f"{a.video} has no frames after {a.start} s")

@@ -21,6 +21,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,11 +105,16 @@ def add_mouth_xy(out: Path, held_out: bool, size: int, workers: int) -> None:
         with safe_open(str(path), "pt") as f:
             if "mouth_xy" not in f.keys():  # noqa: SIM118 (a safetensors file has keys(), not "in")
                 jobs.append((path, held_out, size))
+    _run_pool(_add_mouth_xy_worker, jobs, workers, f"mouth_xy -> {out}")
+
+
+def _run_pool(worker: Callable[[tuple], None], jobs: list[tuple], workers: int, desc: str) -> None:
+    """Run ``worker(job)`` for every job in ``workers`` spawned processes, with a progress bar."""
     if not jobs:
         return
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers) as pool:
-        for _ in tqdm(pool.imap_unordered(_add_mouth_xy_worker, jobs), total=len(jobs), desc=f"mouth_xy -> {out}"):
+        for _ in tqdm(pool.imap_unordered(worker, jobs), total=len(jobs), desc=desc):
             pass
 
 
@@ -135,12 +141,7 @@ def build(out: Path, tae_path: Path, clips: int, shard: int, num_blocks: int, wo
         path = out / f"shard_{i // shard:05d}.safetensors"
         if not path.is_file():
             jobs.append((path, list(range(seed + i, seed + min(clips, i + shard))), num_blocks, tae_path, held_out, size))
-    if not jobs:
-        return
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers) as pool:
-        for _ in tqdm(pool.imap_unordered(_worker, jobs), total=len(jobs), desc=f"shards -> {out}"):
-            pass
+    _run_pool(_worker, jobs, workers, f"shards -> {out}")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 # this script again after an interruption and each stage continues where it stopped (finished stages
 # are skipped). Budgets are for a 2-core CPU; docs/TRAINING.md gives the measured wall times.
 #
-#   bash scripts/train_nano.sh            # runs/ holds everything; ~6 h on 2 cores (docs/TRAINING.md)
+#   bash scripts/train_nano.sh            # runs/ holds everything; ~7.5 h on 2 cores (docs/TRAINING.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${RUNS:-runs}
@@ -20,21 +20,22 @@ $T data --tae $R/tae_frozen.safetensors --out $R/data --clips 2000 --shard 100
 # 3. Stage 1: Neighbor Forcing from scratch.
 $T stage1 --data $R/data --val $R/data_val --out $R/stage1 --steps 2800 --batch 4 --snapshot_every 700
 
-# 3b. Lip-sync: the mouth's position per frame in the shards (no re-encoding), then the decoder and the
-#     DiT fine-tuned with the mouth's pixels / latent cells weighted (encoder frozen: same latent space).
+# 3b. Lip-sync: the mouth's position per frame in the shards (only needed for shards built before it
+#     existed; nothing is re-encoded), then stage 1 fine-tuned with the mouth's latent cells weighted.
 $T data --out $R/data_val --add_mouth_xy --held_out
 $T data --out $R/data --add_mouth_xy
-$T autoencoder --out $R/tae_mouth --start_from $R/tae_frozen.safetensors --freeze_encoder --mouth_weight 10 --steps 3000 --pool 600 --batch 6 --lr 3e-4 --val_every 250 --init default
 $T stage1 --data $R/data --val $R/data_val --out $R/stage1_mouth --init_from $R/stage1/model --mouth_weight 10 --steps 1200 --lr 1e-4 --warmup 50 --batch 4 --val_every 200 --snapshot_every 400
 
 # 4. The reader the metrics use (renders + decoded frames).
 [ -f $R/reader/reader.safetensors ] || python -m liveact.eval train-reader --out $R/reader --steps 4000 --clips 600 --autoencoder $R/tae_frozen.safetensors
 
-# 5. Stage 2: the 3-step student on its own rollouts with the ConvKV memory. The shipped model used the
-#    regression objective for 20 minutes; --objective dmd is the paper's (about 50 s per step on 2 cores).
-$T stage2 --teacher $R/stage1/model --data $R/data --val $R/data_val --out $R/stage2 --objective regress --steps 300 --minutes 20 --lr 5e-5 --warmup 20
+# 5. Stage 2: the 3-step student on its own rollouts with the ConvKV memory, mouth-weighted regression
+#    (the shipped student started from the mouth fine-tune's step-400 snapshot; --objective dmd is the
+#    paper's, about 50 s per step on 2 cores).
+$T stage2 --teacher $R/stage1_mouth/model_step400 --data $R/data --val $R/data_val --out $R/stage2_mouth --objective regress --mouth_weight 10 --steps 300 --minutes 25 --lr 5e-5 --warmup 20
 
 # 6. The shipped folder (edit guidance 5, chosen on held-out action blocks), and the model card's metrics.
-python -m liveact.train package --model $R/stage2/model --tae $R/tae_frozen.safetensors --out liveact/assets/nano --edit_cfg 5
-python -m liveact.eval run --model $R/stage2/model --tae $R/tae_frozen.safetensors --data $R/data_val --clips 16 --reader $R/reader --edit_cfg 5
-python -m liveact.eval actions --model $R/stage2/model --tae $R/tae_frozen.safetensors --data $R/data_val --clips 64 --reader $R/reader --edit_cfg 5
+python -m liveact.train package --model $R/stage2_mouth/model --tae $R/tae_frozen.safetensors --out liveact/assets/nano --edit_cfg 5
+python -m liveact.eval run --model $R/stage2_mouth/model --tae $R/tae_frozen.safetensors --data $R/data_val --clips 16 --reader $R/reader --edit_cfg 5
+python -m liveact.eval run --model $R/stage1_mouth/model --tae $R/tae_frozen.safetensors --data $R/data_val --clips 16 --reader $R/reader --steps 20 --audio_cfg 3
+python -m liveact.eval actions --model $R/stage2_mouth/model --tae $R/tae_frozen.safetensors --data $R/data_val --clips 64 --reader $R/reader --edit_cfg 5

@@ -3,6 +3,7 @@ synthetic avatars, and the text encoder."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -182,3 +183,27 @@ def test_old_shards_get_the_mouth_position_without_re_encoding(tmp_path: Path) -
     torch.testing.assert_close(upgraded["latents"], built["latents"])
     with pytest.raises(SystemExit):
         data.main(["--out", str(tmp_path / "e")])  # building needs an autoencoder
+
+
+def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from liveact.train import autoencoder
+
+    common = ["--pool", "2", "--val_clips", "2", "--size", "64", "--batch", "1", "--frames", "5", "--crop", "32", "--val_every", "2",
+              "--encoder_widths", "8", "8", "8", "--decoder_widths", "8", "8", "8", "8"]
+    autoencoder.main([*common, "--out", str(tmp_path / "base"), "--steps", "2"])
+    base_path = tmp_path / "base" / "tae.safetensors"
+    info = json.loads((tmp_path / "base" / "tae.json").read_text())
+    assert np.isfinite(info["val_psnr_db"]) and np.isfinite(info["val_mouth_psnr_db"])
+    autoencoder.main([*common, "--out", str(tmp_path / "frozen"), "--steps", "2", "--start_from", str(base_path),
+                      "--freeze_encoder", "--mouth_weight", "10", "--lr", "1e-2"])
+    autoencoder.main([*common, "--out", str(tmp_path / "free"), "--steps", "2", "--start_from", str(base_path),
+                      "--lr", "1e-2"])
+    base, frozen, free = (load_file(str(tmp_path / n / "tae.safetensors")) for n in ("base", "frozen", "free"))
+    for k in base:
+        if k.startswith("encoder") or k.startswith("latent_"):
+            torch.testing.assert_close(frozen[k], base[k])  # same encoder, same statistics: same latents
+    assert any(not torch.equal(frozen[k], base[k]) for k in base if k.startswith("decoder"))
+    assert any(not torch.equal(free[k], base[k]) for k in base if k.startswith("encoder"))
+    assert not torch.equal(free["latent_std"], base["latent_std"])  # a trained encoder's statistics are measured

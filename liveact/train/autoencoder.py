@@ -91,7 +91,7 @@ def mouth_mask(mouth_xy: np.ndarray, size: int, y0: int, x0: int, crop: int) -> 
 
 def to_video(frames: np.ndarray) -> torch.Tensor:
     """``[N, T, H, W, 3]`` uint8 -> ``[N, 3, T, H, W]`` float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    return torch.from_numpy(np.array(frames)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # a copy: pools are read-only
 
 
 def random_crops(pool: np.ndarray, rng: np.random.Generator, batch: int, frames: int, crop: int,
@@ -163,7 +163,7 @@ def evaluate(model: TinyAutoencoder, pool: np.ndarray, count: int = 16, mouth: n
     ``mouth`` (the pool's mouth centres) over the mouth boxes only."""
     scores = []
     size = pool.shape[2]
-    for i in range(0, count, 4):
+    for i in range(0, min(count, len(pool)), 4):
         video = to_video(pool[i: i + 4])
         recon = model.decode_frames(model.encode_frames(video)).float().clamp(-1, 1)
         if mouth is None:
@@ -178,12 +178,13 @@ def evaluate(model: TinyAutoencoder, pool: np.ndarray, count: int = 16, mouth: n
 def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: int, seed: int,
           minutes: float | None, latent_noise: float, threads: int | None, frames: int = 13, crop: int = 64,
           config: TAEConfig = NANO_TAE, val_every: int = 500, init: str = "he", start_from: Path | None = None,
-          freeze_encoder: bool = False, export_only: bool = False, mouth_weight: float = 0.0) -> None:
+          freeze_encoder: bool = False, export_only: bool = False, mouth_weight: float = 0.0,
+          val_clips: int = 16) -> None:
     """Train (or resume) the autoencoder; writes ``out/tae.safetensors`` + ``tae.json`` when done."""
     set_threads(threads)
     torch.manual_seed(seed)
     pool, pool_mouth = frame_pool(out, pool_clips, size, seed)
-    val_pool, val_mouth = frame_pool(out, 16, size, 10_000_000 + seed, held_out=True)
+    val_pool, val_mouth = frame_pool(out, val_clips, size, 10_000_000 + seed, held_out=True)
     model = TinyAutoencoder(config).train()
     if init == "he":
         he_init(model)
@@ -198,6 +199,9 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0,
                             betas=(0.9, 0.99))
     ema = EMA(model, 0.999)
+    # A frozen encoder keeps its latent statistics (what models trained on its latents expect); a
+    # trained one gets them measured again at export.
+    kept_stats = stats if start_from is not None and freeze_encoder else None
     ckpt, log, budget = Checkpoint(out), MetricsLog(out / "metrics.jsonl"), Budget(minutes)
     step = 0
     if ckpt.exists():
@@ -208,7 +212,7 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         step = meta["step"]
         logger.info("resumed %s at step %d", out, step)
     if export_only:
-        export(out, ema, pool, val_pool, val_mouth, config, stats if start_from is not None else None)
+        export(out, ema, pool, val_pool, val_mouth, config, kept_stats)
         return
     bar = tqdm(total=steps, initial=step, desc="autoencoder", mininterval=10)
     last_save = time.monotonic()
@@ -248,7 +252,7 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
     bar.close()
     _save(ckpt, model, ema, opt, step)
     if step >= steps:
-        export(out, ema, pool, val_pool, val_mouth, config, stats if start_from is not None else None)
+        export(out, ema, pool, val_pool, val_mouth, config, kept_stats)
 
 
 def _save(ckpt: Checkpoint, model: TinyAutoencoder, ema: EMA, opt: torch.optim.Optimizer, step: int) -> None:
@@ -296,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--start_from", type=Path, default=None, help="fine-tune this exported autoencoder")
     p.add_argument("--freeze_encoder", action="store_true", help="train the decoder only (keeps the latent space)")
     p.add_argument("--mouth_weight", type=float, default=0.0, help="extra loss weight on the mouth's pixels")
+    p.add_argument("--val_clips", type=int, default=16, help="held-out clips for the PSNRs")
     p.add_argument("--export_only", action="store_true", help="export the run's current EMA weights and stop")
     p.add_argument("--encoder_widths", type=int, nargs=3, default=list(NANO_TAE.encoder_widths))
     p.add_argument("--decoder_widths", type=int, nargs=4, default=list(NANO_TAE.decoder_widths))
@@ -303,4 +308,4 @@ def main(argv: list[str] | None = None) -> None:
     config = TAEConfig(encoder_widths=tuple(a.encoder_widths), decoder_widths=tuple(a.decoder_widths))
     train(a.out, a.steps, a.batch, a.lr, a.pool, a.size, a.seed, a.minutes, a.latent_noise, a.threads,
           a.frames, a.crop, config, a.val_every, a.init, a.start_from, a.freeze_encoder, a.export_only,
-          a.mouth_weight)
+          a.mouth_weight, a.val_clips)

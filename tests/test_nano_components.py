@@ -202,7 +202,7 @@ def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path
                       "--lr", "1e-2"])
     base, frozen, free = (load_file(str(tmp_path / n / "tae.safetensors")) for n in ("base", "frozen", "free"))
     for k in base:
-        if k.startswith("encoder") or k.startswith("latent_"):
+        if k.startswith(("encoder", "latent_")):
             torch.testing.assert_close(frozen[k], base[k])  # same encoder, same statistics: same latents
     assert any(not torch.equal(frozen[k], base[k]) for k in base if k.startswith("decoder"))
     assert any(not torch.equal(free[k], base[k]) for k in base if k.startswith("encoder"))

@@ -184,7 +184,7 @@ def test_stage2_runs_and_exports(tmp_path: Path, objective: str) -> None:
 
 def test_mouth_box_covers_every_drawn_mouth_and_nothing_far_from_it() -> None:
     from liveact.train.autoencoder import mouth_mask
-    from liveact.train.synth import MOUTH_Y, FaceState, make_clip, render_frame, sample_avatar
+    from liveact.train.synth import FaceState, make_clip, mouth_centre, render_frame, sample_avatar
 
     size = 128
     for seed in range(6):
@@ -197,7 +197,7 @@ def test_mouth_box_covers_every_drawn_mouth_and_nothing_far_from_it() -> None:
         for state, reference in pairs:
             changed = np.abs(render_frame(person, state, size).astype(int)
                              - render_frame(person, reference, size).astype(int)).max(-1) > 8
-            centre = np.array([[0.5 + state.dx, person.center_y + state.dy + person.face_h * MOUTH_Y]])
+            centre = np.array([mouth_centre(person, state)])
             mask = mouth_mask(centre, size, 0, 0, size)[0] > 0
             assert changed.any() and not (changed & ~mask).any(), (seed, state)
             assert mask.mean() < 0.1

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +199,7 @@ def plot_video_check(frames: np.ndarray, fps: float, signals: dict[str, np.ndarr
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.eval actions``."""
-    from liveact.eval.runner import flow_schedule
+    from liveact.eval.runner import eval_schedule
 
     p = argparse.ArgumentParser(prog="python -m liveact.eval actions", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,9 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if a.model is None or a.tae is None or a.data is None:
             p.error("give --model, --tae and --data (or --video and --input_json)")
-        schedule = flow_schedule(a.steps) if a.steps else replace(SamplerConfig(), skip_audio_steps=())
-        schedule = replace(schedule, edit_cfg=a.edit_cfg)
-        result = evaluate(a.model, a.tae, a.data, reader, a.clips, schedule)
+        result = evaluate(a.model, a.tae, a.data, reader, a.clips, eval_schedule(a.steps, a.edit_cfg))
     print(json.dumps(result, indent=1))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

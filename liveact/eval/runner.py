@@ -42,6 +42,13 @@ def flow_schedule(steps: int, shift: float = 3.0, skip_audio_steps: tuple[int, .
                          cfg_steps=tuple(range(steps)))
 
 
+def eval_schedule(steps: int | None, edit_cfg: float = 1.0, shift: float = 3.0) -> SamplerConfig:
+    """What the evaluations sample with: ``flow_schedule(steps)``, or the 3-step student schedule with
+    audio on every step (as Nano's ``components.json``) when ``steps`` is None; ``edit_cfg`` on top."""
+    schedule = flow_schedule(steps, shift) if steps else replace(SamplerConfig(), skip_audio_steps=())
+    return replace(schedule, edit_cfg=edit_cfg)
+
+
 @dataclass
 class NanoParts:
     """The pieces of a Nano model the evaluation drives directly."""
@@ -135,13 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    schedule = flow_schedule(a.steps, a.shift) if a.steps else replace(SamplerConfig(), skip_audio_steps=())
-    schedule = replace(schedule, edit_cfg=a.edit_cfg)
+    schedule = eval_schedule(a.steps, a.edit_cfg, a.shift)
     parts = NanoParts.load(a.model, a.tae)
     result = evaluate_clips(parts, ClipSet.load(a.data, a.clips), AvatarReader.load(a.reader), a.clips, schedule,
                             a.context, a.audio_cfg, ground_truth=a.ground_truth)
-    result.update(model="ground truth" if a.ground_truth else str(a.model), steps=len(schedule.timesteps) - 1, context=a.context, audio_cfg=a.audio_cfg,
-                  edit_cfg=a.edit_cfg)
+    result.update(model="ground truth" if a.ground_truth else str(a.model), steps=schedule.num_steps,
+                  context=a.context, audio_cfg=a.audio_cfg, edit_cfg=a.edit_cfg)
     print(json.dumps(result, indent=1))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def frame_pool(folder: Path, clips: int, size: int, seed: int, held_out: bool = 
 
 
 def mouth_mask(mouth_xy: np.ndarray, size: int, y0: int, x0: int, crop: int) -> np.ndarray:
-    """``[T, crop, crop]`` float: 1 inside the mouth box (``forcing.MOUTH_BOX``) of each frame of a crop.
+    """``[T, crop, crop]`` float: 1 inside the mouth box (``synth.MOUTH_BOX``) of each frame of a crop.
 
     Args:
         mouth_xy: ``[T, 2]`` mouth centres (fractions of the ``size``-pixel frame); ``y0, x0`` the crop's corner.
@@ -107,16 +107,16 @@ def random_crops(pool: np.ndarray, rng: np.random.Generator, batch: int, frames:
     """
     _, length, size = pool.shape[:3]
     out = np.empty((batch, frames, crop, crop, 3), np.uint8)
-    masks = np.zeros((batch, 1, frames, crop, crop), np.float32)
+    masks = None if mouth is None else np.zeros((batch, 1, frames, crop, crop), np.float32)
     for b in range(batch):
         c = rng.integers(0, len(pool))
         t0 = rng.integers(0, length - frames + 1)
         centre = size / 2 + rng.normal(0, size / 8, size=2)
         y0, x0 = (np.clip(((centre - crop / 2) // 8) * 8, 0, size - crop)).astype(int)
         out[b] = pool[c, t0: t0 + frames, y0: y0 + crop, x0: x0 + crop]
-        if mouth is not None:
+        if masks is not None:
             masks[b, 0] = mouth_mask(mouth[c, t0: t0 + frames], size, y0, x0, crop)
-    return to_video(out), (torch.from_numpy(masks) if mouth is not None else None)
+    return to_video(out), (None if masks is None else torch.from_numpy(masks))
 
 
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
@@ -157,22 +157,19 @@ def latent_statistics(model: TinyAutoencoder, pool: np.ndarray, batches: int = 1
 
 
 @torch.no_grad()
-def evaluate(model: TinyAutoencoder, pool: np.ndarray, count: int = 16, mouth: np.ndarray | None = None
-             ) -> float:
-    """Mean PSNR (dB) of encode+decode over the first ``count`` clips of a (held-out) pool; with
-    ``mouth`` (the pool's mouth centres) over the mouth boxes only."""
-    scores = []
+def evaluate(model: TinyAutoencoder, pool: np.ndarray, mouth: np.ndarray, count: int = 16) -> tuple[float, float]:
+    """Mean PSNR (dB) of encode+decode over the first ``count`` clips of a (held-out) pool: over whole
+    frames, and over the mouth boxes (``mouth``: the pool's mouth centres)."""
+    whole, mouth_only = [], []
     size = pool.shape[2]
     for i in range(0, min(count, len(pool)), 4):
         video = to_video(pool[i: i + 4])
         recon = model.decode_frames(model.encode_frames(video)).float().clamp(-1, 1)
-        if mouth is None:
-            scores.append(psnr(recon, video))
-            continue
+        whole.append(psnr(recon, video))
         mask = torch.from_numpy(np.stack([mouth_mask(m, size, 0, 0, size) for m in mouth[i: i + 4]]))[:, None]
         mse = ((recon - video).square() * mask).sum() / (3 * mask.sum())
-        scores.append(10 * np.log10(4.0 / max(mse.item(), 1e-12)))
-    return float(np.mean(scores))
+        mouth_only.append(10 * np.log10(4.0 / max(mse.item(), 1e-12)))
+    return float(np.mean(whole)), float(np.mean(mouth_only))
 
 
 def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: int, seed: int,
@@ -244,8 +241,8 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         if step % val_every == 0 or step == steps:
             ev = TinyAutoencoder(config)
             ev.load_state_dict(ema.state_dict(), strict=False)
-            log.write(step=step, val_psnr=evaluate(ev.eval(), val_pool),
-                      val_mouth_psnr=evaluate(ev, val_pool, mouth=val_mouth))
+            val_psnr, val_mouth_psnr = evaluate(ev.eval(), val_pool, val_mouth)
+            log.write(step=step, val_psnr=val_psnr, val_mouth_psnr=val_mouth_psnr)
         if time.monotonic() - last_save > 300 or step == steps:
             _save(ckpt, model, ema, opt, step)
             last_save = time.monotonic()
@@ -272,7 +269,7 @@ def export(out: Path, ema: EMA, pool: np.ndarray, val_pool: np.ndarray, val_mout
     mean, std = stats if stats is not None else latent_statistics(model, pool)
     model.latent_mean.copy_(mean)
     model.latent_std.copy_(std)
-    score, mouth_score = evaluate(model, val_pool), evaluate(model, val_pool, mouth=val_mouth)
+    score, mouth_score = evaluate(model, val_pool, val_mouth)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "tae.safetensors"))
     (out / "tae.json").write_text(json.dumps({"config": config.to_dict(), "val_psnr_db": score,
                                               "val_mouth_psnr_db": mouth_score}, indent=1))

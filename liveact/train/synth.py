@@ -202,6 +202,11 @@ class FaceState:
     eye_wide: float = 0.0
 
 
+def mouth_centre(avatar: Avatar, state: FaceState) -> tuple[float, float]:
+    """Where ``render_frame`` draws the mouth's centre: (x, y) in fractions of the frame."""
+    return 0.5 + state.dx, avatar.center_y + state.dy + avatar.face_h * MOUTH_Y
+
+
 def render_frame(avatar: Avatar, state: FaceState, size: int = 128) -> np.ndarray:
     """Draw one frame: ``[size, size, 3]`` uint8."""
     s = size * SUPERSAMPLE
@@ -330,7 +335,7 @@ def render_frame(avatar: Avatar, state: FaceState, size: int = 128) -> np.ndarra
                       fill=tuple(int(min(255, v * 1.0 + a)) for v, a in zip(avatar.skin, (25, -20, -20))))
 
     # Mouth: width from the person, rounding (narrower) and smile (wider); height from the opening.
-    my = cy + fh * MOUTH_Y
+    my = mouth_centre(avatar, state)[1] * s
     mw = avatar.mouth_w * s * (1 - 0.35 * state.rounding) * (1 + 0.35 * state.smile)
     mh = 0.065 * s * state.opening * (1 + 0.4 * state.eye_wide)
     lip_w = max(2, s // 90)
@@ -490,12 +495,11 @@ def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS,
         )
         drawn[f] = state.opening
         motion[f] = [getattr(state, name) for name in MOTION]
-        mouth_xy[f] = (0.5 + state.dx, person.center_y + state.dy + person.face_h * MOUTH_Y)
+        mouth_xy[f] = mouth_centre(person, state)
         frames[f] = render_frame(person, state, size)
     return Clip(frames=frames, audio=wave.astype(np.float32), sample_rate=SAMPLE_RATE, fps=fps, mouth=drawn,
                 blink=blink | (closed > 0.5), speaking=speaking, block_actions=actions, prompts=prompts,
-                main_prompt=main, avatar=person, voice=voice, motion=motion,
-                mouth_xy=mouth_xy)
+                main_prompt=main, avatar=person, voice=voice, motion=motion, mouth_xy=mouth_xy)
 
 
 def frame_rms(wave: np.ndarray, num_frames: int, fps: float = FPS, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -185,6 +185,19 @@ def test_old_shards_get_the_mouth_position_without_re_encoding(tmp_path: Path) -
         data.main(["--out", str(tmp_path / "e")])  # building needs an autoencoder
 
 
+def test_colour_loss_sees_patch_means_not_texture() -> None:
+    from liveact.train.autoencoder import colour_loss
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 3, 16, 16, generator=g) * 2 - 1
+    checker = torch.ones(16, 16)
+    checker[::2, ::2] = checker[1::2, 1::2] = -1  # zero mean over every 8x8 patch
+    assert colour_loss(target + 0.3 * checker, target).item() < 1e-6
+    shifted = target.clone()
+    shifted[:, 1] += 0.25  # green shifted everywhere: a third of the channels, off by 0.25
+    torch.testing.assert_close(colour_loss(shifted, target), torch.tensor(0.25 / 3))
+
+
 def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
@@ -199,7 +212,7 @@ def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path
     autoencoder.main([*common, "--out", str(tmp_path / "frozen"), "--steps", "2", "--start_from", str(base_path),
                       "--freeze_encoder", "--mouth_weight", "10", "--lr", "1e-2"])
     autoencoder.main([*common, "--out", str(tmp_path / "free"), "--steps", "2", "--start_from", str(base_path),
-                      "--lr", "1e-2"])
+                      "--lr", "1e-2", "--colour_weight", "1"])
     base, frozen, free = (load_file(str(tmp_path / n / "tae.safetensors")) for n in ("base", "frozen", "free"))
     for k in base:
         if k.startswith(("encoder", "latent_")):

@@ -136,6 +136,17 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, weights: torc
     return l1 + 0.5 * (dx + dy)
 
 
+def colour_loss(recon: torch.Tensor, target: torch.Tensor, cell: int = 8) -> torch.Tensor:
+    """L1 between the mean colours of ``cell``x``cell`` patches (``[N, 3, T, H, W]``): the per-pixel
+    loss lets a flat colour drift as long as edges line up (the first encoder dropped green this way);
+    a patch's mean is what one latent cell must carry."""
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        n, c, t, h, w = x.shape
+        return F.avg_pool2d(x.transpose(1, 2).reshape(n * t, c, h, w), cell)
+
+    return (pool(recon) - pool(target)).abs().mean()
+
+
 def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR in dB of videos in [-1, 1] (peak-to-peak 2)."""
     mse = F.mse_loss(recon.float().clamp(-1, 1), target.float()).item()
@@ -176,7 +187,7 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
           minutes: float | None, latent_noise: float, threads: int | None, frames: int = 13, crop: int = 64,
           config: TAEConfig = NANO_TAE, val_every: int = 500, init: str = "he", start_from: Path | None = None,
           freeze_encoder: bool = False, export_only: bool = False, mouth_weight: float = 0.0,
-          val_clips: int = 16) -> None:
+          val_clips: int = 16, colour_weight: float = 0.0) -> None:
     """Train (or resume) the autoencoder; writes ``out/tae.safetensors`` + ``tae.json`` when done."""
     set_threads(threads)
     torch.manual_seed(seed)
@@ -228,6 +239,8 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
             z_noisy = z + latent_noise * z.detach().float().std() * torch.randn_like(z)
             recon = model.decode_frames(z_noisy, clamp=False)
             loss = reconstruction_loss(recon.float(), video, weights) + 1e-4 * z.float().square().mean()
+            if colour_weight:
+                loss = loss + colour_weight * colour_loss(recon.float(), video)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -297,6 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--start_from", type=Path, default=None, help="fine-tune this exported autoencoder")
     p.add_argument("--freeze_encoder", action="store_true", help="train the decoder only (keeps the latent space)")
     p.add_argument("--mouth_weight", type=float, default=0.0, help="extra loss weight on the mouth's pixels")
+    p.add_argument("--colour_weight", type=float, default=0.0,
+                   help="weight of an L1 on 8x8 patch mean colours (keeps flat colours, e.g. green)")
     p.add_argument("--val_clips", type=int, default=16, help="held-out clips for the PSNRs")
     p.add_argument("--export_only", action="store_true", help="export the run's current EMA weights and stop")
     p.add_argument("--encoder_widths", type=int, nargs=3, default=list(NANO_TAE.encoder_widths))
@@ -305,4 +320,4 @@ def main(argv: list[str] | None = None) -> None:
     config = TAEConfig(encoder_widths=tuple(a.encoder_widths), decoder_widths=tuple(a.decoder_widths))
     train(a.out, a.steps, a.batch, a.lr, a.pool, a.size, a.seed, a.minutes, a.latent_noise, a.threads,
           a.frames, a.crop, config, a.val_every, a.init, a.start_from, a.freeze_encoder, a.export_only,
-          a.mouth_weight, a.val_clips)
+          a.mouth_weight, a.val_clips, a.colour_weight)

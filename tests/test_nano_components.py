@@ -212,11 +212,19 @@ def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path
     autoencoder.main([*common, "--out", str(tmp_path / "frozen"), "--steps", "2", "--start_from", str(base_path),
                       "--freeze_encoder", "--mouth_weight", "10", "--lr", "1e-2"])
     autoencoder.main([*common, "--out", str(tmp_path / "free"), "--steps", "2", "--start_from", str(base_path),
-                      "--lr", "1e-2", "--colour_weight", "1"])
-    base, frozen, free = (load_file(str(tmp_path / n / "tae.safetensors")) for n in ("base", "frozen", "free"))
+                      "--lr", "1e-2", "--colour_weight", "1", "--temporal_weight", "1"])
+    autoencoder.main([*common, "--out", str(tmp_path / "anchored"), "--steps", "2", "--start_from", str(base_path),
+                      "--lr", "1e-2", "--anchor_weight", "1"])
+    with pytest.raises(ValueError, match="--start_from"):
+        autoencoder.main([*common, "--out", str(tmp_path / "no_anchor"), "--steps", "1", "--anchor_weight", "1"])
+    base, frozen, free, anchored = (load_file(str(tmp_path / n / "tae.safetensors"))
+                                    for n in ("base", "frozen", "free", "anchored"))
     for k in base:
         if k.startswith(("encoder", "latent_")):
             torch.testing.assert_close(frozen[k], base[k])  # same encoder, same statistics: same latents
     assert any(not torch.equal(frozen[k], base[k]) for k in base if k.startswith("decoder"))
     assert any(not torch.equal(free[k], base[k]) for k in base if k.startswith("encoder"))
     assert not torch.equal(free["latent_std"], base["latent_std"])  # a trained encoder's statistics are measured
+    # an anchored encoder trains but keeps the coordinates models trained on the old latents expect
+    assert any(not torch.equal(anchored[k], base[k]) for k in base if k.startswith("encoder"))
+    torch.testing.assert_close(anchored["latent_std"], base["latent_std"])

@@ -119,10 +119,12 @@ def random_crops(pool: np.ndarray, rng: np.random.Generator, batch: int, frames:
     return to_video(out), (None if masks is None else torch.from_numpy(masks))
 
 
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
-                        ) -> torch.Tensor:
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
+                        temporal: float = 0.0) -> torch.Tensor:
     """L1 on pixels plus L1 on horizontal and vertical differences (``[N, 3, T, H, W]``); ``weights``
-    ``[N, 1, T, H, W]`` make it a weighted mean."""
+    ``[N, 1, T, H, W]`` make it a weighted mean. ``temporal`` adds that weight times an L1 on the
+    frame-to-frame differences: four frames share one latent frame, and without it the decoder may
+    spread their mean (a mouth opening and closing within 160 ms reads as half open)."""
     def mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         if w is None:
             return x.mean()
@@ -133,7 +135,10 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, weights: torc
     l1 = mean(err.abs(), weights)
     dx = mean(err.diff(dim=-1).abs(), None if weights is None else weights[..., 1:])
     dy = mean(err.diff(dim=-2).abs(), None if weights is None else weights[..., 1:, :])
-    return l1 + 0.5 * (dx + dy)
+    loss = l1 + 0.5 * (dx + dy)
+    if temporal:
+        loss = loss + temporal * mean(err.diff(dim=2).abs(), None if weights is None else weights[:, :, 1:])
+    return loss
 
 
 def colour_loss(recon: torch.Tensor, target: torch.Tensor, cell: int = 8) -> torch.Tensor:
@@ -187,8 +192,13 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
           minutes: float | None, latent_noise: float, threads: int | None, frames: int = 13, crop: int = 64,
           config: TAEConfig = NANO_TAE, val_every: int = 500, init: str = "he", start_from: Path | None = None,
           freeze_encoder: bool = False, export_only: bool = False, mouth_weight: float = 0.0,
-          val_clips: int = 16, colour_weight: float = 0.0) -> None:
-    """Train (or resume) the autoencoder; writes ``out/tae.safetensors`` + ``tae.json`` when done."""
+          val_clips: int = 16, colour_weight: float = 0.0, temporal_weight: float = 0.0,
+          anchor_weight: float = 0.0) -> None:
+    """Train (or resume) the autoencoder; writes ``out/tae.safetensors`` + ``tae.json`` when done.
+
+    ``anchor_weight`` (with ``start_from``) keeps the encoder's latents near the starting encoder's (MSE
+    in normalised units), so a diffusion model trained on the old latents needs only a short fine-tune
+    on the new ones; the old latent statistics are kept, as with a frozen encoder."""
     set_threads(threads)
     torch.manual_seed(seed)
     pool, pool_mouth = frame_pool(out, pool_clips, size, seed)
@@ -204,12 +214,16 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         stats = (model.latent_mean.clone(), model.latent_std.clone())
         if freeze_encoder:
             model.encoder.requires_grad_(False)
+        if anchor_weight:
+            anchor = TinyAutoencoder.from_file(start_from).eval().requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0,
                             betas=(0.9, 0.99))
     ema = EMA(model, 0.999)
     # A frozen encoder keeps its latent statistics (what models trained on its latents expect); a
     # trained one gets them measured again at export.
-    kept_stats = stats if start_from is not None and freeze_encoder else None
+    if anchor_weight and start_from is None:
+        raise ValueError("--anchor_weight keeps latents near a starting encoder's: give --start_from")
+    kept_stats = stats if start_from is not None and (freeze_encoder or anchor_weight) else None
     ckpt, log, budget = Checkpoint(out), MetricsLog(out / "metrics.jsonl"), Budget(minutes)
     step = 0
     if ckpt.exists():
@@ -238,9 +252,13 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
             z = model.encode_frames(video)
             z_noisy = z + latent_noise * z.detach().float().std() * torch.randn_like(z)
             recon = model.decode_frames(z_noisy, clamp=False)
-            loss = reconstruction_loss(recon.float(), video, weights) + 1e-4 * z.float().square().mean()
+            loss = reconstruction_loss(recon.float(), video, weights, temporal_weight) + 1e-4 * z.float().square().mean()
             if colour_weight:
                 loss = loss + colour_weight * colour_loss(recon.float(), video)
+            if anchor_weight:
+                with torch.no_grad():
+                    z_anchor = anchor.encode_frames(video)
+                loss = loss + anchor_weight * F.mse_loss(z.float(), z_anchor.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -312,6 +330,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mouth_weight", type=float, default=0.0, help="extra loss weight on the mouth's pixels")
     p.add_argument("--colour_weight", type=float, default=0.0,
                    help="weight of an L1 on 8x8 patch mean colours (keeps flat colours, e.g. green)")
+    p.add_argument("--temporal_weight", type=float, default=0.0,
+                   help="weight of an L1 on frame-to-frame differences (mouth-weighted like the pixels)")
+    p.add_argument("--anchor_weight", type=float, default=0.0,
+                   help="with --start_from: keep latents near the starting encoder's (models on them stay close)")
     p.add_argument("--val_clips", type=int, default=16, help="held-out clips for the PSNRs")
     p.add_argument("--export_only", action="store_true", help="export the run's current EMA weights and stop")
     p.add_argument("--encoder_widths", type=int, nargs=3, default=list(NANO_TAE.encoder_widths))
@@ -320,4 +342,4 @@ def main(argv: list[str] | None = None) -> None:
     config = TAEConfig(encoder_widths=tuple(a.encoder_widths), decoder_widths=tuple(a.decoder_widths))
     train(a.out, a.steps, a.batch, a.lr, a.pool, a.size, a.seed, a.minutes, a.latent_noise, a.threads,
           a.frames, a.crop, config, a.val_every, a.init, a.start_from, a.freeze_encoder, a.export_only,
-          a.mouth_weight, a.val_clips, a.colour_weight)
+          a.mouth_weight, a.val_clips, a.colour_weight, a.temporal_weight, a.anchor_weight)

@@ -81,3 +81,21 @@ def test_reader_trains_and_reports_its_accuracy(tmp_path: Path, monkeypatch: pyt
     assert set(scores["renders"]) >= {"mouth_mae", "mouth_corr", "glasses_acc"}
     loaded = AvatarReader.load(tmp_path)
     assert torch.equal(next(loaded.parameters()), next(AvatarReader.load(tmp_path).parameters()))
+
+
+def test_latent_group_mean_bounds_lip_sync() -> None:
+    from liveact.eval.ceiling import group_mean, opening_ceilings
+
+    np.testing.assert_allclose(group_mean(np.arange(9.0), 4), [0, 2.5, 2.5, 2.5, 2.5, 6.5, 6.5, 6.5, 6.5])
+    fps, hop = 25, 640
+    rng = np.random.default_rng(0)
+
+    def speech(opening: np.ndarray) -> np.ndarray:  # loud where the mouth is open, as long as each frame
+        return np.concatenate([rng.normal(0, 0.3 if o else 0.01, hop) for o in opening])
+
+    fast = (rng.random(81) < 0.5).astype(np.float32)  # opening and closing within a latent frame
+    scores = opening_ceilings(fast, speech(fast), fps)
+    assert scores["renderer"] > 0.95  # the opening is the envelope
+    assert scores["latent_group_mean"] < scores["renderer"] - 0.2  # four frames' mean loses most of it
+    slow = np.r_[1.0, np.repeat(rng.random(20) < 0.5, 4)].astype(np.float32)  # one state per latent frame
+    assert opening_ceilings(slow, speech(slow), fps)["latent_group_mean"] > 0.95  # nothing to lose

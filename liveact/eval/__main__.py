@@ -10,6 +10,7 @@ import sys
 COMMANDS = {
     "train-reader": ("liveact.eval.reader", "train the avatar reader (mouth, eyes, accessories) metrics use"),
     "run": ("liveact.eval.runner", "sample a Nano model on held-out clips and print its metrics"),
+    "ceiling": ("liveact.eval.ceiling", "lip-sync the data allows: renderer's opening, latent-group mean"),
     "actions": ("liveact.eval.actions", "do timed edit prompts show? per-action evidence vs ground truth"),
     "longrun": ("liveact.eval.longrun", "stream many minutes in one run: latency, memory, quality over time"),
     "longrun-plot": ("liveact.eval.longrun:plot_main", "plot longrun.json files of several runs in one PNG"),

@@ -228,3 +228,21 @@ def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path
     # an anchored encoder trains but keeps the coordinates models trained on the old latents expect
     assert any(not torch.equal(anchored[k], base[k]) for k in base if k.startswith("encoder"))
     torch.testing.assert_close(anchored["latent_std"], base["latent_std"])
+
+
+def test_ceiling_command_reads_shards_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import save_file
+
+    from liveact.eval import ceiling
+    from liveact.train import data
+
+    tae = tmp_path / "tae.safetensors"
+    save_file({k: v.contiguous() for k, v in TinyAutoencoder(TAEConfig(encoder_widths=(8, 8, 8),
+              decoder_widths=(8, 8, 8, 8))).state_dict().items()}, str(tae))
+    data.main(["--tae", str(tae), "--out", str(tmp_path / "d"), "--clips", "2", "--shard", "2", "--blocks", "2",
+               "--size", "64", "--workers", "1", "--held_out"])
+    ceiling.main(["--data", str(tmp_path / "d"), "--clips", "2", "--plot", str(tmp_path / "c.png"), "--tae", str(tae)])
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["clips"] == 2
+    assert 0.3 < scores["renderer"] <= 1 and -1 <= scores["latent_group_mean"] <= 1  # the renderer follows speech
+    assert (tmp_path / "c.png").stat().st_size > 10_000

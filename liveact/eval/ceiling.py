@@ -7,6 +7,9 @@ if its latents keep only each group's mean opening. Both bounds are computed her
 shards' ground truth, with no model and no reader:
 
     python -m liveact.eval ceiling --data runs/data_val --clips 16
+
+``--plot`` draws one clip's envelope, opening and group mean; with ``--tae`` also what the reader
+reads from the clip's ground-truth latents decoded by that autoencoder.
 """
 
 from __future__ import annotations
@@ -37,6 +40,31 @@ def opening_ceilings(opening: np.ndarray, wave: np.ndarray, fps: float, stride: 
             "latent_group_mean": lag_correlation(group_mean(opening, stride), env)[0]}
 
 
+def plot_clip(envelope: np.ndarray, opening: np.ndarray, stride: int, fps: float, out: Path,
+              decoded: np.ndarray | None = None) -> None:
+    """PNG of one clip (all ``[F]``): the speech envelope, the renderer's opening, its latent-group mean,
+    and optionally the opening read from decoded frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.arange(len(opening)) / fps
+    fig, ax = plt.subplots(figsize=(9, 3))
+    ax.fill_between(t, 0, envelope / max(1e-6, float(envelope.max())), color="0.85", label="speech envelope")
+    ax.plot(t, opening, lw=1.2, label="renderer's opening")
+    ax.step(t, group_mean(opening, stride), where="mid", lw=1.2, label=f"mean of each {stride}-frame latent group")
+    if decoded is not None:
+        ax.plot(t, decoded, lw=1.2, label="read from decoded ground-truth latents")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("mouth opening")
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.eval ceiling``."""
     from liveact.train.data import ClipSet
@@ -47,8 +75,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clips", type=int, default=16)
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--stride", type=int, default=4, help="video frames per latent frame")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of the first clip")
+    p.add_argument("--tae", type=Path, default=None, help="with --plot: also read the clip's decoded latents")
     a = p.parse_args(argv)
     clips = ClipSet.load(a.data, a.clips)
     rows = [opening_ceilings(clips.mouth[i].numpy(), clips.wave[i].float().numpy(), a.fps, a.stride)
             for i in range(len(clips))]
     print(json.dumps({"clips": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in rows[0]}}, indent=1))
+    if a.plot is not None:
+        decoded = None
+        if a.tae is not None:
+            import torch
+
+            from liveact.eval.reader import AvatarReader, default_reader_dir
+            from liveact.tae import TinyAutoencoder
+            from liveact.video import to_uint8_frames
+
+            with torch.no_grad():
+                frames = to_uint8_frames(TinyAutoencoder.from_file(a.tae).decode_frames(clips.latents[:1].float()))
+            decoded = AvatarReader.load(default_reader_dir()).read(frames)["mouth"]
+        opening = clips.mouth[0].numpy()
+        plot_clip(speech_envelope(clips.wave[0].float().numpy(), len(opening), a.fps), opening, a.stride, a.fps,
+                  a.plot, decoded)

@@ -215,6 +215,13 @@ def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path
                       "--lr", "1e-2", "--colour_weight", "1", "--temporal_weight", "1"])
     autoencoder.main([*common, "--out", str(tmp_path / "anchored"), "--steps", "2", "--start_from", str(base_path),
                       "--lr", "1e-2", "--anchor_weight", "1"])
+    autoencoder.main([*common, "--out", str(tmp_path / "wide"), "--steps", "2", "--start_from", str(base_path),
+                      "--anchor_weight", "1", "--new_encoder", "--encoder_widths", "12", "8", "8"])
+    wide = TinyAutoencoder.from_file(tmp_path / "wide" / "tae.safetensors")
+    assert wide.config.encoder_widths == (12, 8, 8) and wide.config.decoder_widths == (8, 8, 8, 8)
+    with pytest.raises(ValueError, match="--anchor_weight"):
+        autoencoder.main([*common, "--out", str(tmp_path / "no_anchor"), "--steps", "1", "--start_from", str(base_path),
+                          "--new_encoder"])
     with pytest.raises(ValueError, match="--start_from"):
         autoencoder.main([*common, "--out", str(tmp_path / "no_anchor"), "--steps", "1", "--anchor_weight", "1"])
     base, frozen, free, anchored = (load_file(str(tmp_path / n / "tae.safetensors"))
@@ -228,6 +235,7 @@ def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path
     # an anchored encoder trains but keeps the coordinates models trained on the old latents expect
     assert any(not torch.equal(anchored[k], base[k]) for k in base if k.startswith("encoder"))
     torch.testing.assert_close(anchored["latent_std"], base["latent_std"])
+    torch.testing.assert_close(wide.latent_std, base["latent_std"])  # distilled into the old latent space
 
 
 def test_ceiling_command_reads_shards_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

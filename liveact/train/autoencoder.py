@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -193,7 +194,7 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
           config: TAEConfig = NANO_TAE, val_every: int = 500, init: str = "he", start_from: Path | None = None,
           freeze_encoder: bool = False, export_only: bool = False, mouth_weight: float = 0.0,
           val_clips: int = 16, colour_weight: float = 0.0, temporal_weight: float = 0.0,
-          anchor_weight: float = 0.0) -> None:
+          anchor_weight: float = 0.0, new_encoder: bool = False) -> None:
     """Train (or resume) the autoencoder; writes ``out/tae.safetensors`` + ``tae.json`` when done.
 
     ``anchor_weight`` (with ``start_from``) keeps the encoder's latents near the starting encoder's (MSE
@@ -209,8 +210,19 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
     if start_from is not None:
         # Fine-tune from an exported autoencoder; with a frozen encoder the latent space stays the same,
         # so a diffusion model trained on it keeps working with the better decoder.
-        model = TinyAutoencoder.from_file(start_from).train().requires_grad_(True)
-        config = model.config
+        loaded = TinyAutoencoder.from_file(start_from).train().requires_grad_(True)
+        if new_encoder:
+            # A fresh encoder of the requested widths under the trained decoder; the anchor distils it
+            # into the old latent space first, so the decoder and the models on those latents still fit.
+            config = replace(loaded.config, encoder_widths=config.encoder_widths)
+            model = TinyAutoencoder(config).train()
+            if init == "he":
+                he_init(model.encoder)
+            model.decoder.load_state_dict(loaded.decoder.state_dict())
+            model.latent_mean.copy_(loaded.latent_mean)
+            model.latent_std.copy_(loaded.latent_std)
+        else:
+            model, config = loaded, loaded.config
         stats = (model.latent_mean.clone(), model.latent_std.clone())
         if freeze_encoder:
             model.encoder.requires_grad_(False)
@@ -223,6 +235,8 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
     # trained one gets them measured again at export.
     if anchor_weight and start_from is None:
         raise ValueError("--anchor_weight keeps latents near a starting encoder's: give --start_from")
+    if new_encoder and not anchor_weight:
+        raise ValueError("--new_encoder needs --start_from and --anchor_weight (it is distilled into the old latents)")
     kept_stats = stats if start_from is not None and (freeze_encoder or anchor_weight) else None
     ckpt, log, budget = Checkpoint(out), MetricsLog(out / "metrics.jsonl"), Budget(minutes)
     step = 0
@@ -334,6 +348,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="weight of an L1 on frame-to-frame differences (mouth-weighted like the pixels)")
     p.add_argument("--anchor_weight", type=float, default=0.0,
                    help="with --start_from: keep latents near the starting encoder's (models on them stay close)")
+    p.add_argument("--new_encoder", action="store_true",
+                   help="with --start_from and --anchor_weight: a fresh encoder of --encoder_widths under its decoder")
     p.add_argument("--val_clips", type=int, default=16, help="held-out clips for the PSNRs")
     p.add_argument("--export_only", action="store_true", help="export the run's current EMA weights and stop")
     p.add_argument("--encoder_widths", type=int, nargs=3, default=list(NANO_TAE.encoder_widths))
@@ -342,4 +358,5 @@ def main(argv: list[str] | None = None) -> None:
     config = TAEConfig(encoder_widths=tuple(a.encoder_widths), decoder_widths=tuple(a.decoder_widths))
     train(a.out, a.steps, a.batch, a.lr, a.pool, a.size, a.seed, a.minutes, a.latent_noise, a.threads,
           a.frames, a.crop, config, a.val_every, a.init, a.start_from, a.freeze_encoder, a.export_only,
-          a.mouth_weight, a.val_clips, a.colour_weight, a.temporal_weight, a.anchor_weight)
+          a.mouth_weight, a.val_clips, a.colour_weight, a.temporal_weight, a.anchor_weight,
+          a.new_encoder)

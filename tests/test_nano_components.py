@@ -198,7 +198,23 @@ def test_colour_loss_sees_patch_means_not_texture() -> None:
     torch.testing.assert_close(colour_loss(shifted, target), torch.tensor(0.25 / 3))
 
 
-def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path: Path) -> None:
+def test_mouth_motion_measures_what_a_latent_frame_keeps() -> None:
+    from liveact.train.autoencoder import mouth_motion
+
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(2, 3, 9, 8, 8, generator=g)
+    mask = torch.zeros(2, 1, 9, 8, 8)
+    mask[..., 2:6, 1:7] = 1
+    assert mouth_motion(video, video, mask, 4) == pytest.approx((1.0, 1.0))
+    groups = video[:, :, 1:].reshape(2, 3, 2, 4, 8, 8)
+    group_means = torch.cat([video[:, :, :1], groups.mean(3, keepdim=True).expand_as(groups).reshape(2, 3, 8, 8, 8)], 2)
+    assert mouth_motion(group_means, video, mask, 4) == (0.0, 0.0)  # every group's mean, no motion inside
+    half = group_means + 0.5 * (video - group_means)
+    assert mouth_motion(half, video, mask, 4) == pytest.approx((1.0, 0.5))
+
+
+def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     from safetensors.torch import load_file
 
     from liveact.train import autoencoder
@@ -209,6 +225,10 @@ def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path
     base_path = tmp_path / "base" / "tae.safetensors"
     info = json.loads((tmp_path / "base" / "tae.json").read_text())
     assert np.isfinite(info["val_psnr_db"]) and np.isfinite(info["val_mouth_psnr_db"])
+    assert -1 <= info["val_mouth_motion"] <= 1
+    autoencoder.report_main([str(base_path), "--cache", str(tmp_path / "report"), "--clips", "2", "--size", "64"])
+    reported = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert reported["tae"] == str(base_path) and set(reported) >= {"val_psnr_db", "val_mouth_psnr_db", "val_mouth_motion"}
     autoencoder.main([*common, "--out", str(tmp_path / "frozen"), "--steps", "2", "--start_from", str(base_path),
                       "--freeze_encoder", "--mouth_weight", "10", "--lr", "1e-2"])
     autoencoder.main([*common, "--out", str(tmp_path / "free"), "--steps", "2", "--start_from", str(base_path),

@@ -25,6 +25,10 @@ $T stage1 --data $R/data --val $R/data_val --out $R/stage1 --steps 2800 --batch 
 $T data --out $R/data_val --add_mouth_xy --held_out
 $T data --out $R/data --add_mouth_xy
 $T stage1 --data $R/data --val $R/data_val --out $R/stage1_mouth --init_from $R/stage1/model --mouth_weight 10 --steps 1200 --lr 1e-4 --warmup 50 --batch 4 --val_every 200 --snapshot_every 400
+#     A second cosine cycle of the same fine-tune: the best teacher (lip-sync 0.534 with guidance 3).
+$T stage1 --data $R/data --val $R/data_val --out $R/stage1_mouth2 --init_from $R/stage1_mouth/model --mouth_weight 10 --steps 1200 --lr 1e-4 --warmup 50 --batch 4 --val_every 200 --snapshot_every 400
+#     The decoder fine-tuned on the mouth (encoder frozen: same latents), used with the teacher.
+[ -f $R/tae_mouth/tae.safetensors ] || $T autoencoder --out $R/tae_mouth --start_from $R/tae_frozen.safetensors --freeze_encoder --mouth_weight 10 --steps 3000 --pool 600 --batch 6 --lr 3e-4 --val_every 250 --init default
 
 # 4. The reader the metrics use (renders + decoded frames).
 [ -f $R/reader/reader.safetensors ] || python -m liveact.eval train-reader --out $R/reader --steps 4000 --clips 600 --autoencoder $R/tae_frozen.safetensors
@@ -37,5 +41,6 @@ $T stage2 --teacher $R/stage1_mouth/model_step400 --data $R/data --val $R/data_v
 # 6. The shipped folder (edit guidance 5, chosen on held-out action blocks), and the model card's metrics.
 python -m liveact.train package --model $R/stage2_mouth/model --tae $R/tae_frozen.safetensors --out liveact/assets/nano --edit_cfg 5
 python -m liveact.eval run --model $R/stage2_mouth/model --tae $R/tae_frozen.safetensors --data $R/data_val --clips 16 --reader $R/reader --edit_cfg 5
-python -m liveact.eval run --model $R/stage1_mouth/model --tae $R/tae_frozen.safetensors --data $R/data_val --clips 16 --reader $R/reader --steps 20 --audio_cfg 3
+python -m liveact.eval run --model $R/stage1_mouth2/model --tae $R/tae_mouth/tae.safetensors --data $R/data_val --clips 16 --reader $R/reader --steps 20 --audio_cfg 3
+python -m liveact.eval ceiling --data $R/data_val --clips 64
 python -m liveact.eval actions --model $R/stage2_mouth/model --tae $R/tae_frozen.safetensors --data $R/data_val --clips 64 --reader $R/reader --edit_cfg 5

@@ -164,11 +164,9 @@ def check_video(video: Path, edits: dict[str, str], reader: AvatarReader, plot: 
 def plot_video_check(frames: np.ndarray, fps: float, signals: dict[str, np.ndarray], block_actions: list[str],
                      spans: list[tuple[int, int]], out: Path) -> None:
     """PNG: one frame from the middle of every action block above each action's evidence over time."""
-    import matplotlib
+    from liveact.train.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     shown = [k for k, a in enumerate(block_actions) if a]
     neutral = next((k for k, a in enumerate(block_actions) if not a), 0)
     picks = [neutral, *shown]
@@ -191,10 +189,7 @@ def plot_video_check(frames: np.ndarray, fps: float, signals: dict[str, np.ndarr
     ax.set_xlabel("seconds")
     ax.set_ylabel("evidence (scaled to max 1)")
     ax.legend(fontsize=7, ncol=3, loc="upper left")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> None:

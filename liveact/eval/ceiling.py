@@ -44,11 +44,9 @@ def plot_clip(envelope: np.ndarray, opening: np.ndarray, stride: int, fps: float
               decoded: np.ndarray | None = None) -> None:
     """PNG of one clip (all ``[F]``): the speech envelope, the renderer's opening, its latent-group mean,
     and optionally the opening read from decoded frames."""
-    import matplotlib
+    from liveact.train.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     t = np.arange(len(opening)) / fps
     fig, ax = plt.subplots(figsize=(9, 3))
     ax.fill_between(t, 0, envelope / max(1e-6, float(envelope.max())), color="0.85", label="speech envelope")
@@ -59,10 +57,7 @@ def plot_clip(envelope: np.ndarray, opening: np.ndarray, stride: int, fps: float
     ax.set_xlabel("seconds")
     ax.set_ylabel("mouth opening")
     ax.legend(fontsize=7, ncol=2, loc="upper right")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -195,11 +195,9 @@ def run(ckpt_dir: Path | None, image: Path, minutes: float, memory: str, reader_
 
 def plot(records: list[dict], out: Path) -> None:
     """Per-block latency, resident memory and per-window metrics of several runs in one PNG."""
-    import matplotlib
+    from liveact.train.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for rec in records:
         label = rec["memory"]
@@ -219,9 +217,7 @@ def plot(records: list[dict], out: Path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out)
     logger.info("wrote %s", out)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,14 +31,28 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def plot_runs(runs: list[Path], out: Path, keys: tuple[str, ...] = ("loss",), val_keys: tuple[str, ...] = (),
-              labels: list[str] | None = None, title: str = "", smooth_window: int = 25, log_y: bool = True) -> None:
-    """Training (smoothed) and validation curves of several runs on one figure."""
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (needs matplotlib: ``pip install -e .[train]``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig: Any, out: Path) -> None:
+    """Lay out ``fig``, write it to ``out`` (a PNG, folders created) and free it."""
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    pyplot().close(fig)
+
+
+def plot_runs(runs: list[Path], out: Path, keys: tuple[str, ...] = ("loss",), val_keys: tuple[str, ...] = (),
+              labels: list[str] | None = None, title: str = "", smooth_window: int = 25, log_y: bool = True) -> None:
+    """Training (smoothed) and validation curves of several runs on one figure."""
+    plt = pyplot()
     panels = len(keys) + (1 if val_keys else 0)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     for i, run in enumerate(runs):
@@ -63,10 +78,7 @@ def plot_runs(runs: list[Path], out: Path, keys: tuple[str, ...] = ("loss",), va
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -262,3 +262,14 @@ def test_mouth_weighting_fine_tunes_an_exported_model_and_trains_the_student(tmp
                  "--log_every", "1", "--mouth_weight", "5", "--out", str(tmp_path / "s2")])
     rows = [json.loads(line) for line in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["mouth_weight"] == 5.0 and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+
+
+def test_plot_runs_draws_training_and_validation_curves(tmp_path: Path) -> None:
+    from liveact.train.plots import main as plot_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 60)] + [{"step": s, "val_neighbor": 2.0 / s} for s in (20, 40)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    plot_main(["--run", str(run), "--val", "val_neighbor", "--out", str(tmp_path / "curves" / "c.png")])
+    assert (tmp_path / "curves" / "c.png").stat().st_size > 10_000

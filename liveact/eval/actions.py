@@ -123,7 +123,7 @@ def evaluate(model_dir: Path, tae_path: Path, data_dir: Path, reader: AvatarRead
         if not any(actions) or all(actions):
             continue
         frames = sample_frames(parts, clip_conditions(parts, data, i), len(actions), schedule, seed + i)
-        for video, sink in ((frames, model_c), (decode_truth(parts, data, i), truth_c)):
+        for video, sink in ((frames, model_c), (decode_truth(parts.tae, data, i), truth_c)):
             spans = block_spans(len(video), first, later)
             sink += action_contrasts(action_signals(reader.read(video), FPS), actions, spans)
     return {"per_action": summarise(model_c, truth_c), "blocks": len(model_c), "model": str(model_dir),

@@ -80,14 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     if a.plot is not None:
         decoded = None
         if a.tae is not None:
-            import torch
-
             from liveact.eval.reader import AvatarReader, default_reader_dir
+            from liveact.eval.runner import decode_truth
             from liveact.tae import TinyAutoencoder
-            from liveact.video import to_uint8_frames
 
-            with torch.no_grad():
-                frames = to_uint8_frames(TinyAutoencoder.from_file(a.tae).decode_frames(clips.latents[:1].float()))
+            frames = decode_truth(TinyAutoencoder.from_file(a.tae), clips, 0)
             decoded = AvatarReader.load(default_reader_dir()).read(frames)["mouth"]
         opening = clips.mouth[0].numpy()
         plot_clip(speech_envelope(clips.wave[0].float().numpy(), len(opening), a.fps), opening, a.stride, a.fps,

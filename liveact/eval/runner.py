@@ -76,9 +76,9 @@ def clip_conditions(parts: NanoParts, data: ClipSet, index: int) -> Conditions:
 
 
 @torch.no_grad()
-def decode_truth(parts: NanoParts, data: ClipSet, index: int) -> np.ndarray:
+def decode_truth(tae: TinyAutoencoder, data: ClipSet, index: int) -> np.ndarray:
     """Held-out clip ``index``'s own latents decoded: ``[F, H, W, 3]`` uint8 (the metrics' ceiling)."""
-    return to_uint8_frames(parts.tae.decode_frames(data.latents[index: index + 1].float()))
+    return to_uint8_frames(tae.decode_frames(data.latents[index: index + 1].float()))
 
 
 @torch.no_grad()
@@ -104,7 +104,7 @@ def evaluate_clips(parts: NanoParts, data: ClipSet, reader: AvatarReader, clips:
     for i in range(min(clips, len(data))):
         blocks = len(data.meta[i]["prompts"])
         if ground_truth:
-            frames = decode_truth(parts, data, i)
+            frames = decode_truth(parts.tae, data, i)
         else:
             frames = sample_frames(parts, clip_conditions(parts, data, i), blocks, schedule, seed + i, context,
                                    audio_cfg)

@@ -16,6 +16,7 @@ so data encoded and models trained with the old encoder stay valid.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import time
@@ -229,6 +230,10 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
     ``anchor_weight`` (with ``start_from``) keeps the encoder's latents near the starting encoder's (MSE
     in normalised units), so a diffusion model trained on the old latents needs only a short fine-tune
     on the new ones; the old latent statistics are kept, as with a frozen encoder."""
+    if anchor_weight and start_from is None:
+        raise ValueError("--anchor_weight keeps latents near a starting encoder's: give --start_from")
+    if new_encoder and not anchor_weight:
+        raise ValueError("--new_encoder needs --start_from and --anchor_weight (it is distilled into the old latents)")
     set_threads(threads)
     torch.manual_seed(seed)
     pool, pool_mouth = frame_pool(out, pool_clips, size, seed)
@@ -240,6 +245,7 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         # Fine-tune from an exported autoencoder; with a frozen encoder the latent space stays the same,
         # so a diffusion model trained on it keeps working with the better decoder.
         loaded = TinyAutoencoder.from_file(start_from).train().requires_grad_(True)
+        anchor = copy.deepcopy(loaded).eval().requires_grad_(False) if anchor_weight else None
         if new_encoder:
             # A fresh encoder of the requested widths under the trained decoder; the anchor distils it
             # into the old latent space first, so the decoder and the models on those latents still fit.
@@ -255,17 +261,11 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         stats = (model.latent_mean.clone(), model.latent_std.clone())
         if freeze_encoder:
             model.encoder.requires_grad_(False)
-        if anchor_weight:
-            anchor = TinyAutoencoder.from_file(start_from).eval().requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0,
                             betas=(0.9, 0.99))
     ema = EMA(model, 0.999)
-    # A frozen encoder keeps its latent statistics (what models trained on its latents expect); a
-    # trained one gets them measured again at export.
-    if anchor_weight and start_from is None:
-        raise ValueError("--anchor_weight keeps latents near a starting encoder's: give --start_from")
-    if new_encoder and not anchor_weight:
-        raise ValueError("--new_encoder needs --start_from and --anchor_weight (it is distilled into the old latents)")
+    # A frozen or anchored encoder keeps its latent statistics (what models trained on its latents
+    # expect); a freely trained one gets them measured again at export.
     kept_stats = stats if start_from is not None and (freeze_encoder or anchor_weight) else None
     ckpt, log, budget = Checkpoint(out), MetricsLog(out / "metrics.jsonl"), Budget(minutes)
     step = 0

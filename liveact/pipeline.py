@@ -167,9 +167,11 @@ class LiveActPipeline:
         trace: None, or a callable ``trace(name, tensor)`` that sees the intermediates of each clip as
             they are made, for debugging and parity tests: ``t5_input_ids`` / ``t5_attention_mask``
             ``[P, text_len]`` and one ``t5_context`` ``[L_i, text_dim]`` per prompt (main, then edits),
-            ``cond_image`` ``[1, 3, 1, H, W]``, ``clip_fea`` ``[1, 257, C]``, ``speech`` ``[M]`` (16 kHz)
-            and ``audio_embedding`` ``[S, L, C]`` (whole-file audio only), ``y`` ``[1, 4 + z, F, lh, lw]``
-            and one ``latent`` ``[z, T, lh, lw]`` per block, before decoding.
+            ``cond_image`` ``[1, 3, 1, H, W]``, ``clip_fea`` ``[1, 257, C]``, ``tempo_output`` ``[N']``,
+            ``speech`` ``[M]`` (16 kHz) and ``audio_embedding`` ``[S, L, C]`` (once for the whole file,
+            or per encoded window with ``stream_audio``, each after ``stream_window`` ``[2]`` and
+            ``stream_slice`` ``[2]``: see ``StreamingAudio``), ``y`` ``[1, 4 + z, F, lh, lw]`` and one
+            ``latent`` ``[z, T, lh, lw]`` per block, before decoding.
     """
 
     def __init__(
@@ -429,7 +431,7 @@ class LiveActPipeline:
             # Encode per block on short slices only: an hour of audio is never encoded at once. Like
             # the reference, the slices come from the mono signal (it slices `audio_ori[:1]`).
             streaming = StreamingAudio(self.audio_encoder, mono, sample_rate, self.fps,
-                                       self.transformer.config.audio_window)
+                                       self.transformer.config.audio_window, trace=self._trace)
             source = lambda start, end: streaming.embedding(start, end).to(self.device)  # noqa: E731
             memory = self.sampler.memory_config
             embedding = source(*audio_window(block_span(0, memory, self.temporal_stride), memory,
@@ -437,8 +439,8 @@ class LiveActPipeline:
         else:
             # All channels are stretched together, then channel 0 is kept (the reference's order).
             speech = prepare_speech(waveform, sample_rate, self.fps, self.audio_encoder.sample_rate,
-                                    audio_fps=self.audio_encoder.audio_fps, downmix=self.downmix)
-            self._trace("speech", speech)
+                                    audio_fps=self.audio_encoder.audio_fps, downmix=self.downmix,
+                                    trace=self._trace)
             embedding = self.audio_encoder.encode(speech).to(self.device)
             self._trace("audio_embedding", embedding)
         return embedding, source

@@ -85,3 +85,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 def load_meta(case: Path) -> dict:
     """The parsed ``meta.json`` of a fixture case."""
     return json.loads((case / "meta.json").read_text())
+
+
+def espeak_missing() -> str | None:
+    """Why libespeak-ng cannot speak here (None when it can): tests that synthesise speech skip on it."""
+    from liveact.train.speech import EspeakUnavailable, _library
+
+    try:
+        _library()
+    except EspeakUnavailable as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture
+def espeak_voice() -> None:
+    """Skip the test, with the reason, when speech synthesis is unavailable."""
+    reason = espeak_missing()
+    if reason is not None:
+        pytest.skip(f"speech synthesis unavailable: {reason}")

@@ -70,7 +70,7 @@ def test_reader_forward_shapes() -> None:
     assert ((out["mouth"] >= 0) & (out["mouth"] <= 1)).all()
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+@pytest.mark.usefixtures("espeak_voice")
 def test_reader_trains_and_reports_its_accuracy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from liveact.eval import reader
 

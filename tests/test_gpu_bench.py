@@ -45,7 +45,7 @@ def test_command_writes_json_and_markdown(tmp_path: Path, monkeypatch: pytest.Mo
     from liveact import islands
 
     monkeypatch.setattr(islands, "enable_compiled_islands", lambda backend="inductor": None)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)
+    limit = torch._dynamo.config.recompile_limit
     bench_main(["gpu", "--device", "cpu", "--preset", "tiny", "--size", "64*64", "--blocks", "4",
                 "--warmup_blocks", "0", "--compile", "cudagraphs", "--no_plan", "--mode", "bf16", "--mode",
                 "offload24", "--out", str(out), "--markdown", str(md)])
@@ -53,6 +53,9 @@ def test_command_writes_json_and_markdown(tmp_path: Path, monkeypatch: pytest.Mo
     assert payload["preset"] == "tiny" and [r["mode"] for r in payload["results"]] == ["bf16", "offload24"]
     assert all(r["status"] == "ok" and r["fps"] > 0 for r in payload["results"])
     assert "| offload24 | 64*64 |" in md.read_text()
+    # The benchmark raises Dynamo's recompile limit only while it runs (pytest 9's monkeypatch undo
+    # of a torch config attribute deleted it once, and every later compile in the process failed).
+    assert torch._dynamo.config.recompile_limit == limit
 
 
 def test_command_needs_cuda_or_an_explicit_cpu() -> None:

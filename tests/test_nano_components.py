@@ -115,7 +115,7 @@ def test_logmel_rows_follow_fps_and_slices_equal_the_whole() -> None:
     assert float(silent.max()) < float(whole.min()) + 1e-3  # silence sits at the floor
 
 
-espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+espeak = pytest.mark.usefixtures("espeak_voice")
 
 
 @espeak
@@ -161,6 +161,7 @@ def test_minilm_text_encoder() -> None:
     assert cos(smile.mean(0), grin.mean(0), dim=0) > cos(smile.mean(0), nod.mean(0), dim=0) - 0.05
 
 
+@espeak
 def test_old_shards_get_the_mouth_position_without_re_encoding(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
@@ -213,6 +214,7 @@ def test_mouth_motion_measures_what_a_latent_frame_keeps() -> None:
     assert mouth_motion(half, video, mask, 4) == pytest.approx((1.0, 0.5))
 
 
+@espeak
 def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from safetensors.torch import load_file
@@ -258,6 +260,7 @@ def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path
     torch.testing.assert_close(wide.latent_std, base["latent_std"])  # distilled into the old latent space
 
 
+@espeak
 def test_ceiling_command_reads_shards_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from safetensors.torch import save_file
 

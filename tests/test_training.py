@@ -182,6 +182,7 @@ def test_stage2_runs_and_exports(tmp_path: Path, objective: str) -> None:
     assert student.config == LiveActTransformer.from_pretrained(tmp_path / "s1" / "model").config
 
 
+@pytest.mark.usefixtures("espeak_voice")
 def test_mouth_box_covers_every_drawn_mouth_and_nothing_far_from_it() -> None:
     from liveact.train.autoencoder import mouth_mask
     from liveact.train.synth import FaceState, make_clip, mouth_centre, render_frame, sample_avatar

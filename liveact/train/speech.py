@@ -1,4 +1,4 @@
-"""Synthetic speech with a ground-truth phoneme timeline, from libespeak-ng (Debian ``espeak-ng``).
+"""Synthetic speech with a ground-truth phoneme timeline, from libespeak-ng (the ``espeakng-loader`` wheel).
 
 ``Speaker.say(text)`` returns the waveform and the phoneme events espeak-ng reports with their times
 (``espeakINITIALIZE_PHONEME_EVENTS``): the ground truth from which the avatar's visemes are drawn.
@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -74,16 +75,40 @@ class EspeakUnavailable(RuntimeError):
     """libespeak-ng is not installed."""
 
 
+def _locate() -> tuple[str, bytes | None]:
+    """The libespeak-ng to load and its data folder (None: the library's built-in default).
+
+    The ``espeakng-loader`` wheel (the ``train``/``test`` extras) ships the library and its data, so
+    pip alone sets up speech synthesis; a system library (Debian ``espeak-ng``) is the fallback.
+    One source wins everywhere the wheel is installed, so data made on two machines sound alike.
+    """
+    try:
+        import espeakng_loader
+    except ImportError:
+        name = ctypes.util.find_library("espeak-ng")
+        if name is None:
+            raise EspeakUnavailable(
+                "libespeak-ng not found: pip install espeakng-loader (or pip install -e '.[train]'), "
+                "or install the system library (Debian/Ubuntu: apt-get install espeak-ng)"
+            ) from None
+        return name, None
+    data = Path(espeakng_loader.get_data_path())
+    # espeak_Initialize takes the folder that holds espeak-ng-data/.
+    return espeakng_loader.get_library_path(), str(data.parent).encode()
+
+
 @functools.cache
 def _library() -> tuple[ctypes.CDLL, int]:
-    name = ctypes.util.find_library("espeak-ng")
-    if name is None:
-        raise EspeakUnavailable("libespeak-ng not found: install it (Debian/Ubuntu: apt-get install espeak-ng)")
-    lib = ctypes.CDLL(name)
+    name, data = _locate()
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError as exc:
+        raise EspeakUnavailable(f"libespeak-ng at {name} could not be loaded: {exc}") from None
     lib.espeak_Initialize.restype = ctypes.c_int
-    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 500, None, _INIT_PHONEME_EVENTS)
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 500, data, _INIT_PHONEME_EVENTS)
     if rate <= 0:
-        raise EspeakUnavailable(f"espeak_Initialize failed ({rate}): is the espeak-ng-data package installed?")
+        raise EspeakUnavailable(f"espeak_Initialize failed ({rate}): its data folder (espeak-ng-data) is missing")
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,

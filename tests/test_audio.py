@@ -15,12 +15,13 @@ from liveact.audio import (
     Resampler,
     StreamingAudio,
     Wav2VecEncoder,
-    block_window,
     change_tempo,
     load_audio,
     prepare_speech,
     select_channel,
 )
+from liveact.config import MemoryConfig
+from liveact.sampler import audio_rows, audio_window, block_span
 
 TOL = 1e-4  # absolute, as the fixture README states
 RESAMPLE_TOL = 1e-5
@@ -57,9 +58,37 @@ def test_wav2vec_matches_reference(case: Path) -> None:
     embedding, features = enc.encode(speech, return_features=True)
     assert _max_err(features, expected["features_interpolated"]) < TOL
     assert _max_err(embedding, expected["audio_embedding"]) < TOL
-    for k, (start, end) in enumerate(meta["window_ranges"]):
-        window = block_window(embedding, start, end)
-        assert _max_err(window, expected[f"audio_embs_iter{k}"]) < TOL
+    for k, window in enumerate(meta["window_ranges"]):
+        rows, expected_rows = _block_rows(embedding, expected[f"audio_embs_iter{k}"][0], k, window)
+        assert _max_err(rows, expected_rows) < TOL
+
+
+def _block_rows(
+    embedding: torch.Tensor, reference_window: torch.Tensor, block: int, window: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows the sampler feeds block ``block`` and the same rows picked from the reference's window.
+
+    ``reference_window`` ``[F, 5, L, C]`` holds each frame of ``window`` with neighbours -2..+2. The
+    reference's audio projection reads, per latent covering frames ``p .. p+3``, frame ``p``'s -2..0,
+    the centres of ``p+1 .. p+2`` and frame ``p+3``'s 0..+2: eight consecutive rows, which is what
+    :func:`audio_rows` picks (the clip's latent 0 reads all five neighbours of frame 0).
+    """
+    memory, stride = MemoryConfig(), 4
+    span = block_span(block, memory, stride)
+    start, end = audio_window(span, memory, stride)
+    assert [start, end] == window, "the fixture's windows follow the default block layout"
+    first, later = audio_rows(span, embedding.shape[0], window=5, temporal_stride=stride)
+    got, picked = [embedding[later]], []
+    if first is not None:
+        got.insert(0, embedding[first])
+        picked.append(reference_window[0 - start])
+    latents = range(max(span.first_latent, 1), span.first_latent + span.frames)
+    for p in (1 + (latent - 1) * stride - start for latent in latents):
+        q = p + stride - 1
+        picked.append(
+            torch.cat([reference_window[p, :3], reference_window[p + 1 : q, 2], reference_window[q, 2:]])
+        )
+    return torch.cat([g.flatten() for g in got]), torch.cat([r.flatten() for r in picked])
 
 
 @pytest.mark.parametrize("case", case_params("components", "wav2vec"))
@@ -68,12 +97,32 @@ def test_streaming_audio_windows(case: Path) -> None:
     wave, sr = load_audio(case / meta["audio"]["file"])
     stream = StreamingAudio(enc, select_channel(wave), sr, fps=meta["audio"]["fps"])
     start, end = meta["window_ranges"][2]
-    window = stream.window(start, end)
+    rows = stream.embedding(start, end)
     layers, hidden = load_file(case / "expected.safetensors")["audio_embedding"].shape[1:]
-    assert window.shape == (1, end - start, 5, layers, hidden)
-    assert torch.isfinite(window).all()
+    # Row 0 is frame ``start``; the slice reaches ``audio_window // 2`` frames past ``end`` for the
+    # right neighbours of the last frames.
+    assert rows.shape == (end - start + stream.audio_window // 2, layers, hidden)
+    assert torch.isfinite(rows).all()
     with pytest.raises(ValueError, match="past the end"):
-        stream.window(10_000, 10_053)
+        stream.embedding(10_000, 10_053)
+
+
+def test_streaming_audio_encodes_a_shared_window_once() -> None:
+    calls = []
+
+    class CountingEncoder:
+        sample_rate, audio_fps = 16000, 50
+
+        def encode(self, speech: torch.Tensor) -> torch.Tensor:
+            calls.append(speech.shape[-1])
+            return torch.zeros(speech.shape[-1] // 640, 2, 3)
+
+    wave = torch.sin(torch.arange(48000) / 7.0)[None]
+    stream = StreamingAudio(CountingEncoder(), wave, 16000, fps=25)
+    first = stream.embedding(0, 53)
+    assert stream.embedding(0, 53) is first  # block 1 reuses block 0's window
+    stream.embedding(32, 85)
+    assert len(calls) == 2
 
 
 def test_resampler_identity_and_lengths() -> None:
@@ -91,7 +140,9 @@ def test_resampler_identity_and_lengths() -> None:
 def test_prepare_speech_stretches_all_channels_then_keeps_channel_0() -> None:
     sr = 22050
     t = torch.arange(int(sr * 1.2)) / sr
-    stereo = torch.stack([0.4 * torch.sin(2 * torch.pi * 220 * t), 0.3 * torch.sin(2 * torch.pi * 330 * t) * t])
+    stereo = torch.stack(
+        [0.4 * torch.sin(2 * torch.pi * 220 * t), 0.3 * torch.sin(2 * torch.pi * 330 * t) * t]
+    )
     speech = prepare_speech(stereo, sr, fps=20)
     stretched = change_tempo(stereo, sr, 25 / 20)
     assert speech.ndim == 1
@@ -146,13 +197,3 @@ def test_load_audio_errors_and_fallback(tmp_path: Path) -> None:
     sf.write(str(odd), stereo, 16000, format="WAV", subtype="FLOAT")
     via_ffmpeg, sr = load_audio(odd)
     assert sr == 16000 and torch.equal(via_ffmpeg, wave)
-
-
-def test_block_window_clamps() -> None:
-    emb = torch.arange(10, dtype=torch.float32)[:, None, None].expand(10, 2, 3)
-    win = block_window(emb, 0, 3, audio_window=5)
-    assert win.shape == (1, 3, 5, 2, 3)
-    assert win[0, :, :, 0, 0].tolist() == [[0, 0, 0, 1, 2], [0, 0, 1, 2, 3], [0, 1, 2, 3, 4]]
-    assert block_window(emb, 9, 10, audio_window=3)[0, 0, :, 0, 0].tolist() == [8, 9, 9]
-    with pytest.raises(ValueError):
-        block_window(emb, 0, 3, audio_window=4)

@@ -4,7 +4,6 @@ synthetic avatars, and the text encoder."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # Modules run with ``python -m`` that are tools rather than console scripts.
 TOOLS: dict[str, str] = {
     "liveact.bench": "benchmarks: flops, load (host RAM plan), speed (every stage and the real-time factor)",
+    "liveact.train": "train LiveAct-Nano: data, autoencoder, stages, packaging (docs/TRAINING.md)",
+    "liveact.eval": "metrics: lip-sync and identity, timed-action checks, long-run latency and memory",
 }
 
 

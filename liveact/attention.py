@@ -32,8 +32,12 @@ logger = logging.getLogger(__name__)
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-               SDPBackend.MATH]
+CUDNN_FIRST = [
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -120,7 +124,7 @@ def probe(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0) ->
         out = fn(q, k, v)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    except Exception as exc:  # noqa: BLE001 - any failure means "do not use this backend"
+    except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     expected = _sdpa(q.float(), k.float(), v.float())
     if tuple(out.shape) != tuple(expected.shape) or out.dtype != dtype:
@@ -155,8 +159,12 @@ def select_backend(preferred: str | None, device: torch.device | str, dtype: tor
     candidates = list(dict.fromkeys(list(AUTO_ORDER) if name == "auto" else [name, "sdpa"]))
     if name == "auto":
         # Not failures: "auto" only tries the kernels meant for this device.
-        candidates = [c for c in candidates if not BACKENDS[c].needs_cuda_half
-                      or (capability is not None and capability >= BACKENDS[c].min_capability)]
+        candidates = [
+            c
+            for c in candidates
+            if not BACKENDS[c].needs_cuda_half
+            or (capability is not None and capability >= BACKENDS[c].min_capability)
+        ]
     for i, cand in enumerate(candidates):
         reason = probe(cand, device, dtype) if cand != "sdpa" else None
         if reason is None:
@@ -164,8 +172,14 @@ def select_backend(preferred: str | None, device: torch.device | str, dtype: tor
             logger.info("attention backend: %s (%s; %s on %s)", cand, how, dtype, device)
             return cand
         fallback = candidates[i + 1] if i + 1 < len(candidates) else "sdpa"
-        logger.warning("attention backend %r failed its probe on %s %s: %s; falling back to %r",
-                       cand, device, dtype, reason, fallback)
+        logger.warning(
+            "attention backend %r failed its probe on %s %s: %s; falling back to %r",
+            cand,
+            device,
+            dtype,
+            reason,
+            fallback,
+        )
     return "sdpa"
 
 
@@ -183,7 +197,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str
         go to SDPA.
     """
     chosen = BACKENDS[backend]
-    if chosen.fn is None or (chosen.needs_cuda_half and (not q.is_cuda or q.dtype not in (torch.float16,
-                                                                                          torch.bfloat16))):
+    if chosen.fn is None or (
+        chosen.needs_cuda_half and (not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16))
+    ):
         return _sdpa(q, k, v)
     return chosen.fn(q, k, v)

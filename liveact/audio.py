@@ -264,10 +264,13 @@ class Wav2VecEncoder:
             config = Wav2Vec2Config.from_pretrained(str(folder), local_files_only=True)
         except Exception as exc:
             raise ValueError(f"{folder / 'config.json'}: not a readable wav2vec2 config: {exc}") from exc
+        from liveact.loading import quiet_transformers
+
         try:
-            model = Wav2Vec2Model.from_pretrained(
-                str(folder), config=config, dtype=dtype, local_files_only=True
-            )
+            with quiet_transformers():
+                model = Wav2Vec2Model.from_pretrained(
+                    str(folder), config=config, dtype=dtype, local_files_only=True
+                )
         except Exception as exc:
             weights = [
                 str(folder / n) for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()
@@ -386,7 +389,8 @@ class StreamingAudio:
         return int(self.sample_rate * (start / self.fps)), int(self.sample_rate * ((end + half) / self.fps))
 
     def embedding(self, start: int, end: int) -> torch.Tensor:
-        """Encode the slice for centre frames ``[start, end)`` alone -> ``[S', L, C]``, row 0 = frame ``start``.
+        """Encode the slice for centre frames ``[start, end)`` alone -> ``[S', L, C]``, row 0 = frame
+        ``start``.
 
         The slice reaches ``half`` frames past ``end`` (the reference's ``end + 2``) so the right
         neighbours of the last frames exist; the left context at ``start`` is clamped.

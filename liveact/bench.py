@@ -49,8 +49,14 @@ logger = logging.getLogger(__name__)
 PAPER_TFLOPS_PER_FRAME = 27.2
 
 
-def synthetic_conditions(model: LiveActTransformer, width: int, height: int, audio_frames: int,
-                         device: torch.device | str, seed: int = 0) -> Conditions:
+def synthetic_conditions(
+    model: LiveActTransformer,
+    width: int,
+    height: int,
+    audio_frames: int,
+    device: torch.device | str,
+    seed: int = 0,
+) -> Conditions:
     """Random conditioning with the right shapes (for benchmarks and smoke tests)."""
     cfg, mem = model.config, MemoryConfig()
     stride = SamplerConfig().vae_stride
@@ -137,8 +143,9 @@ ENCODER_SETS: dict[str, EncoderSet] = {
     # The same VAE and audio encoder (their cost grows with the video), umT5 and CLIP cut to 2 blocks
     # and a 32k vocabulary at full width so a small CPU machine holds them: their per-clip times are
     # lower bounds of the official ones.
-    "small": EncoderSet(96, 2, 32128, 10240, 2,
-                        "Wan2.1 VAE, umT5 (2 of 24 blocks), CLIP ViT-H/14 (2 blocks)"),
+    "small": EncoderSet(
+        96, 2, 32128, 10240, 2, "Wan2.1 VAE, umT5 (2 of 24 blocks), CLIP ViT-H/14 (2 blocks)"
+    ),
 }
 
 
@@ -163,8 +170,9 @@ def _word_tokenizer() -> Any:
     tok = Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def _random_vae(z_dim: int, base_dim: int, device: torch.device, dtype: torch.dtype) -> Any:
@@ -174,41 +182,88 @@ def _random_vae(z_dim: int, base_dim: int, device: torch.device, dtype: torch.dt
     from liveact.vae import VAEArch, WanVAE
 
     down = (False, True, True)
-    model = _build(lambda: AutoencoderKLWan(base_dim=base_dim, z_dim=z_dim, dim_mult=[1, 2, 4, 4],
-                                            num_res_blocks=2, temperal_downsample=list(down)), device, dtype)
-    arch = VAEArch(base_dim=base_dim, decoder_base_dim=base_dim, z_dim=z_dim, dim_mult=(1, 2, 4, 4),
-                   num_res_blocks=2, temperal_downsample=down, in_channels=3, out_channels=3)
+    model = _build(
+        lambda: AutoencoderKLWan(
+            base_dim=base_dim,
+            z_dim=z_dim,
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=2,
+            temperal_downsample=list(down),
+        ),
+        device,
+        dtype,
+    )
+    arch = VAEArch(
+        base_dim=base_dim,
+        decoder_base_dim=base_dim,
+        z_dim=z_dim,
+        dim_mult=(1, 2, 4, 4),
+        num_res_blocks=2,
+        temperal_downsample=down,
+        in_channels=3,
+        out_channels=3,
+    )
     return WanVAE(model, arch, (0.0,) * z_dim, (1.0,) * z_dim)
 
 
 def _random_encoders(cfg: Any, encoders: EncoderSet, device: torch.device, dtype: torch.dtype) -> tuple:
     """Random umT5, CLIP vision and wav2vec2 encoders whose widths fit the DiT ``cfg``."""
-    from transformers import (CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel, Wav2Vec2Config,
-                              Wav2Vec2FeatureExtractor, Wav2Vec2Model)
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+        Wav2Vec2Config,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2Model,
+    )
 
     from liveact.audio import Wav2VecEncoder
     from liveact.encoders import CLIPImageEncoder, T5TextEncoder
 
-    t5 = UMT5Config(vocab_size=encoders.t5_vocab, d_model=cfg.text_dim, d_kv=64, d_ff=encoders.t5_ffn,
-                    num_layers=encoders.t5_layers, num_heads=cfg.text_dim // 64,
-                    feed_forward_proj="gated-gelu")
-    clip = CLIPVisionConfig(hidden_size=cfg.clip_dim, intermediate_size=4 * cfg.clip_dim,
-                            num_hidden_layers=encoders.clip_layers,
-                            num_attention_heads=max(1, cfg.clip_dim // 80), image_size=224, patch_size=14,
-                            hidden_act="gelu")
-    w2v = Wav2Vec2Config(hidden_size=cfg.audio_channels, num_hidden_layers=cfg.audio_layers,
-                         num_attention_heads=max(1, cfg.audio_channels // 64),
-                         intermediate_size=4 * cfg.audio_channels)
-    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                         do_normalize=True)
+    t5 = UMT5Config(
+        vocab_size=encoders.t5_vocab,
+        d_model=cfg.text_dim,
+        d_kv=64,
+        d_ff=encoders.t5_ffn,
+        num_layers=encoders.t5_layers,
+        num_heads=cfg.text_dim // 64,
+        feed_forward_proj="gated-gelu",
+    )
+    clip = CLIPVisionConfig(
+        hidden_size=cfg.clip_dim,
+        intermediate_size=4 * cfg.clip_dim,
+        num_hidden_layers=encoders.clip_layers,
+        num_attention_heads=max(1, cfg.clip_dim // 80),
+        image_size=224,
+        patch_size=14,
+        hidden_act="gelu",
+    )
+    w2v = Wav2Vec2Config(
+        hidden_size=cfg.audio_channels,
+        num_hidden_layers=cfg.audio_layers,
+        num_attention_heads=max(1, cfg.audio_channels // 64),
+        intermediate_size=4 * cfg.audio_channels,
+    )
+    extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True
+    )
     text_model = _build(lambda: UMT5EncoderModel(t5), device, dtype)
-    return (T5TextEncoder(text_model, _word_tokenizer(), cfg.text_len),
-            CLIPImageEncoder(_build(lambda: CLIPVisionModel(clip), device, dtype)),
-            Wav2VecEncoder(_build(lambda: Wav2Vec2Model(w2v), device, dtype), extractor))
+    return (
+        T5TextEncoder(text_model, _word_tokenizer(), cfg.text_len),
+        CLIPImageEncoder(_build(lambda: CLIPVisionModel(clip), device, dtype)),
+        Wav2VecEncoder(_build(lambda: Wav2Vec2Model(w2v), device, dtype), extractor),
+    )
 
 
-def random_pipeline(preset: Preset, encoders: EncoderSet, size: tuple[int, int], fps: float,
-                    device: torch.device, dtype: torch.dtype) -> LiveActPipeline:
+def random_pipeline(
+    preset: Preset,
+    encoders: EncoderSet,
+    size: tuple[int, int],
+    fps: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> LiveActPipeline:
     """A ``LiveActPipeline`` whose every model has random weights (for timing only)."""
     from liveact.pipeline import LiveActPipeline
 
@@ -216,8 +271,9 @@ def random_pipeline(preset: Preset, encoders: EncoderSet, size: tuple[int, int],
     dit = _build(lambda: LiveActTransformer(preset.model), device, dtype)
     vae = _random_vae(preset.model.out_dim, encoders.vae_base_dim, device, dtype)
     text, image, audio = _random_encoders(preset.model, encoders, device, dtype)
-    return LiveActPipeline(dit, vae, text, image, audio, size=size, fps=fps, memory=preset.memory,
-                           schedule=preset.sampler)
+    return LiveActPipeline(
+        dit, vae, text, image, audio, size=size, fps=fps, memory=preset.memory, schedule=preset.sampler
+    )
 
 
 def write_synthetic_inputs(folder: Path, seconds: float, size: tuple[int, int]) -> tuple[Path, Path]:
@@ -278,8 +334,10 @@ def run_speed(pipe: LiveActPipeline, blocks: int, seed: int = 0) -> SpeedReport:
     with tempfile.TemporaryDirectory(prefix="liveact-bench-") as tmp:
         image, audio = write_synthetic_inputs(Path(tmp), seconds, pipe.size)
         start = time.perf_counter()
-        clip = pipe.prepare(Request(image=image, audio=audio, prompt="A person talks to the camera."),
-                            progress=lambda stage: None)
+        clip = pipe.prepare(
+            Request(image=image, audio=audio, prompt="A person talks to the camera."),
+            progress=lambda stage: None,
+        )
         report = SpeedReport(prepare=clip.timings, audio_seconds=clip.duration)
         writer = ProgressiveVideoWriter(Path(tmp) / "bench.mp4", fps=pipe.fps, audio=audio)
         decoder = pipe.decoder.stream_decoder(stitch=pipe.vae_stitch)
@@ -314,53 +372,86 @@ def format_speed(report: SpeedReport, what: str) -> list[str]:
 
     lines = [what, f"{'stage':46} {'seconds':>9} {'per block':>10} {'share':>7}"]
     rows = [(PREPARE_STAGE_TEXT[k], v, None) for k, v in report.prepare.items()]
-    rows += [("DiT (sampler, all steps)", sum(report.dit), report.dit),
-             ("decode to frames (VAE / tiny autoencoder)", sum(report.vae), report.vae),
-             ("mp4 encode + mux (incl. final flush)", sum(report.mp4) + report.mp4_close, report.mp4)]
+    rows += [
+        ("DiT (sampler, all steps)", sum(report.dit), report.dit),
+        ("decode to frames (VAE / tiny autoencoder)", sum(report.vae), report.vae),
+        ("mp4 encode + mux (incl. final flush)", sum(report.mp4) + report.mp4_close, report.mp4),
+    ]
     for name, total, per in rows:
         per_block = f"{sum(per) / len(per):10.3f}" if per else f"{'':10}"
         lines.append(f"{name:46} {total:9.3f} {per_block} {total / report.wall:7.1%}")
     steady_block, steady_rtf = report.steady()
-    lines.append(f"end to end: {report.audio_seconds:.2f} s of speech in {report.wall:.2f} s, real-time "
-                 f"factor {report.real_time_factor:.3f}; first block after {report.first_block:.2f} s")
-    lines.append(f"steady state: {steady_block:.3f} s per block of {report.block_seconds[-1]:.2f} s, "
-                 f"real-time factor {steady_rtf:.3f} (DiT + decode + mp4)")
+    lines.append(
+        f"end to end: {report.audio_seconds:.2f} s of speech in {report.wall:.2f} s, real-time "
+        f"factor {report.real_time_factor:.3f}; first block after {report.first_block:.2f} s"
+    )
+    lines.append(
+        f"steady state: {steady_block:.3f} s per block of {report.block_seconds[-1]:.2f} s, "
+        f"real-time factor {steady_rtf:.3f} (DiT + decode + mp4)"
+    )
     return lines
 
 
 def component_sizes() -> list[tuple[str, int, int]]:
     """``(component, parameters, largest tensor elements)`` of the 14B asset set, built on the meta device."""
     from diffusers import AutoencoderKLWan
-    from transformers import (CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel, Wav2Vec2Config,
-                              Wav2Vec2Model)
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+        Wav2Vec2Config,
+        Wav2Vec2Model,
+    )
 
     with torch.device("meta"):
         models = {
             "DiT (liveact-14b)": LiveActTransformer(PRESETS["liveact-14b"]),
-            "umT5-XXL encoder": UMT5EncoderModel(UMT5Config(
-                vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                feed_forward_proj="gated-gelu")),
-            "CLIP ViT-H/14 (31 blocks used)": CLIPVisionModel(CLIPVisionConfig(
-                hidden_size=1280, intermediate_size=5120, num_hidden_layers=31, num_attention_heads=16,
-                image_size=224, patch_size=14, hidden_act="gelu")),
+            "umT5-XXL encoder": UMT5EncoderModel(
+                UMT5Config(
+                    vocab_size=256384,
+                    d_model=4096,
+                    d_kv=64,
+                    d_ff=10240,
+                    num_layers=24,
+                    num_heads=64,
+                    feed_forward_proj="gated-gelu",
+                )
+            ),
+            "CLIP ViT-H/14 (31 blocks used)": CLIPVisionModel(
+                CLIPVisionConfig(
+                    hidden_size=1280,
+                    intermediate_size=5120,
+                    num_hidden_layers=31,
+                    num_attention_heads=16,
+                    image_size=224,
+                    patch_size=14,
+                    hidden_act="gelu",
+                )
+            ),
             "Wan2.1 VAE": AutoencoderKLWan(base_dim=96, z_dim=16),
             "wav2vec2-base": Wav2Vec2Model(Wav2Vec2Config()),
         }
-    return [(name, sum(p.numel() for p in m.parameters()), max(p.numel() for p in m.parameters()))
-            for name, m in models.items()]
+    return [
+        (name, sum(p.numel() for p in m.parameters()), max(p.numel() for p in m.parameters()))
+        for name, m in models.items()
+    ]
 
 
 def print_load_plan(bytes_per_param: int = 2) -> None:
     """Peak host RAM of loading each component (dry run: sizes from meta-device builds, no weights)."""
     gib = 2**30
-    print(f"{'component':32} {'params':>8} {'bf16 GiB':>9} {'host peak -> GPU':>17} "
-          f"{'host peak, on CPU':>18}")
+    print(
+        f"{'component':32} {'params':>8} {'bf16 GiB':>9} {'host peak -> GPU':>17} {'host peak, on CPU':>18}"
+    )
     total = 0
     for name, params, largest in component_sizes():
         size = params * bytes_per_param
         total += size
-        print(f"{name:32} {params / 1e9:7.2f}B {size / gib:9.2f} {largest * bytes_per_param / gib:14.3f} GiB "
-              f"{size / gib:14.2f} GiB")
+        print(
+            f"{name:32} {params / 1e9:7.2f}B {size / gib:9.2f} {largest * bytes_per_param / gib:14.3f} GiB "
+            f"{size / gib:14.2f} GiB"
+        )
     print(f"{'all':32} {'':8} {total / gib:9.2f}")
 
 
@@ -371,14 +462,18 @@ def _flops_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _flops(args: argparse.Namespace) -> None:
-    print(f"{'preset':12} {'size':9} {'fl':>5} {'TFLOP/block':>12} {'TFLOP/frame':>12} {'paper':>6} "
-          f"{'ratio':>6} {'skipped TFLOP/block':>20} {'saving':>7}")
+    print(
+        f"{'preset':12} {'size':9} {'fl':>5} {'TFLOP/block':>12} {'TFLOP/frame':>12} {'paper':>6} "
+        f"{'ratio':>6} {'skipped TFLOP/block':>20} {'saving':>7}"
+    )
     for size in args.size or ["512*512", "720*416"]:
         r = count_flops(args.preset, size, args.audio_cfg)
-        print(f"{args.preset:12} {size:9} {r.frame_len:5d} {r.block_flops / 1e12:12.1f} "
-              f"{r.per_frame / 1e12:12.2f} "
-              f"{PAPER_TFLOPS_PER_FRAME:6.1f} {r.per_frame / 1e12 / PAPER_TFLOPS_PER_FRAME:6.2f} "
-              f"{r.skipped_flops / 1e12:20.2f} {r.skipped_flops / (r.block_flops + r.skipped_flops):7.2%}")
+        print(
+            f"{args.preset:12} {size:9} {r.frame_len:5d} {r.block_flops / 1e12:12.1f} "
+            f"{r.per_frame / 1e12:12.2f} "
+            f"{PAPER_TFLOPS_PER_FRAME:6.1f} {r.per_frame / 1e12 / PAPER_TFLOPS_PER_FRAME:6.2f} "
+            f"{r.skipped_flops / 1e12:20.2f} {r.skipped_flops / (r.block_flops + r.skipped_flops):7.2%}"
+        )
 
 
 def _load_arguments(p: argparse.ArgumentParser) -> None:
@@ -392,16 +487,25 @@ def _load(args: argparse.Namespace) -> None:
 
 def _speed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="nano", help="preset name or preset JSON file (random weights)")
-    p.add_argument("--encoders", default=None, choices=sorted(ENCODER_SETS),
-                   help="random components around the DiT (default: official for liveact-14b, else small)")
+    p.add_argument(
+        "--encoders",
+        default=None,
+        choices=sorted(ENCODER_SETS),
+        help="random components around the DiT (default: official for liveact-14b, else small)",
+    )
     p.add_argument("--ckpt_dir", default=None, help="time a real checkpoint folder instead of random weights")
     p.add_argument("--wav2vec_dir", default=None, help="its wav2vec2 folder (official checkpoints)")
     p.add_argument("--size", default="256*256", help="W*H")
-    p.add_argument("--blocks", type=int, default=3,
-                   help="blocks to generate (the synthetic audio covers them)")
+    p.add_argument(
+        "--blocks", type=int, default=3, help="blocks to generate (the synthetic audio covers them)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: bfloat16 on CUDA, float32 on the CPU")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default: bfloat16 on CUDA, float32 on the CPU",
+    )
     p.add_argument("--fps", type=int, default=25)
 
 
@@ -417,8 +521,9 @@ def _speed(args: argparse.Namespace) -> None:
         from liveact.loading import AssetError
 
         try:
-            pipe = LiveActPipeline.from_pretrained(args.ckpt_dir, args.wav2vec_dir, device=device,
-                                                   dtype=dtype, size=size, fps=args.fps)
+            pipe = LiveActPipeline.from_pretrained(
+                args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype, size=size, fps=args.fps
+            )
         except (AssetError, FileNotFoundError) as exc:
             raise SystemExit(f"error: {exc}") from None
         what = f"{args.ckpt_dir} (real weights)"
@@ -443,8 +548,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point (see module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m liveact.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m liveact.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_, add_arguments, _) in SUBCOMMANDS.items():
         formatter = argparse.ArgumentDefaultsHelpFormatter

@@ -91,67 +91,131 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (reference flags first, then ours); ``--help`` shows every default."""
     p = argparse.ArgumentParser(
-        prog="generate.py", formatter_class=DefaultsHelpFormatter,
+        prog="generate.py",
+        formatter_class=DefaultsHelpFormatter,
         description="Generate talking-human videos with LiveAct: one mp4 (H.264 + AAC, as long as the audio) "
-                    "per entry of --input_json, written while it is generated.")
-    p.add_argument("--size", default=None,
-                   help=f"WIDTH*HEIGHT of the output, multiples of 16 (default: the model's own; "
-                        f"{OFFICIAL_SIZE} for the official folders)")
-    p.add_argument("--ckpt_dir", default=None,
-                   help="LiveAct checkpoint folder: the official one (DiT + Wan VAE/T5/CLIP files) or a "
-                        "self-contained one (components.json); default: the embedded LiveAct-Nano")
-    p.add_argument("--wav2vec_dir", default=None,
-                   help="transformers wav2vec2 folder (chinese-wav2vec2-base); needed by the official "
-                        "folders only")
+        "per entry of --input_json, written while it is generated.",
+    )
+    p.add_argument(
+        "--size",
+        default=None,
+        help=f"WIDTH*HEIGHT of the output, multiples of 16 (default: the model's own; "
+        f"{OFFICIAL_SIZE} for the official folders)",
+    )
+    p.add_argument(
+        "--ckpt_dir",
+        default=None,
+        help="LiveAct checkpoint folder: the official one (DiT + Wan VAE/T5/CLIP files) or a "
+        "self-contained one (components.json); default: the embedded LiveAct-Nano",
+    )
+    p.add_argument(
+        "--wav2vec_dir",
+        default=None,
+        help="transformers wav2vec2 folder (chinese-wav2vec2-base); needed by the official folders only",
+    )
     p.add_argument("--t5_cpu", action="store_true", help="run the umT5 text encoder on the CPU")
     p.add_argument("--offload_cache", action="store_true", help="keep the KV memory in host memory")
     p.add_argument("--fp8_kv_cache", action="store_true", help="store the KV memory in FP8 (e4m3)")
-    p.add_argument("--fp8_gemm", action="store_true",
-                   help="FP8 matmuls for the DiT's linear layers (CUDA, sm89+)")
-    p.add_argument("--block_offload", action="store_true",
-                   help="keep DiT blocks in host memory, prefetch to the GPU")
-    p.add_argument("--fps", type=int, default=None,
-                   help=f"output frame rate; for the official folders it also sets the audio tempo 25/fps "
-                        f"(default: the model's own; {OFFICIAL_FPS} for the official folders)")
+    p.add_argument(
+        "--fp8_gemm", action="store_true", help="FP8 matmuls for the DiT's linear layers (CUDA, sm89+)"
+    )
+    p.add_argument(
+        "--block_offload", action="store_true", help="keep DiT blocks in host memory, prefetch to the GPU"
+    )
+    p.add_argument(
+        "--fps",
+        type=int,
+        default=None,
+        help=f"output frame rate; for the official folders it also sets the audio tempo 25/fps "
+        f"(default: the model's own; {OFFICIAL_FPS} for the official folders)",
+    )
     p.add_argument("--audio_cfg", type=float, default=1.0, help="audio guidance scale (> 1 enables it)")
-    p.add_argument("--edit_cfg", type=float, default=None,
-                   help="edit guidance scale: blocks under an edit prompt also run the main prompt and are pushed "
-                        "away from it, so the edit shows (> 1 enables it; costs one more pass on those blocks). "
-                        "Default: the model's own (LiveAct-Nano sets it; off for the official weights)")
-    p.add_argument("--dura_print", action="store_true",
-                   help="print the cost of every block on stdout (the reference's 'Done Block k' lines)")
+    p.add_argument(
+        "--edit_cfg",
+        type=float,
+        default=None,
+        help="edit guidance scale: blocks under an edit prompt also run the main prompt and are pushed "
+        "away from it, so the edit shows (> 1 enables it; costs one more pass on those blocks). "
+        "Default: the model's own (LiveAct-Nano sets it; off for the official weights)",
+    )
+    p.add_argument(
+        "--dura_print",
+        action="store_true",
+        help="print the cost of every block on stdout (the reference's 'Done Block k' lines)",
+    )
     # Required: the reference's default (examples.json) exists in no checkout, and a default path
     # that only resolves from one folder fails confusingly everywhere else.
-    p.add_argument("--input_json", required=True,
-                   help="JSON list of {prompt, cond_image, cond_audio, edit_prompt} (e.g. "
-                        "examples/example.json); paths inside resolve against the JSON's folder")
-    p.add_argument("--steam_audio", "--stream_audio", dest="steam_audio", action="store_true",
-                   help="encode audio per block on a short slice (streaming audio)")
-    p.add_argument("--mean_memory", action="store_true",
-                   help="compress memory with a mean instead of the learned conv")
-    p.add_argument("--seed", type=int, default=42,
-                   help="seed of the sampling noise: the same seed, inputs and flags give the same video")
-    p.add_argument("--output_dir", default=".",
-                   help="where the <image>_<audio>.mp4 files go (created if missing)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace output files that already exist (otherwise the run refuses to start)")
-    p.add_argument("--config", default=None,
-                   help=f"preset name ({', '.join(preset_names())}) or preset JSON file whose 'memory' "
-                        "and 'sampler' sections set the KV-memory layout and the schedule (default: the "
-                        "checkpoint config.json's sections, else the defaults); the DiT's geometry comes "
-                        "from --ckpt_dir")
-    p.add_argument("--device", default=None,
-                   help="cuda, cuda:1, cpu ... (default: cuda:LOCAL_RANK if CUDA is available, else cpu)")
-    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                   help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
-    p.add_argument("--max_blocks", type=int, default=None,
-                   help="generate at most this many blocks per clip (default: enough to cover the audio)")
-    p.add_argument("--vae_stitch", default="continuous", choices=["continuous", "reference"],
-                   help="continuous causal decode across blocks, or the reference's overlap-and-crop")
-    p.add_argument("--offload_t5", action="store_true",
-                   help="keep umT5 in host memory; it visits the GPU only to encode prompts")
-    p.add_argument("--no_memory_check", action="store_true",
-                   help="skip the GPU memory plan that refuses runs that would not fit")
+    p.add_argument(
+        "--input_json",
+        required=True,
+        help="JSON list of {prompt, cond_image, cond_audio, edit_prompt} (e.g. "
+        "examples/example.json); paths inside resolve against the JSON's folder",
+    )
+    p.add_argument(
+        "--steam_audio",
+        "--stream_audio",
+        dest="steam_audio",
+        action="store_true",
+        help="encode audio per block on a short slice (streaming audio)",
+    )
+    p.add_argument(
+        "--mean_memory", action="store_true", help="compress memory with a mean instead of the learned conv"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="seed of the sampling noise: the same seed, inputs and flags give the same video",
+    )
+    p.add_argument(
+        "--output_dir", default=".", help="where the <image>_<audio>.mp4 files go (created if missing)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (otherwise the run refuses to start)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help=f"preset name ({', '.join(preset_names())}) or preset JSON file whose 'memory' "
+        "and 'sampler' sections set the KV-memory layout and the schedule (default: the "
+        "checkpoint config.json's sections, else the defaults); the DiT's geometry comes "
+        "from --ckpt_dir",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cuda, cuda:1, cpu ... (default: cuda:LOCAL_RANK if CUDA is available, else cpu)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["bfloat16", "float16", "float32"],
+        help="model dtype (default: bfloat16 on GPU, float32 on CPU)",
+    )
+    p.add_argument(
+        "--max_blocks",
+        type=int,
+        default=None,
+        help="generate at most this many blocks per clip (default: enough to cover the audio)",
+    )
+    p.add_argument(
+        "--vae_stitch",
+        default="continuous",
+        choices=["continuous", "reference"],
+        help="continuous causal decode across blocks, or the reference's overlap-and-crop",
+    )
+    p.add_argument(
+        "--offload_t5",
+        action="store_true",
+        help="keep umT5 in host memory; it visits the GPU only to encode prompts",
+    )
+    p.add_argument(
+        "--no_memory_check",
+        action="store_true",
+        help="skip the GPU memory plan that refuses runs that would not fit",
+    )
     return p
 
 
@@ -178,9 +242,12 @@ def parse_edit_range(key: str, where: str) -> tuple[int, int]:
         value = ast.literal_eval(key)
     except (ValueError, SyntaxError):
         value = None
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-        raise UserError(f"{where}: edit range {key!r} must look like \"[first_block, last_block]\"")
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise UserError(f'{where}: edit range {key!r} must look like "[first_block, last_block]"')
     first, last = value
     if not 0 <= first <= last:
         raise UserError(f"{where}: edit range {key!r} needs 0 <= first <= last")
@@ -225,18 +292,19 @@ def load_requests(path: str | Path) -> list:
             files[key] = file
         edits_raw = entry.get("edit_prompt", {}) or {}
         if not isinstance(edits_raw, dict):
-            raise UserError(f"{where}: edit_prompt must be an object mapping \"[a, b]\" to a prompt")
+            raise UserError(f'{where}: edit_prompt must be an object mapping "[a, b]" to a prompt')
         edits = []
         for key, text in edits_raw.items():
             if not isinstance(text, str) or not text.strip():
                 raise UserError(f"{where}: edit_prompt {key!r} must map to a non-empty prompt")
             edits.append((parse_edit_range(key, where), text))
-        requests.append(Request(image=files["cond_image"], audio=files["cond_audio"], prompt=entry["prompt"],
-                                edits=edits))
+        requests.append(
+            Request(image=files["cond_image"], audio=files["cond_audio"], prompt=entry["prompt"], edits=edits)
+        )
     return requests
 
 
-def check_media(request, where: str, min_seconds: float) -> None:  # noqa: ANN001 - Request (lazy import)
+def check_media(request, where: str, min_seconds: float) -> None:
     """Open the image and audio of a request up front, so bad files fail before any model loads."""
     from PIL import Image
 
@@ -245,7 +313,7 @@ def check_media(request, where: str, min_seconds: float) -> None:  # noqa: ANN00
     try:
         with Image.open(request.image) as img:
             img.verify()
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+    except Exception as exc:
         raise UserError(f"{where}: cond_image {request.image} is not a readable image ({exc})") from None
     try:
         # Silence is judged below with a level threshold; load_audio's check would only catch exact zeros.
@@ -260,14 +328,18 @@ def check_media(request, where: str, min_seconds: float) -> None:  # noqa: ANN00
         raise UserError(f"{where}: cond_audio {request.audio}: {reason}") from None
     seconds = waveform.shape[-1] / sample_rate
     if seconds < min_seconds:
-        raise UserError(f"{where}: cond_audio {request.audio} is {seconds:.2f} s long; at least "
-                        f"{min_seconds:.2f} s (the first block of video) is needed")
+        raise UserError(
+            f"{where}: cond_audio {request.audio} is {seconds:.2f} s long; at least "
+            f"{min_seconds:.2f} s (the first block of video) is needed"
+        )
     if float(waveform.abs().amax()) < SILENCE_PEAK:
-        raise UserError(f"{where}: cond_audio {request.audio} is silent (peak below -80 dBFS); "
-                        "the avatar needs speech to lip-sync to")
+        raise UserError(
+            f"{where}: cond_audio {request.audio} is silent (peak below -80 dBFS); "
+            "the avatar needs speech to lip-sync to"
+        )
 
 
-def output_path(output_dir: str | Path, request) -> Path:  # noqa: ANN001 - Request (lazy import)
+def output_path(output_dir: str | Path, request) -> Path:
     """``<output_dir>/<image stem>_<audio stem>.mp4`` as the reference names it."""
     return Path(output_dir) / f"{Path(request.image).stem}_{Path(request.audio).stem}.mp4"
 
@@ -302,8 +374,11 @@ def check_outputs(paths: list[Path], overwrite: bool) -> None:
             raise UserError(f"output {path} is a folder; remove it or choose another --output_dir")
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
-        raise UserError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose "
-                        "another --output_dir")
+        raise UserError(
+            f"{', '.join(existing)} already {'exists' if len(existing) == 1 else 'exist'}; "
+            "pass --overwrite to replace, or choose "
+            "another --output_dir"
+        )
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -313,15 +388,21 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def resolve_device(args: GenerateArgs, dist_info) -> torch.device:  # noqa: ANN001 - DistInfo | None
+def resolve_device(args: GenerateArgs, dist_info) -> torch.device:
     """The device: ``--device``, else ``cuda:LOCAL_RANK`` / cpu."""
     if args.device:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"--device {args.device}: CUDA is not available on this machine")
-        if dist_info is not None and device.type == "cuda" and device.index not in (None, dist_info.device.index):
-            raise UserError(f"--device {args.device} under torchrun: each process uses cuda:LOCAL_RANK "
-                            f"({dist_info.device} here); pass --device cuda or no --device")
+        if (
+            dist_info is not None
+            and device.type == "cuda"
+            and device.index not in (None, dist_info.device.index)
+        ):
+            raise UserError(
+                f"--device {args.device} under torchrun: each process uses cuda:LOCAL_RANK "
+                f"({dist_info.device} here); pass --device cuda or no --device"
+            )
         return dist_info.device if dist_info is not None and device.type == "cuda" else device
     if dist_info is not None:
         return dist_info.device
@@ -334,8 +415,10 @@ def check_hardware_flags(args: GenerateArgs, device: torch.device) -> None:
         if device.type != "cuda":
             raise UserError("--fp8_gemm needs a CUDA GPU with FP8 tensor cores (sm89+: L40S, H100, RTX 4090)")
         if torch.cuda.get_device_capability(device) < (8, 9):
-            raise UserError(f"--fp8_gemm needs compute capability 8.9+, {torch.cuda.get_device_name(device)} has "
-                            f"{torch.cuda.get_device_capability(device)}")
+            raise UserError(
+                f"--fp8_gemm needs compute capability 8.9+, {torch.cuda.get_device_name(device)} has "
+                f"{torch.cuda.get_device_capability(device)}"
+            )
         from liveact.quant import choose_recipe
 
         try:
@@ -344,8 +427,9 @@ def check_hardware_flags(args: GenerateArgs, device: torch.device) -> None:
         except RuntimeError as exc:
             raise UserError(str(exc)) from None
     if args.block_offload and device.type != "cuda":
-        raise UserError("--block_offload streams DiT blocks from host memory to a GPU; it needs a CUDA "
-                        "device")
+        raise UserError(
+            "--block_offload streams DiT blocks from host memory to a GPU; it needs a CUDA device"
+        )
 
 
 def sampler_settings(args: GenerateArgs) -> tuple[MemoryConfig, SamplerConfig]:
@@ -365,32 +449,46 @@ def sampler_settings(args: GenerateArgs) -> tuple[MemoryConfig, SamplerConfig]:
     return MemoryConfig(), SamplerConfig()
 
 
-def check_precision_and_memory(args: GenerateArgs, device: torch.device, dtype: torch.dtype,
-                               dist_info) -> None:  # noqa: ANN001 - DistInfo | None
+def check_precision_and_memory(
+    args: GenerateArgs, device: torch.device, dtype: torch.dtype, dist_info
+) -> None:
     """Set the run's PyTorch backend flags, warn about fp16, and refuse a run the GPU cannot hold."""
     from liveact.backends import configure_torch
 
     configure_torch(device, dtype)
     if dtype == torch.float16:
-        logger.warning("--dtype float16: the DiT's activations can exceed the float16 range (65504) and turn "
-                       "into inf/NaN; the model was trained in bfloat16, use --dtype bfloat16 where the GPU has it")
+        logger.warning(
+            "--dtype float16: the DiT's activations can exceed the float16 range (65504) and turn "
+            "into inf/NaN; the model was trained in bfloat16, use --dtype bfloat16 where the GPU has it"
+        )
     if device.type != "cuda" or args.no_memory_check or not args.ckpt_dir:
         return
     from liveact.memplan import PlanOptions, config_of, preflight
     from liveact.quant import fp8_supported
 
     width, height = parse_size(args.size)
-    options = PlanOptions(width, height, dtype, fp8_gemm=args.fp8_gemm, fp8_kv_cache=args.fp8_kv_cache,
-                          offload_cache=args.offload_cache, block_offload=args.block_offload,
-                          audio_cfg=args.audio_cfg, world_size=1 if dist_info is None else dist_info.world_size,
-                          text_encoder="cpu" if args.t5_cpu else "park" if args.offload_t5 else "gpu")
-    message = preflight(config_of(args.ckpt_dir), options, torch.cuda.mem_get_info(device)[0], fp8_supported(device))
+    options = PlanOptions(
+        width,
+        height,
+        dtype,
+        fp8_gemm=args.fp8_gemm,
+        fp8_kv_cache=args.fp8_kv_cache,
+        offload_cache=args.offload_cache,
+        block_offload=args.block_offload,
+        audio_cfg=args.audio_cfg,
+        world_size=1 if dist_info is None else dist_info.world_size,
+        text_encoder="cpu" if args.t5_cpu else "park" if args.offload_t5 else "gpu",
+    )
+    message = preflight(
+        config_of(args.ckpt_dir), options, torch.cuda.mem_get_info(device)[0], fp8_supported(device)
+    )
     if message is not None:
         raise UserError(message)
 
 
-def resolve_model(args: GenerateArgs, official_size: str = OFFICIAL_SIZE, official_fps: int = OFFICIAL_FPS
-                  ) -> GenerateArgs:
+def resolve_model(
+    args: GenerateArgs, official_size: str = OFFICIAL_SIZE, official_fps: int = OFFICIAL_FPS
+) -> GenerateArgs:
     """``args`` with the model folder, size and fps filled in.
 
     No ``--ckpt_dir`` means the embedded LiveAct-Nano; a folder with ``components.json`` brings its own
@@ -403,8 +501,10 @@ def resolve_model(args: GenerateArgs, official_size: str = OFFICIAL_SIZE, offici
     if folder is None:
         folder = str(default_model_dir())
         if not Path(folder, "components.json").is_file():
-            raise UserError(f"no --ckpt_dir given and this install has no embedded model ({folder} is "
-                            "missing): pass --ckpt_dir (and --wav2vec_dir for the official weights)")
+            raise UserError(
+                f"no --ckpt_dir given and this install has no embedded model ({folder} is "
+                "missing): pass --ckpt_dir (and --wav2vec_dir for the official weights)"
+            )
     if not Path(folder).is_dir():
         raise UserError(f"--ckpt_dir {folder} is not a folder")
     try:
@@ -416,11 +516,14 @@ def resolve_model(args: GenerateArgs, official_size: str = OFFICIAL_SIZE, offici
     else:
         size = "*".join(str(v) for v in own.get("size", (128, 128)))
         fps = own.get("fps", 25)
-    return replace(args, ckpt_dir=folder, size=args.size or size, fps=args.fps if args.fps is not None else fps)
+    return replace(
+        args, ckpt_dir=folder, size=args.size or size, fps=args.fps if args.fps is not None else fps
+    )
 
 
-def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype, dist_info):  # noqa: ANN001, ANN201
-    """Load the pipeline from the asset folders (or say what is missing); ``args`` as ``resolve_model`` gives."""
+def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype, dist_info):
+    """Load the pipeline from the asset folders (or say what is missing); ``args`` as ``resolve_model``
+    gives."""
     from liveact.pipeline import LiveActPipeline
 
     args = resolve_model(args)
@@ -431,12 +534,26 @@ def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype,
         memory, schedule = sampler_settings(args)
         options = {"memory": memory, "schedule": schedule}
     pipe = LiveActPipeline.from_pretrained(
-        args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype, t5_cpu=args.t5_cpu,
-        sequence_parallel=dist_info is not None, fp8_gemm=args.fp8_gemm, block_offload=args.block_offload,
-        size=(width, height), park_text_encoder=args.offload_t5,
-        fps=args.fps, audio_cfg=args.audio_cfg, edit_cfg=args.edit_cfg, mean_memory=args.mean_memory, fp8_kv_cache=args.fp8_kv_cache,
-        offload_cache=args.offload_cache, vae_stitch=args.vae_stitch, stream_audio=args.steam_audio,
-        **options)
+        args.ckpt_dir,
+        args.wav2vec_dir,
+        device=device,
+        dtype=dtype,
+        t5_cpu=args.t5_cpu,
+        sequence_parallel=dist_info is not None,
+        fp8_gemm=args.fp8_gemm,
+        block_offload=args.block_offload,
+        size=(width, height),
+        park_text_encoder=args.offload_t5,
+        fps=args.fps,
+        audio_cfg=args.audio_cfg,
+        edit_cfg=args.edit_cfg,
+        mean_memory=args.mean_memory,
+        fp8_kv_cache=args.fp8_kv_cache,
+        offload_cache=args.offload_cache,
+        vae_stitch=args.vae_stitch,
+        stream_audio=args.steam_audio,
+        **options,
+    )
     return pipe
 
 
@@ -458,9 +575,11 @@ class ClipStats:
         """One line: frames, seconds, wall time, FPS, first-block latency, real-time factor, peak memory."""
         seconds = self.frames / fps
         speed = self.frames / self.wall if self.wall else 0.0
-        return (f"{plural(self.frames, 'frame')} ({seconds:.2f} s of video, {plural(self.blocks, 'block')}) "
-                f"in {self.wall:.2f} s: {speed:.2f} FPS, first block {self.first_block:.2f} s, real-time "
-                f"factor {seconds / self.wall if self.wall else 0.0:.3f}, peak memory {peak / 2**30:.2f} GiB")
+        return (
+            f"{plural(self.frames, 'frame')} ({seconds:.2f} s of video, {plural(self.blocks, 'block')}) "
+            f"in {self.wall:.2f} s: {speed:.2f} FPS, first block {self.first_block:.2f} s, real-time "
+            f"factor {seconds / self.wall if self.wall else 0.0:.3f}, peak memory {peak / 2**30:.2f} GiB"
+        )
 
 
 @dataclass
@@ -484,10 +603,14 @@ class RunState:
             return f"interrupted while {self.stage}: no new video was written{done}"
         if self.current_frames == 0:
             kept = " (the existing file is unchanged)" if self.current_existed else ""
-            return (f"interrupted before the first block of {self.current} was finished: that file was not "
-                    f"written{kept}{done}")
-        return (f"interrupted: {self.current} holds the first {plural(self.current_frames, 'frame')} "
-                f"({self.current_frames / self.fps:.2f} s) and plays{done}")
+            return (
+                f"interrupted before the first block of {self.current} was finished: that file was not "
+                f"written{kept}{done}"
+            )
+        return (
+            f"interrupted: {self.current} holds the first {plural(self.current_frames, 'frame')} "
+            f"({self.current_frames / self.fps:.2f} s) and plays{done}"
+        )
 
 
 class TqdmLoggingHandler(logging.StreamHandler):
@@ -499,12 +622,18 @@ class TqdmLoggingHandler(logging.StreamHandler):
 
         try:
             tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never raise
+        except Exception:
             self.handleError(record)
 
 
-def generate_clip(pipe, request, args: GenerateArgs, path: Path, is_main: bool,  # noqa: ANN001
-                  state: RunState | None = None) -> ClipStats:
+def generate_clip(
+    pipe,
+    request,
+    args: GenerateArgs,
+    path: Path,
+    is_main: bool,
+    state: RunState | None = None,
+) -> ClipStats:
     """Generate one clip, writing frames to ``path`` as each block is decoded.
 
     Progress goes to stderr: one line per preparation stage, then a bar per block on a terminal, or
@@ -523,24 +652,37 @@ def generate_clip(pipe, request, args: GenerateArgs, path: Path, is_main: bool, 
     def report(stage: str) -> None:
         state.stage = f"preparing {path.name} ({PREPARE_STAGE_TEXT[stage]})"
         if is_main:
-            logger.info("%s: preparing %d/%d: %s", path.name, PREPARE_STAGES.index(stage) + 1,
-                        len(PREPARE_STAGES), PREPARE_STAGE_TEXT[stage])
+            logger.info(
+                "%s: preparing %d/%d: %s",
+                path.name,
+                PREPARE_STAGES.index(stage) + 1,
+                len(PREPARE_STAGES),
+                PREPARE_STAGE_TEXT[stage],
+            )
 
     clip = pipe.prepare(request, progress=report)
     blocks = clip.num_blocks if args.max_blocks is None else min(clip.num_blocks, args.max_blocks)
     state.stage = f"generating {path.name}"
     state.current, state.current_frames, state.current_existed = (path if is_main else None), 0, path.exists()
     # Frames leave the GPU and reach ffmpeg on a thread: the next block starts at once.
-    writer = BackgroundWriter(ProgressiveVideoWriter(path, fps=args.fps, width=pipe.size[0], height=pipe.size[1],
-                                                     audio=request.audio)) if is_main else None
+    writer = (
+        BackgroundWriter(
+            ProgressiveVideoWriter(
+                path, fps=args.fps, width=pipe.size[0], height=pipe.size[1], audio=request.audio
+            )
+        )
+        if is_main
+        else None
+    )
     interactive = sys.stderr.isatty()
     bar = tqdm(total=blocks, desc=path.name, unit="block", disable=not is_main or not interactive)
     try:
         last = time.perf_counter()
         # On a CPU the autoencoder decodes block k on a second core while the DiT makes block k + 1.
         ahead = pipe.device.type == "cpu"
-        for k, frames in enumerate(pipe.stream(clip, seed=args.seed, max_blocks=blocks, decode=is_main,
-                                               decode_ahead=ahead)):
+        for k, frames in enumerate(
+            pipe.stream(clip, seed=args.seed, max_blocks=blocks, decode=is_main, decode_ahead=ahead)
+        ):
             if writer is not None:
                 writer.write(frames)
                 state.current_frames = writer.frames_written
@@ -558,12 +700,22 @@ def generate_clip(pipe, request, args: GenerateArgs, path: Path, is_main: bool, 
                 if pipe.device.type == "cuda":
                     torch.cuda.synchronize(pipe.device)
                     now = time.perf_counter()
-                tqdm.write(f"Done Block {k}: duration {block_frames / args.fps * 1000:.0f}ms video cost "
-                           f"{(now - last) * 1000:.0f}ms", file=sys.stdout)
+                tqdm.write(
+                    f"Done Block {k}: duration {block_frames / args.fps * 1000:.0f}ms video cost "
+                    f"{(now - last) * 1000:.0f}ms",
+                    file=sys.stdout,
+                )
                 sys.stdout.flush()
             if is_main and not interactive:
-                logger.info("%s: block %d/%d done, %d frames (%.2f s of video) in %.2f s", path.name, k + 1,
-                            blocks, block_frames, block_frames / args.fps, now - last)
+                logger.info(
+                    "%s: block %d/%d done, %d frames (%.2f s of video) in %.2f s",
+                    path.name,
+                    k + 1,
+                    blocks,
+                    block_frames,
+                    block_frames / args.fps,
+                    now - last,
+                )
             last = now
             bar.update(1)
     finally:
@@ -582,8 +734,11 @@ def generate_clip(pipe, request, args: GenerateArgs, path: Path, is_main: bool, 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``generate.py``; returns the exit status."""
-    logging.basicConfig(level=os.environ.get("LIVEACT_LOG", "INFO"), handlers=[TqdmLoggingHandler()],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LIVEACT_LOG", "INFO"),
+        handlers=[TqdmLoggingHandler()],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     state = RunState()
     try:
         args = parse_args(argv)

@@ -12,6 +12,7 @@ accepted (``load_preset``, ``python -m liveact.bench --preset``, ``generate.py -
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -71,7 +72,9 @@ class ModelConfig:
         if self.memory_ratio < 1:
             raise ValueError(f"memory_ratio={self.memory_ratio} must be >= 1")
         if self.in_dim <= self.out_dim:
-            raise ValueError(f"in_dim={self.in_dim} must exceed out_dim={self.out_dim} (latent + conditioning)")
+            raise ValueError(
+                f"in_dim={self.in_dim} must exceed out_dim={self.out_dim} (latent + conditioning)"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -140,27 +143,52 @@ class MemoryConfig:
     offload: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("sink_frames", "long_term_frames", "short_term_frames", "first_block_frames",
-                     "block_frames", "ratio"):
+        for name in (
+            "sink_frames",
+            "long_term_frames",
+            "short_term_frames",
+            "first_block_frames",
+            "block_frames",
+            "ratio",
+        ):
             if getattr(self, name) < (1 if name in ("first_block_frames", "block_frames", "ratio") else 0):
                 raise ValueError(f"{name}={getattr(self, name)} is out of range")
         if self.first_block_frames != self.memory_frames:
             raise ValueError(
                 f"first_block_frames={self.first_block_frames} must equal sink + long-term + short-term "
-                f"= {self.memory_frames}: the first block fills the memory slots")
+                f"= {self.memory_frames}: the first block fills the memory slots"
+            )
         if self.long_term_frames * self.ratio != self.long_term_frames + self.block_frames:
             raise ValueError(
                 f"long_term_frames * ratio ({self.long_term_frames}*{self.ratio}) must equal "
                 f"long_term_frames + block_frames ({self.long_term_frames}+{self.block_frames}): the "
                 "compressed span is the old long-term and short-term slots plus the previous block, "
-                "less its last short_term_frames frames")
+                "less its last short_term_frames frames"
+            )
         if self.compression not in ("conv", "mean", "none", "grow"):
-            raise ValueError(f"compression={self.compression!r}; choose 'conv', 'mean', 'none' (sink + "
-                             "short-term only) or 'grow' (no compression: an ever-growing cache)")
+            raise ValueError(
+                f"compression={self.compression!r}; choose 'conv', 'mean', 'none' (sink + "
+                "short-term only) or 'grow' (no compression: an ever-growing cache)"
+            )
         if self.grouping not in ("raster", "per_location"):
             raise ValueError(f"grouping={self.grouping!r}; choose 'raster' or 'per_location'")
         if self.value_conv not in ("k", "v"):
             raise ValueError(f"value_conv={self.value_conv!r}; choose 'k' or 'v'")
+
+    def with_flags(
+        self, *, fp8_kv_cache: bool = False, offload_cache: bool = False, mean_memory: bool = False
+    ) -> MemoryConfig:
+        """This layout with the run's KV-memory flags applied: the one rule every layer uses.
+
+        A flag turns its setting on; it never turns off what a preset or checkpoint already set
+        (``memory.fp8: true`` in a preset stays FP8 without ``--fp8_kv_cache``).
+        """
+        return dataclasses.replace(
+            self,
+            fp8=self.fp8 or fp8_kv_cache,
+            offload=self.offload or offload_cache,
+            compression="mean" if mean_memory else self.compression,
+        )
 
     @property
     def memory_frames(self) -> int:
@@ -263,8 +291,12 @@ class Preset:
 
     def to_dict(self) -> dict[str, Any]:
         """The file form: ``extra`` and the model fields at the top level, then the two sections."""
-        return {**self.extra, **self.model.to_dict(), "memory": _section_dict(self.memory),
-                "sampler": _section_dict(self.sampler)}
+        return {
+            **self.extra,
+            **self.model.to_dict(),
+            "memory": _section_dict(self.memory),
+            "sampler": _section_dict(self.sampler),
+        }
 
 
 def _section_dict(config: MemoryConfig | SamplerConfig) -> dict[str, Any]:
@@ -292,8 +324,10 @@ def settings_from_dict(data: dict[str, Any], where: str = "config") -> tuple[Mem
         if not isinstance(value, dict):
             raise ValueError(f"{where}: {section!r} must be an object of {section} settings")
         sections[section] = value
-    return (_build(MemoryConfig, sections["memory"], f"{where} memory"),
-            _build(SamplerConfig, sections["sampler"], f"{where} sampler"))
+    return (
+        _build(MemoryConfig, sections["memory"], f"{where} memory"),
+        _build(SamplerConfig, sections["sampler"], f"{where} sampler"),
+    )
 
 
 def preset_from_dict(data: dict[str, Any], name: str = "custom", source: str | None = None) -> Preset:
@@ -339,8 +373,10 @@ def load_preset(name_or_path: str | Path) -> Preset:
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"preset file {path} is not readable: {exc}") from None
     else:
-        raise ValueError(f"unknown preset {text_source!r}: choose one of {', '.join(preset_names())} "
-                         "or give the path of a preset .json file")
+        raise ValueError(
+            f"unknown preset {text_source!r}: choose one of {', '.join(preset_names())} "
+            "or give the path of a preset .json file"
+        )
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -91,7 +91,9 @@ class GraphedSteadySteps:
         from liveact.offload import block_offload_manager
 
         if block_offload_manager(model) is not None:
-            raise ValueError("CUDA graphs cannot capture block offload (its hooks copy weights from the host)")
+            raise ValueError(
+                "CUDA graphs cannot capture block offload (its hooks copy weights from the host)"
+            )
         self.model = model
         self._capture = capture
         self._graphs: dict[tuple, _Graph] = {}
@@ -104,20 +106,44 @@ class GraphedSteadySteps:
             raise AttributeError(name)
         return getattr(self.model, name)
 
-    def __call__(self, latent: torch.Tensor, y: torch.Tensor, t: torch.Tensor, context: CrossContext,
-                 memory: KVMemory, audio: torch.Tensor | None = None, silent_frames: int = 0) -> torch.Tensor:
+    def __call__(
+        self,
+        latent: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor,
+        context: CrossContext,
+        memory: KVMemory,
+        audio: torch.Tensor | None = None,
+        silent_frames: int = 0,
+    ) -> torch.Tensor:
         """``LiveActTransformer.forward``: same arguments, same result."""
         if memory.config.offload:
-            raise ValueError("CUDA graphs cannot capture an offloaded KV memory (host copies on a side stream)")
-        key = (id(memory), memory.phase, memory.compress_due, audio is None, tuple(latent.shape),
-               tuple(y.shape), silent_frames)
+            raise ValueError(
+                "CUDA graphs cannot capture an offloaded KV memory (host copies on a side stream)"
+            )
+        key = (
+            id(memory),
+            memory.phase,
+            memory.compress_due,
+            audio is None,
+            tuple(latent.shape),
+            tuple(y.shape),
+            silent_frames,
+        )
         graph = self._graphs.get(key)
         if memory.phase != STEADY or graph is None:
             if memory.phase == STEADY:
                 # This eager call is the warm-up; the next one with the same key is captured.
-                self._graphs[key] = _Graph(latent.clone(), y.clone(), t.clone(), None if audio is None else audio.clone(),
-                                           CrossContext(text=[(k.clone(), v.clone()) for k, v in context.text],
-                                                        image=[(k.clone(), v.clone()) for k, v in context.image]))
+                self._graphs[key] = _Graph(
+                    latent.clone(),
+                    y.clone(),
+                    t.clone(),
+                    None if audio is None else audio.clone(),
+                    CrossContext(
+                        text=[(k.clone(), v.clone()) for k, v in context.text],
+                        image=[(k.clone(), v.clone()) for k, v in context.image],
+                    ),
+                )
             self.eager_calls += 1
             return self.model(latent, y, t, context, memory, audio=audio, silent_frames=silent_frames)
         graph.latent.copy_(latent)
@@ -129,9 +155,20 @@ class GraphedSteadySteps:
         if graph.replay is None:
             capture = self._capture or cuda_capture()
             self._capture = capture
-            graph.replay = capture(lambda: self.model(graph.latent, graph.y, graph.t, graph.context, memory,
-                                                      audio=graph.audio, silent_frames=silent_frames))
-            logger.info("captured a CUDA graph for a steady-state step (%d graphs)",
-                        sum(g.replay is not None for g in self._graphs.values()))
+            graph.replay = capture(
+                lambda: self.model(
+                    graph.latent,
+                    graph.y,
+                    graph.t,
+                    graph.context,
+                    memory,
+                    audio=graph.audio,
+                    silent_frames=silent_frames,
+                )
+            )
+            logger.info(
+                "captured a CUDA graph for a steady-state step (%d graphs)",
+                sum(g.replay is not None for g in self._graphs.values()),
+            )
         self.replays += 1
         return graph.replay().clone()

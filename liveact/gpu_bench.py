@@ -47,9 +47,16 @@ MODES = ("bf16", "fp8", "fp8+fp8attn", "offload24")
 DEFAULT_SIZES = ("512*512", "720*416")
 # Dense tensor-core peaks in TFLOP/s (bf16, fp8), from NVIDIA's data sheets (SXM parts, no sparsity).
 PEAK_TFLOPS = {
-    "H200": (989.0, 1979.0), "H100 80GB HBM3": (989.0, 1979.0), "H100 SXM": (989.0, 1979.0),
-    "H100 PCIe": (756.0, 1513.0), "H100 NVL": (835.0, 1671.0), "H20": (148.0, 296.0),
-    "B200": (2250.0, 4500.0), "A100": (312.0, None), "L40S": (362.0, 733.0), "RTX 4090": (165.0, 330.0),
+    "H200": (989.0, 1979.0),
+    "H100 80GB HBM3": (989.0, 1979.0),
+    "H100 SXM": (989.0, 1979.0),
+    "H100 PCIe": (756.0, 1513.0),
+    "H100 NVL": (835.0, 1671.0),
+    "H20": (148.0, 296.0),
+    "B200": (2250.0, 4500.0),
+    "A100": (312.0, None),
+    "L40S": (362.0, 733.0),
+    "RTX 4090": (165.0, 330.0),
     "RTX 5090": (209.0, 419.0),
 }
 
@@ -156,9 +163,16 @@ class TimedModel:
         return out
 
 
-def stream_once(model: LiveActTransformer, size: str, blocks: int, device: torch.device,
-                memory: MemoryConfig, audio_cfg: float = 1.0, warmup_blocks: int = 0,
-                cuda_graphs: bool = False) -> RunResult:
+def stream_once(
+    model: LiveActTransformer,
+    size: str,
+    blocks: int,
+    device: torch.device,
+    memory: MemoryConfig,
+    audio_cfg: float = 1.0,
+    warmup_blocks: int = 0,
+    cuda_graphs: bool = False,
+) -> RunResult:
     """Stream ``blocks`` blocks at ``size``; latency, per-step times, FPS and peak memory.
 
     ``warmup_blocks`` are streamed first, untimed (compilation of every phase, cuDNN autotuning), so
@@ -199,8 +213,15 @@ def stream_once(model: LiveActTransformer, size: str, blocks: int, device: torch
     frames = memory.block_frames * SamplerConfig().vae_stride[0]
     per_step = [sum(s[i] for s in steady_steps) / len(steady_steps) for i in range(len(steady_steps[0]))]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return RunResult(mode="", size=size, first_block_s=walls[0], block_s=block_s, step_ms=per_step,
-                     fps=frames / block_s, peak_memory_gib=peak)
+    return RunResult(
+        mode="",
+        size=size,
+        first_block_s=walls[0],
+        block_s=block_s,
+        step_ms=per_step,
+        fps=frames / block_s,
+        peak_memory_gib=peak,
+    )
 
 
 def planned_dit_gib(preset: str, mode: str, size: str, dtype: torch.dtype) -> float:
@@ -210,16 +231,33 @@ def planned_dit_gib(preset: str, mode: str, size: str, dtype: torch.dtype) -> fl
 
     width, height = parse_size(size)
     fp8, offload = mode != "bf16", mode == "offload24"
-    plan = plan_memory(PRESETS[preset], PlanOptions(width, height, dtype, fp8_gemm=fp8, fp8_kv_cache=offload,
-                                                    offload_cache=offload, block_offload=offload))
+    plan = plan_memory(
+        PRESETS[preset],
+        PlanOptions(
+            width,
+            height,
+            dtype,
+            fp8_gemm=fp8,
+            fp8_kv_cache=offload,
+            offload_cache=offload,
+            block_offload=offload,
+        ),
+    )
     dit = [i for i in plan.items if i.name.startswith(("DiT", "KV", "cross-attention"))]
     return sum(i.device for i in dit) / 2**30
 
 
-def run_gpu_bench(preset: str = "liveact-14b", sizes: tuple[str, ...] = DEFAULT_SIZES,
-                  modes: tuple[str, ...] = MODES, blocks: int = 6, device: str = "cuda",
-                  compile_mode: str = "islands", budget_s: float = 480.0, plan: bool = True,
-                  warmup_blocks: int = 3) -> list[RunResult]:
+def run_gpu_bench(
+    preset: str = "liveact-14b",
+    sizes: tuple[str, ...] = DEFAULT_SIZES,
+    modes: tuple[str, ...] = MODES,
+    blocks: int = 6,
+    device: str = "cuda",
+    compile_mode: str = "islands",
+    budget_s: float = 480.0,
+    plan: bool = True,
+    warmup_blocks: int = 3,
+) -> list[RunResult]:
     """Run every (mode, size); later runs are skipped (and say so) once ``budget_s`` is spent."""
     # Four modes x two sizes x three phases: more graphs than Dynamo's default limit of 8. Raised
     # through Dynamo's own scoped patch, so the process's setting is restored when the run ends.
@@ -228,8 +266,17 @@ def run_gpu_bench(preset: str = "liveact-14b", sizes: tuple[str, ...] = DEFAULT_
         return _run_modes(preset, sizes, modes, blocks, device, compile_mode, budget_s, plan, warmup_blocks)
 
 
-def _run_modes(preset: str, sizes: tuple[str, ...], modes: tuple[str, ...], blocks: int, device: str,
-               compile_mode: str, budget_s: float, plan: bool, warmup_blocks: int) -> list[RunResult]:
+def _run_modes(
+    preset: str,
+    sizes: tuple[str, ...],
+    modes: tuple[str, ...],
+    blocks: int,
+    device: str,
+    compile_mode: str,
+    budget_s: float,
+    plan: bool,
+    warmup_blocks: int,
+) -> list[RunResult]:
     """``run_gpu_bench``'s body, inside the Dynamo settings it needs."""
     from liveact import quant
     from liveact.bench import count_flops
@@ -272,30 +319,47 @@ def _run_modes(preset: str, sizes: tuple[str, ...], modes: tuple[str, ...], bloc
             for block in model.blocks:
                 block.compile()
         for size in sizes:
-            result = RunResult(mode=mode, size=size, attention=chosen, fp8_recipe=recipe if mode != "bf16" else None)
+            result = RunResult(
+                mode=mode, size=size, attention=chosen, fp8_recipe=recipe if mode != "bf16" else None
+            )
             if attention is not None and chosen != attention:
                 result.status = f"skipped: {attention} attention unavailable (probe failed or not installed)"
             elif time.perf_counter() - began > budget_s:
                 result.status = f"skipped: time budget of {budget_s:.0f} s spent"
             else:
-                run = stream_once(model, size, blocks, dev, memory, warmup_blocks=warmup_blocks,
-                                  cuda_graphs=compile_mode == "cudagraphs" and mode != "offload24")
+                run = stream_once(
+                    model,
+                    size,
+                    blocks,
+                    dev,
+                    memory,
+                    warmup_blocks=warmup_blocks,
+                    cuda_graphs=compile_mode == "cudagraphs" and mode != "offload24",
+                )
                 for key in ("first_block_s", "block_s", "step_ms", "fps", "peak_memory_gib"):
                     setattr(result, key, getattr(run, key))
                 result.tflops = flops[size] / run.block_s / 1e12
                 result.peak_tflops = peak_tflops(dev, fp8=mode != "bf16")
                 if plan:
                     result.planned_memory_gib = planned_dit_gib(preset, mode, size, dtype)
-            logger.info("%s %s: %s", mode, size, result.status if result.status != "ok" else
-                        f"{result.fps:.1f} FPS, block {result.block_s:.3f} s")
+            logger.info(
+                "%s %s: %s",
+                mode,
+                size,
+                result.status
+                if result.status != "ok"
+                else f"{result.fps:.1f} FPS, block {result.block_s:.3f} s",
+            )
             results.append(result)
     return results
 
 
 def markdown(results: list[RunResult], device: str) -> str:
     """The results as a markdown table."""
-    header = ("| mode | size | first block s | steady block s | step ms | FPS | TFLOP/s | % of peak | peak GiB "
-              "| planned GiB | attention | FP8 recipe | status |")
+    header = (
+        "| mode | size | first block s | steady block s | step ms | FPS | TFLOP/s | % of peak | peak GiB "
+        "| planned GiB | attention | FP8 recipe | status |"
+    )
     rows = [f"Device: {device}", "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v: float | None, spec: str) -> str:
@@ -303,11 +367,13 @@ def markdown(results: list[RunResult], device: str) -> str:
 
     for r in results:
         util = r.utilisation
-        rows.append(f"| {r.mode} | {r.size} | {fmt(r.first_block_s, '.2f')} | {fmt(r.block_s, '.3f')} | "
-                    f"{' / '.join(format(s, '.0f') for s in r.step_ms)} | {fmt(r.fps, '.1f')} | "
-                    f"{fmt(r.tflops, '.0f')} | {'' if util is None else format(util, '.0%')} | "
-                    f"{fmt(r.peak_memory_gib, '.1f')} | {fmt(r.planned_memory_gib, '.1f')} | {r.attention or ''} | "
-                    f"{r.fp8_recipe or ''} | {r.status} |")
+        rows.append(
+            f"| {r.mode} | {r.size} | {fmt(r.first_block_s, '.2f')} | {fmt(r.block_s, '.3f')} | "
+            f"{' / '.join(format(s, '.0f') for s in r.step_ms)} | {fmt(r.fps, '.1f')} | "
+            f"{fmt(r.tflops, '.0f')} | {'' if util is None else format(util, '.0%')} | "
+            f"{fmt(r.peak_memory_gib, '.1f')} | {fmt(r.planned_memory_gib, '.1f')} | {r.attention or ''} | "
+            f"{r.fp8_recipe or ''} | {r.status} |"
+        )
     return "\n".join(rows)
 
 
@@ -315,15 +381,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``gpu`` subcommand on ``liveact.bench``'s subparsers."""
     gp = sub.add_parser("gpu", help="14B DiT on one GPU: bf16, FP8, FP8 + FP8 attention, 24 GB offload mode")
     gp.add_argument("--preset", default="liveact-14b", choices=sorted(PRESETS))
-    gp.add_argument("--size", action="append", help=f"W*H, repeatable (default {' and '.join(DEFAULT_SIZES)})")
+    gp.add_argument(
+        "--size", action="append", help=f"W*H, repeatable (default {' and '.join(DEFAULT_SIZES)})"
+    )
     gp.add_argument("--mode", action="append", choices=MODES, help="repeatable (default: all)")
-    gp.add_argument("--blocks", type=int, default=6, help="timed blocks per run; from the third on is steady state")
-    gp.add_argument("--warmup_blocks", type=int, default=3, help="untimed blocks before each run (compilation)")
+    gp.add_argument(
+        "--blocks", type=int, default=6, help="timed blocks per run; from the third on is steady state"
+    )
+    gp.add_argument(
+        "--warmup_blocks", type=int, default=3, help="untimed blocks before each run (compilation)"
+    )
     gp.add_argument("--device", default="cuda")
-    gp.add_argument("--compile", dest="compile_mode", default="islands",
-                    choices=["none", "islands", "regional", "cudagraphs"],
-                    help="islands: fp32 islands + FP8 quantisation compiled; regional: also each block; "
-                         "cudagraphs: islands + steady-state steps replayed as CUDA graphs")
+    gp.add_argument(
+        "--compile",
+        dest="compile_mode",
+        default="islands",
+        choices=["none", "islands", "regional", "cudagraphs"],
+        help="islands: fp32 islands + FP8 quantisation compiled; regional: also each block; "
+        "cudagraphs: islands + steady-state steps replayed as CUDA graphs",
+    )
     gp.add_argument("--budget_s", type=float, default=480.0, help="skip the remaining runs after this long")
     gp.add_argument("--no_plan", action="store_true", help="skip the memory planner's figures")
     gp.add_argument("--out", default="gpu_bench.json", help="JSON results")
@@ -335,18 +411,35 @@ def run_command(args: argparse.Namespace) -> int:
     if args.blocks < 3:
         raise SystemExit("--blocks must be >= 3 (two warm-up blocks, then steady state)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: run on a GPU machine (or --device cpu --preset tiny for a smoke test)")
+        raise SystemExit(
+            "no CUDA device: run on a GPU machine (or --device cpu --preset tiny for a smoke test)"
+        )
     start = time.perf_counter()
-    results = run_gpu_bench(args.preset, tuple(args.size or DEFAULT_SIZES), tuple(args.mode or MODES), args.blocks,
-                            args.device, args.compile_mode, args.budget_s, plan=not args.no_plan,
-                            warmup_blocks=args.warmup_blocks)
+    results = run_gpu_bench(
+        args.preset,
+        tuple(args.size or DEFAULT_SIZES),
+        tuple(args.mode or MODES),
+        args.blocks,
+        args.device,
+        args.compile_mode,
+        args.budget_s,
+        plan=not args.no_plan,
+        warmup_blocks=args.warmup_blocks,
+    )
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     table = markdown(results, name)
-    payload = {"device": name, "preset": args.preset, "torch": torch.__version__, "compile": args.compile_mode,
-               "dtype": "bfloat16" if dev.type == "cuda" else "float32", "blocks": args.blocks,
-               "warmup_blocks": args.warmup_blocks, "wall_s": time.perf_counter() - start,
-               "results": [asdict(r) | {"utilisation": r.utilisation} for r in results]}
+    payload = {
+        "device": name,
+        "preset": args.preset,
+        "torch": torch.__version__,
+        "compile": args.compile_mode,
+        "dtype": "bfloat16" if dev.type == "cuda" else "float32",
+        "blocks": args.blocks,
+        "warmup_blocks": args.warmup_blocks,
+        "wall_s": time.perf_counter() - start,
+        "results": [asdict(r) | {"utilisation": r.utilisation} for r in results],
+    }
     Path(args.out).write_text(json.dumps(payload, indent=2))
     Path(args.markdown).write_text(table + "\n")
     print(table)

@@ -31,7 +31,7 @@ def _register(t: torch.Tensor) -> bool:
         ptr, size = t.data_ptr(), t.untyped_storage().nbytes()
         if int(cudart.cudaHostRegister(ptr, size, 0)) != 0:
             return False
-    except Exception as exc:  # noqa: BLE001 - any failure means "use the fallback"
+    except Exception as exc:
         logger.debug("cudaHostRegister unavailable: %s", exc)
         return False
     weakref.finalize(t, cudart.cudaHostUnregister, ptr)
@@ -50,8 +50,11 @@ def pinned_buffer(nbytes: int, pin: bool) -> torch.Tensor:
         return buf
     if _register(buf):
         return buf
-    logger.warning("cudaHostRegister failed; pinning %.2f GiB through the caching allocator (rounded up to a "
-                   "power of two)", nbytes / 2**30)
+    logger.warning(
+        "cudaHostRegister failed; pinning %.2f GiB through the caching allocator (rounded up to a "
+        "power of two)",
+        nbytes / 2**30,
+    )
     return torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=True)
 
 
@@ -62,11 +65,12 @@ def aligned_size(shape: tuple[int, ...], dtype: torch.dtype) -> int:
 
 
 def carve(buffer: torch.Tensor, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A view of ``buffer`` (flat ``uint8``) from byte ``offset`` as a contiguous ``shape`` tensor of ``dtype``."""
+    """A view of ``buffer`` (flat ``uint8``) from byte ``offset`` as a contiguous ``shape`` tensor of
+    ``dtype``."""
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if offset % ALIGN or offset + nbytes > buffer.numel():
         raise ValueError(f"cannot carve {nbytes} bytes at offset {offset} of a {buffer.numel()}-byte buffer")
-    return buffer[offset: offset + nbytes].view(dtype).view(shape)
+    return buffer[offset : offset + nbytes].view(dtype).view(shape)
 
 
 def host_tensor(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> torch.Tensor:

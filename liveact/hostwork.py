@@ -77,7 +77,7 @@ class BackgroundWriter:
                 if event is not None:
                     event.synchronize()
                 self.sink.write(block.numpy())
-            except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
+            except BaseException as exc:
                 self._error, self._failed = exc, True
             finally:
                 self._queue.task_done()

@@ -63,8 +63,12 @@ def island(fn: Fn) -> Fn:
     @functools.wraps(fn)
     def run(*args: object) -> object:
         # Dry runs and FLOP counts (dispatch modes, meta tensors) take the plain function.
-        if (_IslandState.enabled and not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()
-                and not (isinstance(args[0], torch.Tensor) and args[0].is_meta)):
+        if (
+            _IslandState.enabled
+            and not torch.compiler.is_compiling()
+            and not is_in_torch_dispatch_mode()
+            and not (isinstance(args[0], torch.Tensor) and args[0].is_meta)
+        ):
             compiled = _IslandState.compiled.get(fn)
             if compiled is None:
                 compiled = torch.compile(fn, backend=_IslandState.backend, fullgraph=True)
@@ -83,7 +87,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @island
-def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
     """LayerNorm over the last dim in fp32 (affine parameters too), output in ``x.dtype``: ``[..., C]``."""
     w = weight.float() if weight is not None else None
     b = bias.float() if bias is not None else None

@@ -8,6 +8,7 @@ then assigned: no random initialisation of 19 B parameters, no second copy in ho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -23,6 +24,24 @@ if TYPE_CHECKING:
     from liveact.model import LiveActTransformer
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' per-load ``Loading weights`` progress bar (a run's own log says what loads).
+
+    Scoped, so a program that imports LiveAct keeps its own setting afterwards.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
 
 DIT_CONFIG = "config.json"
 DIT_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -57,7 +76,9 @@ def dit_shards(folder: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError) as exc:
-            raise AssetError(f"{index}: not a safetensors index (expected a JSON with 'weight_map'): {exc}") from exc
+            raise AssetError(
+                f"{index}: not a safetensors index (expected a JSON with 'weight_map'): {exc}"
+            ) from exc
         shards = [folder / name for name in dict.fromkeys(weight_map.values())]
         missing = [str(p) for p in shards if not p.is_file()]
         if missing:
@@ -80,7 +101,9 @@ def read_dit_config(folder: Path) -> dict[str, Any]:
         raise AssetError(f"{path} is not valid JSON: {exc}") from exc
 
 
-def iter_safetensors(paths: list[Path], device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+def iter_safetensors(
+    paths: list[Path], device: torch.device | str = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(key, tensor)`` from safetensors files, each tensor read straight onto ``device``."""
     from safetensors import SafetensorError, safe_open
 
@@ -109,7 +132,8 @@ def _shapes(paths: list[Path]) -> dict[str, tuple[int, ...]]:
 
 
 def infer_model_config(config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
-    """``ModelConfig`` from ``config.json``, with the dims the official config leaves out read off the weights."""
+    """``ModelConfig`` from ``config.json``, with the dims the official config leaves out read off the
+    weights."""
     overrides: dict[str, Any] = {}
     if "img_emb.proj.0.weight" in shapes:
         overrides["clip_dim"] = shapes["img_emb.proj.0.weight"][0]
@@ -137,10 +161,16 @@ def check_state_dict_shapes(model: torch.nn.Module, shapes: dict[str, tuple[int,
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
-    wrong = [f"{k}: file {shapes[k]}, expected {expected[k]}" for k in expected if k in shapes and shapes[k] != expected[k]]
+    wrong = [
+        f"{k}: file {shapes[k]}, expected {expected[k]}"
+        for k in expected
+        if k in shapes and shapes[k] != expected[k]
+    ]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing keys, e.g. " + ", ".join(f"{k} {expected[k]}" for k in missing[:5]))
+        problems.append(
+            f"{len(missing)} missing keys, e.g. " + ", ".join(f"{k} {expected[k]}" for k in missing[:5])
+        )
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys, e.g. " + ", ".join(unexpected[:5]))
     if wrong:
@@ -163,8 +193,9 @@ def load_transformer(
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise AssetError(f"{folder} is not a folder: expected the DiT checkpoint folder ({DIT_CONFIG} + "
-                         "safetensors)")
+        raise AssetError(
+            f"{folder} is not a folder: expected the DiT checkpoint folder ({DIT_CONFIG} + safetensors)"
+        )
     shards = dit_shards(folder)
     shapes = _shapes(shards)
     config = infer_model_config(read_dit_config(folder), shapes)
@@ -178,8 +209,11 @@ def load_transformer(
     return model.eval().requires_grad_(False)
 
 
-def save_transformer(model: LiveActTransformer, folder: str | Path, max_shard_bytes: int | None = None) -> None:
-    """Write a model in the official layout (``config.json`` + safetensors, sharded above ``max_shard_bytes``)."""
+def save_transformer(
+    model: LiveActTransformer, folder: str | Path, max_shard_bytes: int | None = None
+) -> None:
+    """Write a model in the official layout (``config.json`` + safetensors, sharded above
+    ``max_shard_bytes``)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -251,21 +285,31 @@ def resolve_assets(ckpt_dir: str | Path, wav2vec_dir: str | Path) -> AssetPaths:
     """
     ckpt, w2v = Path(ckpt_dir), Path(wav2vec_dir)
     if not ckpt.is_dir():
-        raise AssetError(f"ckpt_dir {ckpt} is not a folder (expected the LiveAct checkpoint folder: "
-                         f"{DIT_CONFIG}, the DiT safetensors, {VAE_FILE}, {T5_FILE}, ...)",
-                         argument="ckpt_dir")
+        raise AssetError(
+            f"ckpt_dir {ckpt} is not a folder (expected the LiveAct checkpoint folder: "
+            f"{DIT_CONFIG}, the DiT safetensors, {VAE_FILE}, {T5_FILE}, ...)",
+            argument="ckpt_dir",
+        )
     if not w2v.is_dir():
-        raise AssetError(f"wav2vec_dir {w2v} is not a folder (expected a transformers wav2vec2 folder such "
-                         "as chinese-wav2vec2-base)", argument="wav2vec_dir")
+        raise AssetError(
+            f"wav2vec_dir {w2v} is not a folder (expected a transformers wav2vec2 folder such "
+            "as chinese-wav2vec2-base)",
+            argument="wav2vec_dir",
+        )
     if _looks_like_wav2vec(ckpt):
         swapped = " (the two folders look swapped)" if (w2v / VAE_FILE).is_file() else ""
-        raise AssetError(f"ckpt_dir {ckpt} is a wav2vec2 folder, not the LiveAct checkpoint "
-                         f"folder{swapped}: pass it as wav2vec_dir and the folder holding {DIT_CONFIG} + "
-                         f"{VAE_FILE} as ckpt_dir", argument="ckpt_dir")
+        raise AssetError(
+            f"ckpt_dir {ckpt} is a wav2vec2 folder, not the LiveAct checkpoint "
+            f"folder{swapped}: pass it as wav2vec_dir and the folder holding {DIT_CONFIG} + "
+            f"{VAE_FILE} as ckpt_dir",
+            argument="ckpt_dir",
+        )
     if (w2v / VAE_FILE).is_file() and not _looks_like_wav2vec(w2v):
-        raise AssetError(f"wav2vec_dir {w2v} holds {VAE_FILE}: it looks like the LiveAct checkpoint folder; "
-                         "pass a transformers wav2vec2 folder (chinese-wav2vec2-base) as wav2vec_dir",
-                         argument="wav2vec_dir")
+        raise AssetError(
+            f"wav2vec_dir {w2v} holds {VAE_FILE}: it looks like the LiveAct checkpoint folder; "
+            "pass a transformers wav2vec2 folder (chinese-wav2vec2-base) as wav2vec_dir",
+            argument="wav2vec_dir",
+        )
     expected = {
         DIT_CONFIG: "the DiT's diffusers config.json",
         VAE_FILE: "the Wan2.1 VAE weights",
@@ -283,12 +327,21 @@ def resolve_assets(ckpt_dir: str | Path, wav2vec_dir: str | Path) -> AssetPaths:
         problems.append(f"{w2v / WAV2VEC_WEIGHTS[0]} or {w2v / WAV2VEC_WEIGHTS[1]} (wav2vec2 weights)")
     if problems:
         argument = "ckpt_dir" if len(problems) == ckpt_problems else None if ckpt_problems else "wav2vec_dir"
-        raise AssetError(f"{len(problems)} asset file(s) missing:\n  " + "\n  ".join(problems),
-                         argument=argument)
+        raise AssetError(
+            f"{len(problems)} asset file(s) missing:\n  " + "\n  ".join(problems), argument=argument
+        )
     if not (ckpt / CLIP_TOKENIZER).is_dir():
-        logger.info("%s is absent; it is not needed (the CLIP text tower is never used)", ckpt / CLIP_TOKENIZER)
-    return AssetPaths(dit=ckpt, vae=ckpt / VAE_FILE, t5=ckpt / T5_FILE, t5_tokenizer=ckpt / T5_TOKENIZER,
-                      clip=ckpt / CLIP_FILE, wav2vec=w2v)
+        logger.info(
+            "%s is absent; it is not needed (the CLIP text tower is never used)", ckpt / CLIP_TOKENIZER
+        )
+    return AssetPaths(
+        dit=ckpt,
+        vae=ckpt / VAE_FILE,
+        t5=ckpt / T5_FILE,
+        t5_tokenizer=ckpt / T5_TOKENIZER,
+        clip=ckpt / CLIP_FILE,
+        wav2vec=w2v,
+    )
 
 
 def load_pth(path: str | Path, what: str) -> dict[str, torch.Tensor]:
@@ -298,10 +351,10 @@ def load_pth(path: str | Path, what: str) -> dict[str, torch.Tensor]:
         raise AssetError(f"{path} is missing ({what})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
+    except Exception as exc:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as plain_exc:  # noqa: BLE001
+        except Exception as plain_exc:
             # Report the plain load's error: the mmap attempt's ("mmap can only be used with ...")
             # says nothing about what is wrong with the file.
             raise AssetError(f"{path} is not a readable PyTorch state dict ({what}): {plain_exc}") from exc

@@ -41,6 +41,7 @@ class LogMelConfig:
 
 def mel_filterbank(cfg: LogMelConfig) -> torch.Tensor:
     """HTK-scale triangular filters ``[n_mels, n_fft // 2 + 1]``."""
+
     def to_mel(f: np.ndarray) -> np.ndarray:
         return 2595.0 * np.log10(1.0 + f / 700.0)
 
@@ -115,7 +116,9 @@ class LogMelEncoder:
         return max(1, math.ceil(num_samples / sample_rate * fps - 1e-9))
 
     @torch.no_grad()
-    def features(self, waveform: torch.Tensor, sample_rate: int, fps: float, downmix: bool = False) -> torch.Tensor:
+    def features(
+        self, waveform: torch.Tensor, sample_rate: int, fps: float, downmix: bool = False
+    ) -> torch.Tensor:
         """Whole-file features.
 
         Args:
@@ -146,8 +149,14 @@ class LogMelStream:
     audio_window: int = 5
 
     @classmethod
-    def from_waveform(cls, encoder: LogMelEncoder, waveform: torch.Tensor, sample_rate: int, fps: float,
-                      audio_window: int = 5) -> LogMelStream:
+    def from_waveform(
+        cls,
+        encoder: LogMelEncoder,
+        waveform: torch.Tensor,
+        sample_rate: int,
+        fps: float,
+        audio_window: int = 5,
+    ) -> LogMelStream:
         """From ``[C, N]`` audio (channel 0)."""
         return cls(encoder, encoder.to_rate(waveform[0], sample_rate), fps, audio_window)
 

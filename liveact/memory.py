@@ -183,23 +183,30 @@ class KVWorkspace:
         fp8, offload: the storage options of the memories that use it.
     """
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str,
-                 fp8: bool, offload: bool) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str, fp8: bool, offload: bool
+    ) -> None:
         self.shape, self.dtype, self.device = tuple(shape), dtype, torch.device(device)
         self.fp8, self.offload = fp8, offload
         store_dtype = FP8_DTYPE if fp8 else dtype
         scale_shape = self.shape[:-1] + (1,)
 
         def slot() -> dict[str, torch.Tensor]:
-            bufs = {name: torch.zeros(self.shape, dtype=store_dtype, device=self.device) for name in ("k", "v")}
+            bufs = {
+                name: torch.zeros(self.shape, dtype=store_dtype, device=self.device) for name in ("k", "v")
+            }
             if fp8:
                 bufs.update({f"{n}_scale": torch.ones(scale_shape, device=self.device) for n in ("k", "v")})
             return bufs
 
         self.staging = [slot(), slot()] if offload else []
         self.work = (
-            (torch.zeros(self.shape, dtype=dtype, device=self.device),
-             torch.zeros(self.shape, dtype=dtype, device=self.device)) if fp8 else None
+            (
+                torch.zeros(self.shape, dtype=dtype, device=self.device),
+                torch.zeros(self.shape, dtype=dtype, device=self.device),
+            )
+            if fp8
+            else None
         )
         self.stream = _cuda_stream(self.device) if offload else None
         # What each staging slot holds: (memory id, layer, frames) and the event of its copy.
@@ -208,11 +215,17 @@ class KVWorkspace:
         self.sync_loads = 0
         self.prefetched_loads = 0
 
-    def matches(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, fp8: bool,
-                offload: bool) -> bool:
+    def matches(
+        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, fp8: bool, offload: bool
+    ) -> bool:
         """Whether a memory with these properties can use this workspace."""
-        return (self.shape, self.dtype, self.device, self.fp8, self.offload) == (tuple(shape), dtype, device, fp8,
-                                                                                offload)
+        return (self.shape, self.dtype, self.device, self.fp8, self.offload) == (
+            tuple(shape),
+            dtype,
+            device,
+            fp8,
+            offload,
+        )
 
     def nbytes(self) -> int:
         """Device bytes of all buffers."""
@@ -301,8 +314,13 @@ class LayerKV:
         elif not memory.uses_workspace:
             self.k, self.v = memory.k[index], memory.v[index]
 
-    def update(self, k_new: torch.Tensor, v_new: torch.Tensor, k_conv: torch.Tensor | None,
-               v_conv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self,
+        k_new: torch.Tensor,
+        v_new: torch.Tensor,
+        k_conv: torch.Tensor | None,
+        v_conv: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Compress if due, write the block's K/V and return what the block attends to.
 
         Args:
@@ -353,18 +371,24 @@ class LayerKV:
             return self.k, self.v
         # Block 0 overwrites everything it reads; block 1 reads the memory slots; later blocks
         # also read the previous block (it feeds the compression and the short-term slots).
-        frames = {FIRST_BLOCK: 0, SECOND_BLOCK: mem.config.memory_frames}.get(mem.phase, mem.config.total_frames)
+        frames = {FIRST_BLOCK: 0, SECOND_BLOCK: mem.config.memory_frames}.get(
+            mem.phase, mem.config.total_frames
+        )
         needed = mem.layout.frames(0, frames)
         ws = mem.workspace
-        src: dict[str, torch.Tensor] = (ws.fetch(mem, self.index, frames) if mem.config.offload else
-                                        {n: getattr(mem, n)[self.index] for n in ("k", "v", "k_scale", "v_scale")
-                                         if hasattr(mem, n)})
+        src: dict[str, torch.Tensor] = (
+            ws.fetch(mem, self.index, frames)
+            if mem.config.offload
+            else {n: getattr(mem, n)[self.index] for n in ("k", "v", "k_scale", "v_scale") if hasattr(mem, n)}
+        )
         if not mem.config.fp8:
             return src["k"], src["v"]
         for work, name in zip(ws.work, ("k", "v")):
             if frames:
                 # Scales cast to the compute dtype before the product, as the reference does.
-                work[:, needed] = src[name][:, needed].to(mem.dtype) * src[f"{name}_scale"][:, needed].to(mem.dtype)
+                work[:, needed] = src[name][:, needed].to(mem.dtype) * src[f"{name}_scale"][:, needed].to(
+                    mem.dtype
+                )
         return ws.work
 
     def _store(self, k_buf: torch.Tensor, v_buf: torch.Tensor, written: slice) -> None:
@@ -412,8 +436,16 @@ class KVMemory(nn.Module):
     """
 
     def __init__(
-        self, config: MemoryConfig, num_layers: int, num_heads: int, head_dim: int, frame_len: int,
-        device: torch.device | str, dtype: torch.dtype, batch: int = 1, differentiable: bool = False,
+        self,
+        config: MemoryConfig,
+        num_layers: int,
+        num_heads: int,
+        head_dim: int,
+        frame_len: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        batch: int = 1,
+        differentiable: bool = False,
         workspace: KVWorkspace | None = None,
     ) -> None:
         super().__init__()
@@ -453,12 +485,17 @@ class KVMemory(nn.Module):
             self.register_buffer("k_scale", alloc(shape[:-1] + (1,), torch.float32), persistent=False)
             self.register_buffer("v_scale", alloc(shape[:-1] + (1,), torch.float32), persistent=False)
         if self.uses_workspace:
-            if workspace is not None and not workspace.matches(shape[1:], dtype, self.device, config.fp8,
-                                                               config.offload):
-                raise ValueError("the shared KVWorkspace does not fit this memory (shape, dtype, device or "
-                                 "storage options differ)")
+            if workspace is not None and not workspace.matches(
+                shape[1:], dtype, self.device, config.fp8, config.offload
+            ):
+                raise ValueError(
+                    "the shared KVWorkspace does not fit this memory (shape, dtype, device or "
+                    "storage options differ)"
+                )
             self.owns_workspace = workspace is None
-            self.workspace = workspace or KVWorkspace(shape[1:], dtype, self.device, config.fp8, config.offload)
+            self.workspace = workspace or KVWorkspace(
+                shape[1:], dtype, self.device, config.fp8, config.offload
+            )
 
     @property
     def uses_workspace(self) -> bool:
@@ -524,8 +561,12 @@ class KVMemory(nn.Module):
         return LayerKV(self, index)
 
     def update(
-        self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor,
-        k_conv: torch.Tensor | None, v_conv: torch.Tensor | None,
+        self,
+        layer: int,
+        k_new: torch.Tensor,
+        v_new: torch.Tensor,
+        k_conv: torch.Tensor | None,
+        v_conv: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``self.layer(layer).update(...)``: see ``LayerKV.update``."""
         return self.layer(layer).update(k_new, v_new, k_conv, v_conv)
@@ -541,7 +582,9 @@ class KVMemory(nn.Module):
         """Compress the source span into the long-term slots, then move the short-term frames."""
         lay = self.layout
         if self.config.compression != "none":  # "none" never attends to the long-term slots
-            buf = self._write(buf, lay.long_term, compress(buf[:, lay.compress_source], taps, self.config, lay.frame_len))
+            buf = self._write(
+                buf, lay.long_term, compress(buf[:, lay.compress_source], taps, self.config, lay.frame_len)
+            )
         return self._write(buf, lay.short_term, buf[:, lay.short_term_source])
 
 
@@ -554,9 +597,15 @@ class GrowingLayerKV:
         self.memory = memory
         self.index = index
 
-    def update(self, k_new: torch.Tensor, v_new: torch.Tensor, k_conv: torch.Tensor | None,
-               v_conv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append the block's keys/values ``[B, T * frame_len, H, D]`` to all earlier ones and return them all."""
+    def update(
+        self,
+        k_new: torch.Tensor,
+        v_new: torch.Tensor,
+        k_conv: torch.Tensor | None,
+        v_conv: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the block's keys/values ``[B, T * frame_len, H, D]`` to all earlier ones and return
+        them all."""
         mem = self.memory
         if mem.phase < 0:
             raise RuntimeError("call begin_block() before the forward pass")
@@ -580,8 +629,14 @@ class GrowingKVMemory(nn.Module):
     differentiable = False
     workspace = None
 
-    def __init__(self, config: MemoryConfig, num_layers: int, frame_len: int, device: torch.device | str,
-                 dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        config: MemoryConfig,
+        num_layers: int,
+        frame_len: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> None:
         super().__init__()
         self.config = config
         self.layout = MemoryLayout(config, frame_len)

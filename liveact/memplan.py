@@ -16,9 +16,11 @@
 
 The device peak is the resident part plus the larger of the *prepare* phase (text encoder, VAE
 encode) and the *generate* phase (KV memory when the text encoder is parked, since the pipeline then
-releases it before encoding; cross-attention K/V; the larger of a DiT forward and a VAE decode). ``advise`` walks a ladder of options
+releases it before encoding; cross-attention K/V; the larger of a DiT forward and a VAE decode).
+``advise`` walks a ladder of options
 from the cheapest (park the text encoder) to the slowest (block offload) to the first plan that
-fits, then drops the savings that are not needed. Numbers for the small presets are checked against measured allocations on the CPU.
+fits, then drops the savings that are not needed. Numbers for the small presets are checked against
+measured allocations on the CPU.
 """
 
 from __future__ import annotations
@@ -71,10 +73,18 @@ class PlanOptions:
 
     def flags(self) -> str:
         """The ``generate.py`` flags that select these options."""
-        out = [flag for flag, on in (("--fp8_gemm", self.fp8_gemm), ("--fp8_kv_cache", self.fp8_kv_cache),
-                                     ("--offload_cache", self.offload_cache), ("--block_offload", self.block_offload),
-                                     ("--t5_cpu", self.text_encoder == "cpu"),
-                                     ("--offload_t5", self.text_encoder == "park")) if on]
+        out = [
+            flag
+            for flag, on in (
+                ("--fp8_gemm", self.fp8_gemm),
+                ("--fp8_kv_cache", self.fp8_kv_cache),
+                ("--offload_cache", self.offload_cache),
+                ("--block_offload", self.block_offload),
+                ("--t5_cpu", self.text_encoder == "cpu"),
+                ("--offload_t5", self.text_encoder == "park"),
+            )
+            if on
+        ]
         return " ".join(out) or "(defaults)"
 
 
@@ -159,8 +169,9 @@ def _meta_model(config: ModelConfig, dtype: torch.dtype, fp8_gemm: bool) -> torc
     return model
 
 
-def dit_weight_bytes(config: ModelConfig, dtype: torch.dtype, fp8_gemm: bool = False,
-                     block_offload: bool = False) -> tuple[int, int]:
+def dit_weight_bytes(
+    config: ModelConfig, dtype: torch.dtype, fp8_gemm: bool = False, block_offload: bool = False
+) -> tuple[int, int]:
     """``(device, host)`` bytes of the DiT's weights (see the module docstring)."""
     from liveact.hostmem import aligned_size
 
@@ -168,37 +179,57 @@ def dit_weight_bytes(config: ModelConfig, dtype: torch.dtype, fp8_gemm: bool = F
     tensors = list(model.parameters()) + list(model.buffers())
     if not block_offload:
         return _nbytes(tensors), 0
-    blocks = [sum(aligned_size(tuple(t.shape), t.dtype) for t in list(b.parameters()) + list(b.buffers()))
-              for b in model.blocks]
-    return _nbytes(tensors) - _nbytes(list(model.blocks.parameters()) + list(model.blocks.buffers())) \
-        + 2 * blocks[0], sum(blocks)
+    blocks = [
+        sum(aligned_size(tuple(t.shape), t.dtype) for t in list(b.parameters()) + list(b.buffers()))
+        for b in model.blocks
+    ]
+    return _nbytes(tensors) - _nbytes(
+        list(model.blocks.parameters()) + list(model.blocks.buffers())
+    ) + 2 * blocks[0], sum(blocks)
 
 
-def kv_memory_bytes(config: ModelConfig, memory: MemoryConfig, frame_len: int, dtype: torch.dtype,
-                    world_size: int = 1, batch: int = 1) -> tuple[int, int, int]:
+def kv_memory_bytes(
+    config: ModelConfig,
+    memory: MemoryConfig,
+    frame_len: int,
+    dtype: torch.dtype,
+    world_size: int = 1,
+    batch: int = 1,
+) -> tuple[int, int, int]:
     """``(device, host, workspace)`` bytes of one ``KVMemory`` (workspace: device, shared by a sampler)."""
     tokens = memory.total_frames * frame_len
     heads = config.num_heads // world_size
     elems = batch * tokens * heads * config.head_dim  # one layer's keys
     dt = torch.empty((), dtype=dtype).element_size()
-    store = 2 * config.num_layers * (elems * (1 if memory.fp8 else dt) + (batch * tokens * heads * 4 if memory.fp8 else 0))
+    store = (
+        2
+        * config.num_layers
+        * (elems * (1 if memory.fp8 else dt) + (batch * tokens * heads * 4 if memory.fp8 else 0))
+    )
     workspace = 0
     if memory.fp8:
         workspace += 2 * elems * dt
     if memory.offload:
-        workspace += 2 * 2 * (elems * (1 if memory.fp8 else dt) + (batch * tokens * heads * 4 if memory.fp8 else 0))
+        workspace += (
+            2 * 2 * (elems * (1 if memory.fp8 else dt) + (batch * tokens * heads * 4 if memory.fp8 else 0))
+        )
     return (0, store, workspace) if memory.offload else (store, 0, workspace)
 
 
-def dit_activation_bytes(config: ModelConfig, options: PlanOptions, memory: MemoryConfig, lh: int, lw: int) -> int:
+def dit_activation_bytes(
+    config: ModelConfig, options: PlanOptions, memory: MemoryConfig, lh: int, lw: int
+) -> int:
     """Peak bytes one DiT forward pass creates (dry run of two layers on the meta device, every phase)."""
-    traced = _dit_activation_bytes(config, options.dtype, options.fp8_gemm, replace(memory, offload=False), lh, lw)
+    traced = _dit_activation_bytes(
+        config, options.dtype, options.fp8_gemm, replace(memory, offload=False), lh, lw
+    )
     return traced // options.world_size
 
 
 @functools.cache
-def _dit_activation_bytes(config: ModelConfig, dtype: torch.dtype, fp8_gemm: bool, memory: MemoryConfig,
-                          lh: int, lw: int) -> int:
+def _dit_activation_bytes(
+    config: ModelConfig, dtype: torch.dtype, fp8_gemm: bool, memory: MemoryConfig, lh: int, lw: int
+) -> int:
     from liveact import attention
     from liveact.memtrace import fused_attention_stand_in, peak_bytes
     from liveact.model import CrossContext
@@ -210,10 +241,18 @@ def _dit_activation_bytes(config: ModelConfig, dtype: torch.dtype, fp8_gemm: boo
     kv = model.new_memory(memory, fl)
     heads = config.num_heads
     context = CrossContext(
-        text=[tuple(torch.empty(1, config.text_len, heads, config.head_dim, device="meta", dtype=dtype)
-                    for _ in range(2)) for _ in range(small.num_layers)],
-        image=[tuple(torch.empty(1, 257, heads, config.head_dim, device="meta", dtype=dtype)
-                     for _ in range(2)) for _ in range(small.num_layers)])
+        text=[
+            tuple(
+                torch.empty(1, config.text_len, heads, config.head_dim, device="meta", dtype=dtype)
+                for _ in range(2)
+            )
+            for _ in range(small.num_layers)
+        ],
+        image=[
+            tuple(torch.empty(1, 257, heads, config.head_dim, device="meta", dtype=dtype) for _ in range(2))
+            for _ in range(small.num_layers)
+        ],
+    )
     model.rope(memory.total_frames, lh // ph, lw // pw)
     sdpa = attention.BACKENDS["sdpa"].fn
     attention.BACKENDS["sdpa"].fn = fused_attention_stand_in  # the GPU kernels never hold the score matrix
@@ -226,8 +265,13 @@ def _dit_activation_bytes(config: ModelConfig, dtype: torch.dtype, fp8_gemm: boo
             audio = torch.empty(frames, config.context_tokens, config.output_dim, device="meta", dtype=dtype)
             kv.begin_block(k)
             step = torch.empty(1, device="meta")
-            peaks.append(peak_bytes(functools.partial(model, latent, y, step, context, kv, audio=audio,
-                                                      silent_frames=int(k == 0))))
+            peaks.append(
+                peak_bytes(
+                    functools.partial(
+                        model, latent, y, step, context, kv, audio=audio, silent_frames=int(k == 0)
+                    )
+                )
+            )
     finally:
         attention.BACKENDS["sdpa"].fn = sdpa
     return max(peaks)
@@ -240,24 +284,38 @@ def _wan_vae(dtype: torch.dtype, arch: object | None = None) -> torch.nn.Module:
 
     arch = arch or VAEArch(96, 96, 16, (1, 2, 4, 4), 2, (False, True, True), 3, 3)
     with torch.device("meta"):
-        model = AutoencoderKLWan(base_dim=arch.base_dim, decoder_base_dim=arch.decoder_base_dim, z_dim=arch.z_dim,
-                                 dim_mult=list(arch.dim_mult), num_res_blocks=arch.num_res_blocks,
-                                 temperal_downsample=list(arch.temperal_downsample),
-                                 in_channels=arch.in_channels, out_channels=arch.out_channels)
+        model = AutoencoderKLWan(
+            base_dim=arch.base_dim,
+            decoder_base_dim=arch.decoder_base_dim,
+            z_dim=arch.z_dim,
+            dim_mult=list(arch.dim_mult),
+            num_res_blocks=arch.num_res_blocks,
+            temperal_downsample=list(arch.temperal_downsample),
+            in_channels=arch.in_channels,
+            out_channels=arch.out_channels,
+        )
     # nn.Module.to: diffusers' own .to() warns about fp32 modules, irrelevant for a dry run.
     return WanVAE(torch.nn.Module.to(model, dtype), arch)
 
 
-def vae_activation_bytes(options: PlanOptions, memory: MemoryConfig, vae_arch: object | None = None
-                         ) -> tuple[int, int]:
+def vae_activation_bytes(
+    options: PlanOptions, memory: MemoryConfig, vae_arch: object | None = None
+) -> tuple[int, int]:
     """``(decode, encode)`` peak bytes: one later block decoded with a warm cache, the conditioning encode."""
-    return _vae_activation_bytes(options.width, options.height, options.dtype, memory.first_block_frames,
-                                 memory.block_frames, vae_arch)
+    return _vae_activation_bytes(
+        options.width, options.height, options.dtype, memory.first_block_frames, memory.block_frames, vae_arch
+    )
 
 
 @functools.cache
-def _vae_activation_bytes(width: int, height: int, dtype: torch.dtype, first_block_frames: int, block_frames: int,
-                          vae_arch: object | None) -> tuple[int, int]:
+def _vae_activation_bytes(
+    width: int,
+    height: int,
+    dtype: torch.dtype,
+    first_block_frames: int,
+    block_frames: int,
+    vae_arch: object | None,
+) -> tuple[int, int]:
     from liveact.memtrace import peak_bytes
 
     vae = _wan_vae(dtype, vae_arch)
@@ -265,18 +323,27 @@ def _vae_activation_bytes(width: int, height: int, dtype: torch.dtype, first_blo
     lh, lw = height // stride, width // stride
     z = vae.arch.z_dim
     decoder = vae.stream_decoder()
-    first = peak_bytes(lambda: decoder.decode_block(torch.empty(z, first_block_frames, lh, lw, device="meta")))
+    first = peak_bytes(
+        lambda: decoder.decode_block(torch.empty(z, first_block_frames, lh, lw, device="meta"))
+    )
     later = peak_bytes(lambda: decoder.decode_block(torch.empty(z, block_frames, lh, lw, device="meta")))
     frames = 1 + (first_block_frames + block_frames - 1) * vae.arch.temporal_stride
     video = torch.empty(1, 3, frames, height, width, device="meta", dtype=dtype)
     return max(first, later), peak_bytes(lambda: vae.encode(video))
 
 
-def plan_memory(config: ModelConfig, options: PlanOptions, memory: MemoryConfig | None = None,
-                sampler: SamplerConfig | None = None, encoders: EncoderSizes | None = None,
-                vae_arch: object | None = None) -> MemoryPlan:
+def plan_memory(
+    config: ModelConfig,
+    options: PlanOptions,
+    memory: MemoryConfig | None = None,
+    sampler: SamplerConfig | None = None,
+    encoders: EncoderSizes | None = None,
+    vae_arch: object | None = None,
+) -> MemoryPlan:
     """Plan the GPU and host memory of a ``generate.py`` run (see the module docstring)."""
-    memory = replace(memory or MemoryConfig(), fp8=options.fp8_kv_cache, offload=options.offload_cache)
+    memory = (memory or MemoryConfig()).with_flags(
+        fp8_kv_cache=options.fp8_kv_cache, offload_cache=options.offload_cache
+    )
     sampler = replace(sampler or SamplerConfig(), audio_cfg=options.audio_cfg)
     encoders = encoders or EncoderSizes()
     dt = torch.empty((), dtype=options.dtype).element_size()
@@ -288,34 +355,69 @@ def plan_memory(config: ModelConfig, options: PlanOptions, memory: MemoryConfig 
     add = plan.items.append
 
     dev, host = dit_weight_bytes(config, options.dtype, options.fp8_gemm, options.block_offload)
-    add(PlanItem("DiT weights", dev, host, note=("FP8 linears, fused q/k/v; " if options.fp8_gemm else "")
-                 + ("two blocks on the GPU, the rest pinned in host memory" if options.block_offload else "")))
+    add(
+        PlanItem(
+            "DiT weights",
+            dev,
+            host,
+            note=("FP8 linears, fused q/k/v; " if options.fp8_gemm else "")
+            + ("two blocks on the GPU, the rest pinned in host memory" if options.block_offload else ""),
+        )
+    )
     t5 = encoders.text_encoder * dt
     if options.text_encoder == "gpu":
         add(PlanItem("text encoder (umT5)", t5))
     elif options.text_encoder == "park":
-        add(PlanItem("text encoder (umT5), on the GPU while encoding", t5, t5, phase="prepare",
-                     note="parked in host memory after encoding"))
+        add(
+            PlanItem(
+                "text encoder (umT5), on the GPU while encoding",
+                t5,
+                t5,
+                phase="prepare",
+                note="parked in host memory after encoding",
+            )
+        )
     else:
         add(PlanItem("text encoder (umT5), on the CPU", 0, t5))
-    add(PlanItem("image encoder, VAE, audio encoder",
-                 (encoders.image_encoder + encoders.vae + encoders.audio_encoder) * dt))
+    add(
+        PlanItem(
+            "image encoder, VAE, audio encoder",
+            (encoders.image_encoder + encoders.vae + encoders.audio_encoder) * dt,
+        )
+    )
 
     steps = sampler.num_steps + (len(sampler.cfg_steps) if sampler.use_cfg else 0)
     kv_dev, kv_host, workspace = kv_memory_bytes(config, memory, frame_len, options.dtype, options.world_size)
     # A parked text encoder comes back to the GPU after the KV memory of the last clip is released.
     kv_phase = "generate" if options.text_encoder == "park" else "resident"
-    add(PlanItem(f"KV memory ({steps} x {memory.total_frames} frames x {frame_len} tokens)", steps * kv_dev,
-                 steps * kv_host, phase=kv_phase, note=("FP8 + scales; " if memory.fp8 else "")
-                 + ("pinned host memory" if memory.offload else "")))
+    add(
+        PlanItem(
+            f"KV memory ({steps} x {memory.total_frames} frames x {frame_len} tokens)",
+            steps * kv_dev,
+            steps * kv_host,
+            phase=kv_phase,
+            note=("FP8 + scales; " if memory.fp8 else "") + ("pinned host memory" if memory.offload else ""),
+        )
+    )
     if workspace:
         add(PlanItem("KV workspace (shared by the memories)", workspace, phase=kv_phase))
     # Every rank holds the whole cross-attention context (it is token-local, not sharded).
     kv_per_prompt = 2 * config.num_layers * config.dim * dt
-    add(PlanItem("cross-attention K/V (prompts, image)",
-                 kv_per_prompt * (MAX_TEXT_CONTEXTS * config.text_len + encoders.clip_tokens), phase="generate"))
-    add(PlanItem("DiT forward activations (eager, dry run)", dit_activation_bytes(config, options, memory, lh, lw),
-                 phase="generate", group="activations"))
+    add(
+        PlanItem(
+            "cross-attention K/V (prompts, image)",
+            kv_per_prompt * (MAX_TEXT_CONTEXTS * config.text_len + encoders.clip_tokens),
+            phase="generate",
+        )
+    )
+    add(
+        PlanItem(
+            "DiT forward activations (eager, dry run)",
+            dit_activation_bytes(config, options, memory, lh, lw),
+            phase="generate",
+            group="activations",
+        )
+    )
     decode, encode = vae_activation_bytes(options, memory, vae_arch)
     add(PlanItem("VAE decode of one block (dry run)", decode, phase="generate", group="activations"))
     add(PlanItem("VAE encode of the conditioning video (dry run)", encode, phase="prepare"))
@@ -324,7 +426,10 @@ def plan_memory(config: ModelConfig, options: PlanOptions, memory: MemoryConfig 
 
 def ladder(options: PlanOptions, fp8_capable: bool = True) -> list[PlanOptions]:
     """``options`` and ever more memory-saving variants of it, cheapest first (each adds to the last)."""
-    steps = [options, replace(options, text_encoder="park" if options.text_encoder == "gpu" else options.text_encoder)]
+    steps = [
+        options,
+        replace(options, text_encoder="park" if options.text_encoder == "gpu" else options.text_encoder),
+    ]
     if fp8_capable:
         steps.append(replace(steps[-1], fp8_gemm=True))
     steps.append(replace(steps[-1], fp8_kv_cache=True))
@@ -345,13 +450,14 @@ def _relaxations(options: PlanOptions, base: PlanOptions) -> list[PlanOptions]:
         if getattr(options, name) and not getattr(base, name):
             out.append(replace(options, **{name: False}))
     order = ("gpu", "park", "cpu")
-    for placement in order[order.index(base.text_encoder): order.index(options.text_encoder)]:
+    for placement in order[order.index(base.text_encoder) : order.index(options.text_encoder)]:
         out.append(replace(options, text_encoder=placement))
     return out
 
 
-def advise(config: ModelConfig, options: PlanOptions, capacity: int, fp8_capable: bool = True,
-           **kwargs: object) -> tuple[MemoryPlan, MemoryPlan | None]:
+def advise(
+    config: ModelConfig, options: PlanOptions, capacity: int, fp8_capable: bool = True, **kwargs: object
+) -> tuple[MemoryPlan, MemoryPlan | None]:
     """The plan of ``options`` and the cheapest plan that fits ``capacity`` (or None).
 
     Walks ``ladder(options)`` to the first variant that fits, then undoes every saving (slowest
@@ -378,7 +484,8 @@ def advise(config: ModelConfig, options: PlanOptions, capacity: int, fp8_capable
 
 
 def config_of(ckpt_dir: str | Path) -> ModelConfig:
-    """The DiT's ``ModelConfig`` from its folder's ``config.json`` and safetensors headers (no weights read)."""
+    """The DiT's ``ModelConfig`` from its folder's ``config.json`` and safetensors headers (no weights
+    read)."""
     from liveact.loading import _shapes, dit_shards, infer_model_config, read_dit_config
 
     folder = Path(ckpt_dir)
@@ -396,43 +503,58 @@ def host_available() -> int | None:
     return None
 
 
-def preflight(config: ModelConfig, options: PlanOptions, free: int, fp8_capable: bool) -> str | None:
+def preflight(
+    config: ModelConfig, options: PlanOptions, free: int, fp8_capable: bool, **kwargs: object
+) -> str | None:
     """Check a run against ``free`` GPU bytes before loading: None if it fits, else what to do.
 
     Logs the plan; warns (does not refuse) when the host memory the plan needs exceeds what is
     available. The message names the flags of the cheapest variant that fits, or says none does.
+    ``kwargs`` go to :func:`plan_memory` (``memory``, ``sampler``: the run's own layout and schedule).
     """
-    plan, fit = advise(config, options, free, fp8_capable=fp8_capable)
+    plan, fit = advise(config, options, free, fp8_capable=fp8_capable, **kwargs)
     logger.info("memory plan (%s):\n%s", options.flags(), plan.table())
     chosen = plan if plan.fits(free) else fit
     available = host_available()
     if chosen is not None and available is not None and chosen.host_peak > available:
-        logger.warning("the plan holds %.1f GiB in host memory but %.1f GiB is available", chosen.host_peak / GiB,
-                       available / GiB)
+        logger.warning(
+            "the plan holds %.1f GiB in host memory but %.1f GiB is available",
+            chosen.host_peak / GiB,
+            available / GiB,
+        )
     if plan.fits(free):
         return None
     need = f"needs ~{plan.device_peak / GiB:.1f} GiB of GPU memory and {free / GiB:.1f} GiB is free"
     if fit is None:
-        return (f"this run ({options.flags()}) {need}, and no combination of --offload_t5, --fp8_gemm, "
-                "--fp8_kv_cache, --offload_cache, --block_offload, --t5_cpu fits: use a smaller --size or a "
-                "larger GPU (--no_memory_check skips this check)")
+        return (
+            f"this run ({options.flags()}) {need}, and no combination of --offload_t5, --fp8_gemm, "
+            "--fp8_kv_cache, --offload_cache, --block_offload, --t5_cpu fits: use a smaller --size or a "
+            "larger GPU (--no_memory_check skips this check)"
+        )
     added = " ".join(f for f in fit.options.flags().split() if f not in options.flags().split())
-    return (f"this run ({options.flags()}) {need}; add {added} (planned ~{fit.device_peak / GiB:.1f} GiB), "
-            "or pass --no_memory_check to try anyway")
+    return (
+        f"this run ({options.flags()}) {need}; add {added} (planned ~{fit.device_peak / GiB:.1f} GiB), "
+        "or pass --no_memory_check to try anyway"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m liveact.memplan``: print the plan of a run (and the advice for a GPU size) without a GPU."""
+    """``python -m liveact.memplan``: print the plan of a run (and the advice for a GPU size) without a
+    GPU."""
     import argparse
 
     from liveact.cli import parse_size
     from liveact.config import PRESETS
 
     p = argparse.ArgumentParser(prog="python -m liveact.memplan", description=main.__doc__)
-    p.add_argument("--ckpt_dir", default=None, help="DiT folder (config + safetensors headers); default --preset")
+    p.add_argument(
+        "--ckpt_dir", default=None, help="DiT folder (config + safetensors headers); default --preset"
+    )
     p.add_argument("--preset", default="liveact-14b", choices=sorted(PRESETS))
     p.add_argument("--size", default="480*832", help="WIDTH*HEIGHT")
-    p.add_argument("--gpu_gib", type=float, default=None, help="GPU memory to plan for (GiB): prints the advice")
+    p.add_argument(
+        "--gpu_gib", type=float, default=None, help="GPU memory to plan for (GiB): prints the advice"
+    )
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--audio_cfg", type=float, default=1.0)
     p.add_argument("--nproc_per_node", type=int, default=1)
@@ -441,17 +563,30 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     width, height = parse_size(args.size)
     config = config_of(args.ckpt_dir) if args.ckpt_dir else PRESETS[args.preset]
-    options = PlanOptions(width, height, getattr(torch, args.dtype), args.fp8_gemm, args.fp8_kv_cache,
-                          args.offload_cache, args.block_offload, args.audio_cfg,
-                          "cpu" if args.t5_cpu else "park" if args.offload_t5 else "gpu", args.nproc_per_node)
+    options = PlanOptions(
+        width,
+        height,
+        getattr(torch, args.dtype),
+        args.fp8_gemm,
+        args.fp8_kv_cache,
+        args.offload_cache,
+        args.block_offload,
+        args.audio_cfg,
+        "cpu" if args.t5_cpu else "park" if args.offload_t5 else "gpu",
+        args.nproc_per_node,
+    )
     plan = plan_memory(config, options)
     print(f"{options.flags()} at {args.size}:\n\n{plan.table()}")
     if args.gpu_gib is not None:
         capacity = int(args.gpu_gib * GiB)
         _, fit = advise(config, options, capacity)
-        verdict = ("fits" if plan.fits(capacity) else
-                   f"does not fit; {fit.options.flags()} does (~{fit.device_peak / GiB:.1f} GiB)" if fit else
-                   "does not fit with any combination of the memory-saving flags")
+        verdict = (
+            "fits"
+            if plan.fits(capacity)
+            else f"does not fit; {fit.options.flags()} does (~{fit.device_peak / GiB:.1f} GiB)"
+            if fit
+            else "does not fit with any combination of the memory-saving flags"
+        )
         print(f"\n{args.gpu_gib:g} GiB GPU: {verdict}")
 
 

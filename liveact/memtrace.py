@@ -40,7 +40,9 @@ class LiveBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
         # Outputs that alias an input (views, in-place results) are not new memory.
-        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor):
                 continue
@@ -66,7 +68,8 @@ def peak_bytes(fn: Callable[[], object]) -> int:
 def fused_attention_stand_in(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """What a fused attention kernel (flash, cuDNN) allocates: its output and an fp32 log-sum-exp.
 
-    ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, H, D]`` -> ``[B, Lq, H, D]`` (values meaningless: dry runs only).
+    ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, H, D]`` -> ``[B, Lq, H, D]`` (values meaningless: dry
+    runs only).
     On the meta device SDPA decomposes into the math path and would count the full score matrix.
     """
     lse = q.new_empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32)

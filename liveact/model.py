@@ -15,7 +15,6 @@ Work the reference repeats and we do once:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -127,8 +126,9 @@ class BlockInputs:
 
     def layer(self, index: int) -> LayerInputs:
         """What layer ``index`` reads besides the shared inputs: its memory and cross-attention K/V."""
-        return LayerInputs(kv=self.memory.layer(index), text=self.context.text[index],
-                           image=self.context.image[index])
+        return LayerInputs(
+            kv=self.memory.layer(index), text=self.context.text[index], image=self.context.image[index]
+        )
 
 
 @dataclass
@@ -155,7 +155,7 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = RMSNorm(dim, cfg.eps)
         self.norm_k = RMSNorm(dim, cfg.eps)
-        conv = dict(kernel_size=cfg.memory_ratio, stride=cfg.memory_ratio, groups=dim, bias=False)
+        conv = {"kernel_size": cfg.memory_ratio, "stride": cfg.memory_ratio, "groups": dim, "bias": False}
         self.memory_proj_k = nn.Conv1d(dim, dim, **conv)
         self.memory_proj_v = nn.Conv1d(dim, dim, **conv)
         # Set by liveact.quant (fused FP8 QKV): one GEMM of [3 dim, dim] replaces q, k and v.
@@ -171,8 +171,9 @@ class SelfAttention(nn.Module):
             q, k, v = self.q(x), self.k(x), self.v(x)
         return self.norm_q(q).view(shape), self.norm_k(k).view(shape), v.reshape(shape)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: LayerInputs,
-               inp: BlockInputs) -> torch.Tensor:
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: LayerInputs, inp: BlockInputs
+    ) -> torch.Tensor:
         """Update the layer's memory with ``k, v`` ``[B, L, H, D]`` and attend; returns ``[B, L, H, D]``."""
         k_all, v_all = layer.kv.update(k, v, self.memory_proj_k.weight, self.memory_proj_v.weight)
         q = apply_rope(q, *inp.rope_q)
@@ -214,12 +215,17 @@ class CrossAttention(nn.Module):
         """Embedded image tokens ``[B, Li, dim]`` -> k, v ``[B, Li, H, D]``."""
         return self._heads(self.norm_k_img(self.k_img(image))), self._heads(self.v_img(image))
 
-    def forward(self, x: torch.Tensor, text_kv: tuple[torch.Tensor, torch.Tensor],
-                image_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        text_kv: tuple[torch.Tensor, torch.Tensor],
+        image_kv: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
         """``[B, L, dim] -> [B, L, dim]``."""
         q = self._heads(self.norm_q(self.q(x)))
         out = attention(q, *text_kv, backend=self.attention_backend) + attention(
-            q, *image_kv, backend=self.attention_backend)
+            q, *image_kv, backend=self.attention_backend
+        )
         return self.o(out.flatten(2))
 
 
@@ -234,7 +240,9 @@ class AudioCrossAttention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.attention_backend = "sdpa"
 
-    def forward(self, x: torch.Tensor, audio: torch.Tensor, frame_len: int, token_offset: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, audio: torch.Tensor, frame_len: int, token_offset: int = 0
+    ) -> torch.Tensor:
         """Frame-wise audio attention over a contiguous range of the block's tokens.
 
         Args:
@@ -257,15 +265,21 @@ class AudioCrossAttention(nn.Module):
             audio = audio[None]
         # Project only the audio of the frames these tokens belong to.
         first = runs[0][2]
-        used = audio[:, first: runs[-1][2] + runs[-1][3]]
+        used = audio[:, first : runs[-1][2] + runs[-1][3]]
         k, v = self.kv_linear(used).unflatten(-1, (2, -1, self.head_dim)).unbind(-3)  # [Ba, T', N, H, D]
         outs = []
         for lo, hi, frame, frames in runs:
             # One "batch" entry per (sample, frame): each frame attends only to its own audio tokens.
             q_run = q[:, lo:hi].reshape(b * frames, (hi - lo) // frames, *q.shape[2:])
-            k_run, v_run = (t[:, frame - first: frame - first + frames].expand(b, -1, -1, -1, -1)
-                            .reshape(b * frames, *t.shape[2:]) for t in (k, v))
-            outs.append(attention(q_run, k_run, v_run, backend=self.attention_backend).reshape(b, hi - lo, dim))
+            k_run, v_run = (
+                t[:, frame - first : frame - first + frames]
+                .expand(b, -1, -1, -1, -1)
+                .reshape(b * frames, *t.shape[2:])
+                for t in (k, v)
+            )
+            outs.append(
+                attention(q_run, k_run, v_run, backend=self.attention_backend).reshape(b, hi - lo, dim)
+            )
         return self.proj(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
 
 
@@ -305,11 +319,17 @@ class AttentionBlock(nn.Module):
         self.norm3 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True)
         self.cross_attn = CrossAttention(cfg)
         self.norm2 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim)
+        )
         self.audio_cross_attn = AudioCrossAttention(cfg)
-        self.norm_x = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True) if cfg.norm_input_visual else nn.Identity()
+        self.norm_x = (
+            FP32LayerNorm(dim, cfg.eps, elementwise_affine=True) if cfg.norm_input_visual else nn.Identity()
+        )
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, layer: LayerInputs, inp: BlockInputs) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, e0: torch.Tensor, layer: LayerInputs, inp: BlockInputs
+    ) -> torch.Tensor:
         """``x`` ``[B, L, dim]``, ``e0`` ``[B, 6, dim]`` time projection -> ``[B, L, dim]``."""
         c = (self.modulation + e0).chunk(6, dim=1)
         attn_mod, ffn_mod = Modulation(c[0], c[1], c[2]), Modulation(c[3], c[4], c[5])
@@ -352,7 +372,11 @@ class ImageProjection(nn.Module):
     def __init__(self, clip_dim: int, dim: int) -> None:
         super().__init__()
         self.proj = nn.Sequential(
-            nn.LayerNorm(clip_dim), nn.Linear(clip_dim, clip_dim), nn.GELU(), nn.Linear(clip_dim, dim), nn.LayerNorm(dim)
+            nn.LayerNorm(clip_dim),
+            nn.Linear(clip_dim, clip_dim),
+            nn.GELU(),
+            nn.Linear(clip_dim, dim),
+            nn.LayerNorm(dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -416,7 +440,9 @@ class LiveActTransformer(nn.Module):
         self.config = cfg = config
         dim = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList(AttentionBlock(cfg) for _ in range(cfg.num_layers))
@@ -429,8 +455,9 @@ class LiveActTransformer(nn.Module):
     # loading
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype = torch.bfloat16,
-                        device: torch.device | str = "cpu") -> LiveActTransformer:
+    def from_pretrained(
+        cls, folder: str | Path, torch_dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+    ) -> LiveActTransformer:
         """Load an official diffusers-layout folder (``config.json`` + single or sharded safetensors).
 
         The model is built on the meta device and the weights are assigned straight from the
@@ -466,8 +493,14 @@ class LiveActTransformer(nn.Module):
         """Heads whose K/V this process keeps (all of them unless sequence-parallel)."""
         return getattr(self, "_local_heads", self.config.num_heads)
 
-    def new_memory(self, memory_config: MemoryConfig, frame_len: int, batch: int = 1,
-                   differentiable: bool = False, workspace: KVWorkspace | None = None) -> KVMemory:
+    def new_memory(
+        self,
+        memory_config: MemoryConfig,
+        frame_len: int,
+        batch: int = 1,
+        differentiable: bool = False,
+        workspace: KVWorkspace | None = None,
+    ) -> KVMemory:
         """A fresh ``KVMemory`` sized for this model and resolution (``differentiable`` for training).
 
         ``workspace``: device buffers to share with other FP8/offloaded memories (``KVMemory.workspace``
@@ -476,15 +509,27 @@ class LiveActTransformer(nn.Module):
         if memory_config.ratio != self.config.memory_ratio:
             raise ValueError(
                 f"MemoryConfig.ratio={memory_config.ratio} does not match the model's ConvKV kernel "
-                f"size {self.config.memory_ratio}")
+                f"size {self.config.memory_ratio}"
+            )
         if memory_config.compression == "grow":
             if differentiable or memory_config.fp8 or memory_config.offload or batch != 1:
-                raise ValueError("the growing (uncompressed) memory is an inference ablation: batch 1, no "
-                                 "training, FP8 or offload")
+                raise ValueError(
+                    "the growing (uncompressed) memory is an inference ablation: batch 1, no "
+                    "training, FP8 or offload"
+                )
             return GrowingKVMemory(memory_config, self.config.num_layers, frame_len, self.device, self.dtype)
-        return KVMemory(memory_config, self.config.num_layers, self.kv_heads, self.config.head_dim,
-                        frame_len, self.device, self.dtype, batch=batch, differentiable=differentiable,
-                        workspace=workspace)
+        return KVMemory(
+            memory_config,
+            self.config.num_layers,
+            self.kv_heads,
+            self.config.head_dim,
+            frame_len,
+            self.device,
+            self.dtype,
+            batch=batch,
+            differentiable=differentiable,
+            workspace=workspace,
+        )
 
     @property
     def attention_backend(self) -> str:
@@ -549,21 +594,25 @@ class LiveActTransformer(nn.Module):
     def audio_tokens(self, first: torch.Tensor | None, later: torch.Tensor) -> torch.Tensor:
         """Audio tokens of a block: see ``AudioProjection.forward`` (``[T, N, output_dim]`` or batched)."""
         dt = self.dtype
-        return self.audio_proj(None if first is None else first.to(self.device, dt), later.to(self.device, dt))
+        return self.audio_proj(
+            None if first is None else first.to(self.device, dt), later.to(self.device, dt)
+        )
 
     def rope(self, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached cos/sin tables ``[frames * height * width, D/2]`` for a token grid."""
         key = (frames, height, width, self.device)
         if key not in self._rope_cache:
-            self._rope_cache[key] = rope_table(frames, height, width, self.config.rope_split,
-                                               self.config.rope_theta, device=self.device)
+            self._rope_cache[key] = rope_table(
+                frames, height, width, self.config.rope_split, self.config.rope_theta, device=self.device
+            )
         return self._rope_cache[key]
 
     # ----------------------------------------------------------------------------------------
     # forward
 
     def patchify(self, latent: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """``latent`` ``[B, C, T, lh, lw]`` + ``y`` ``[B, C_y, T, lh, lw]`` -> tokens ``[B, T*h*w, dim]`` and grid."""
+        """``latent`` ``[B, C, T, lh, lw]`` + ``y`` ``[B, C_y, T, lh, lw]`` -> tokens ``[B, T*h*w, dim]``
+        and grid."""
         x = self.patch_embedding(torch.cat([latent, y], dim=1).to(self.dtype))
         grid = tuple(x.shape[2:])
         return x.flatten(2).transpose(1, 2), grid
@@ -582,8 +631,14 @@ class LiveActTransformer(nn.Module):
         return e, self.time_projection(e).unflatten(1, (6, self.config.dim))
 
     def forward(
-        self, latent: torch.Tensor, y: torch.Tensor, t: torch.Tensor, context: CrossContext,
-        memory: KVMemory, audio: torch.Tensor | None = None, silent_frames: int = 0,
+        self,
+        latent: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor,
+        context: CrossContext,
+        memory: KVMemory,
+        audio: torch.Tensor | None = None,
+        silent_frames: int = 0,
     ) -> torch.Tensor:
         """Predict the flow velocity of one block at one timestep.
 
@@ -610,8 +665,14 @@ class LiveActTransformer(nn.Module):
         out = self.unpatchify(self.denoise_tokens(x, e, e0, inp), grid)
         return out if batched else out[0]
 
-    def block_inputs(self, grid: tuple[int, int, int], memory: KVMemory, context: CrossContext,
-                     audio: torch.Tensor | None, silent_frames: int) -> BlockInputs:
+    def block_inputs(
+        self,
+        grid: tuple[int, int, int],
+        memory: KVMemory,
+        context: CrossContext,
+        audio: torch.Tensor | None,
+        silent_frames: int,
+    ) -> BlockInputs:
         """Per-call inputs shared by all layers (RoPE tables of the query frames and the whole cache).
 
         The tables come from ``rope()``'s cache: call ``rope(total_frames, h, w)`` once outside a
@@ -621,10 +682,19 @@ class LiveActTransformer(nn.Module):
         cos, sin = self.rope(memory.rope_frames, grid[1], grid[2])
         fl = grid[1] * grid[2]
         q_tokens = slice(start * fl, (start + grid[0]) * fl)
-        return BlockInputs(grid=grid, memory=memory, context=context, audio=audio, silent_frames=silent_frames,
-                           rope_q=(cos[q_tokens], sin[q_tokens]), rope_k=(cos, sin))
+        return BlockInputs(
+            grid=grid,
+            memory=memory,
+            context=context,
+            audio=audio,
+            silent_frames=silent_frames,
+            rope_q=(cos[q_tokens], sin[q_tokens]),
+            rope_k=(cos, sin),
+        )
 
-    def denoise_tokens(self, x: torch.Tensor, e: torch.Tensor, e0: torch.Tensor, inp: BlockInputs) -> torch.Tensor:
+    def denoise_tokens(
+        self, x: torch.Tensor, e: torch.Tensor, e0: torch.Tensor, inp: BlockInputs
+    ) -> torch.Tensor:
         """All layers then the head: tokens ``[B, L, dim]`` -> ``[B, L, prod(patch) * out_dim]``.
 
         ``x`` holds the block's tokens from ``inp.token_offset`` on. This is the extension point of

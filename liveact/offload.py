@@ -16,7 +16,8 @@
 On CUDA the device copies go into two preallocated **slots** (when all blocks have the same tensor
 shapes and dtypes, as in LiveAct), so exactly two blocks' worth of device memory is used however far
 the host runs ahead of the GPU. A slot is one flat device buffer laid out like the host block, so
-loading a block is a single host-to-device copy. Calls that reach a block's submodule outside the block's forward
+loading a block is a single host-to-device copy.
+Calls that reach a block's submodule outside the block's forward
 (``model.embed_text`` / ``embed_image`` call ``cross_attn.k`` etc. directly) load just that
 submodule's tensors for the call.
 
@@ -92,8 +93,9 @@ class BlockOffloadManager:
             CUDA takes is exercised (and tested) without a GPU.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device | str, prefetch: bool = True,
-                 always_copy: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, device: torch.device | str, prefetch: bool = True, always_copy: bool = False
+    ) -> None:
         self.model = model
         self.device = torch.device(device)
         self.prefetch = prefetch
@@ -138,10 +140,15 @@ class BlockOffloadManager:
             ref = _TensorRef(self.model, t_name, is_param, t)
             ref.point_at(t.detach().to(self.device))
         for block in self.blocks:
-            owned = [(module, name, is_param, t) for module in block.modules()
-                     for name, is_param, t in _direct_tensors(module)]
+            owned = [
+                (module, name, is_param, t)
+                for module in block.modules()
+                for name, is_param, t in _direct_tensors(module)
+            ]
             if self.flat:
-                buffer = pinned_buffer(sum(aligned_size(tuple(t.shape), t.dtype) for *_, t in owned), self.pin)
+                buffer = pinned_buffer(
+                    sum(aligned_size(tuple(t.shape), t.dtype) for *_, t in owned), self.pin
+                )
                 self.host_blocks.append(buffer)
             refs, offset = [], 0
             for module, name, is_param, t in owned:
@@ -166,10 +173,15 @@ class BlockOffloadManager:
                         module.register_forward_hook(self._leaf_post_hook(i), always_call=True),
                     ]
         block_bytes = sum(r.host.numel() * r.host.element_size() for r in (self.tensors or [[]])[0])
-        logger.info("block offload: %d blocks of %.1f MiB in %s host memory, device %s, %s, %s",
-                    len(self.blocks), block_bytes / 2**20, "pinned" if self.pin else "pageable", self.device,
-                    "two device slots" if self.slots else "per-load device copies",
-                    "prefetch on a side stream" if self.stream else "synchronous copies")
+        logger.info(
+            "block offload: %d blocks of %.1f MiB in %s host memory, device %s, %s, %s",
+            len(self.blocks),
+            block_bytes / 2**20,
+            "pinned" if self.pin else "pageable",
+            self.device,
+            "two device slots" if self.slots else "per-load device copies",
+            "prefetch on a side stream" if self.stream else "synchronous copies",
+        )
 
     def _make_slots(self) -> list[list[torch.Tensor]] | None:
         """Two device buffers per block tensor, if every block has the same tensor signature."""
@@ -302,8 +314,10 @@ class BlockOffloadManager:
         else:
             slot = self._claim_slot(keep={i})
             if slot is None:
-                raise RuntimeError(f"block offload: both device slots hold running blocks "
-                                   f"{sorted(self._active)}; cannot run block {i} inside another block")
+                raise RuntimeError(
+                    f"block offload: both device slots hold running blocks "
+                    f"{sorted(self._active)}; cannot run block {i} inside another block"
+                )
             self._load(i, slot, async_copy=False)
         self._active.add(i)
         if self.prefetch and len(self.blocks) > 1:
@@ -325,11 +339,13 @@ class BlockOffloadManager:
     def _pre_hook(self, i: int) -> PreHook:
         def hook(module: nn.Module, args: tuple) -> None:
             self.acquire(i)
+
         return hook
 
     def _post_hook(self, i: int) -> PostHook:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             self.release(i)
+
         return hook
 
     def _leaf_pre_hook(self, i: int) -> PreHook:
@@ -342,8 +358,10 @@ class BlockOffloadManager:
             # Called outside its block's forward (e.g. text/image K/V): load only this module.
             self._temp[module] = [(n, is_param) for n, is_param, _ in _direct_tensors(module)]
             for name, is_param, t in _direct_tensors(module):
-                _TensorRef(module, name, is_param, t).point_at(t.to(self.device, non_blocking=True,
-                                                                    copy=self.copies))
+                _TensorRef(module, name, is_param, t).point_at(
+                    t.to(self.device, non_blocking=True, copy=self.copies)
+                )
+
         return hook
 
     def _leaf_post_hook(self, i: int) -> PostHook:
@@ -354,11 +372,13 @@ class BlockOffloadManager:
             hosts = {(r.name, r.is_param): r for r in self.tensors[i] if r.module is module}
             for key in names:
                 hosts[key].point_at(hosts[key].host)
+
         return hook
 
 
-def enable_block_offload(model: nn.Module, device: torch.device | str, prefetch: bool = True,
-                         always_copy: bool = False) -> BlockOffloadManager:
+def enable_block_offload(
+    model: nn.Module, device: torch.device | str, prefetch: bool = True, always_copy: bool = False
+) -> BlockOffloadManager:
     """Keep ``model.blocks`` in host memory and stream them to ``device`` around each block's forward.
 
     Call it last, after any FP8 conversion or parallel transform, and do not ``model.to(...)``

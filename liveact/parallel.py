@@ -67,7 +67,8 @@ def check_world_size(num_heads: int, world_size: int) -> None:
         raise ValueError(
             f"sequence parallelism over {world_size} processes needs num_heads={num_heads} to be divisible "
             f"by the world size (every rank attends with num_heads / world_size heads); run with "
-            f"--nproc_per_node in {valid}")
+            f"--nproc_per_node in {valid}"
+        )
 
 
 def env_world_size() -> int:
@@ -103,8 +104,12 @@ def maybe_init_dist(num_heads: int | None = None, backend: str | None = None) ->
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            device_id=device if device.type == "cuda" else None,
+        )
     logger.info("rank %d/%d (local %d) on %s, backend %s", rank, world_size, local_rank, device, backend)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend)
 
@@ -135,8 +140,9 @@ def _seq_to_heads(x: torch.Tensor, splits: list[int], sp: _Shard) -> torch.Tenso
     send = x.view(s, b, lr, sp.world_size, hl, d).permute(3, 2, 0, 1, 4, 5)
     send = send.reshape(sp.world_size * lr, s, b, hl, d)
     recv = x.new_empty(sum(splits), s, b, hl, d)
-    dist.all_to_all_single(recv, send, output_split_sizes=splits, input_split_sizes=[lr] * sp.world_size,
-                           group=sp.group)
+    dist.all_to_all_single(
+        recv, send, output_split_sizes=splits, input_split_sizes=[lr] * sp.world_size, group=sp.group
+    )
     return recv.permute(1, 2, 0, 3, 4)
 
 
@@ -146,8 +152,9 @@ def _heads_to_seq(y: torch.Tensor, splits: list[int], sp: _Shard) -> torch.Tenso
     lr = splits[sp.rank]
     send = y.permute(1, 0, 2, 3).contiguous()
     recv = y.new_empty(sp.world_size * lr, b, hl, d)
-    dist.all_to_all_single(recv, send, output_split_sizes=[lr] * sp.world_size, input_split_sizes=splits,
-                           group=sp.group)
+    dist.all_to_all_single(
+        recv, send, output_split_sizes=[lr] * sp.world_size, input_split_sizes=splits, group=sp.group
+    )
     # Rank j sent heads [j*H/N, (j+1)*H/N): put the rank axis in front of the local head axis.
     return recv.view(sp.world_size, lr, b, hl, d).permute(2, 1, 0, 3, 4).reshape(b, lr, sp.world_size * hl, d)
 
@@ -175,8 +182,9 @@ def _shard_depthwise_conv(conv: nn.Conv1d, channels: slice) -> None:
 def _wrap_attend(attend: Callable[..., torch.Tensor], sp: _Shard) -> Callable[..., torch.Tensor]:
     """``attend`` on local tokens x all heads, computed as full sequence x local heads."""
 
-    def sp_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
-                  inp: BlockInputs) -> torch.Tensor:
+    def sp_attend(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, inp: BlockInputs
+    ) -> torch.Tensor:
         """q, k, v ``[B, L_r, H, D]`` (this rank's tokens) -> ``[B, L_r, H, D]``."""
         splits = token_splits(inp.num_tokens, sp.world_size)
         q_h, k_h, v_h = _seq_to_heads(torch.stack((q, k, v)), splits, sp).unbind(0)
@@ -185,8 +193,9 @@ def _wrap_attend(attend: Callable[..., torch.Tensor], sp: _Shard) -> Callable[..
     return sp_attend
 
 
-def _wrap_denoise(denoise: Callable[..., torch.Tensor], local_heads: int,
-                  sp: _Shard) -> Callable[..., torch.Tensor]:
+def _wrap_denoise(
+    denoise: Callable[..., torch.Tensor], local_heads: int, sp: _Shard
+) -> Callable[..., torch.Tensor]:
     """``denoise_tokens`` on this rank's token range, output gathered from all ranks."""
 
     def sp_denoise(x: torch.Tensor, e: torch.Tensor, e0: torch.Tensor, inp: BlockInputs) -> torch.Tensor:
@@ -197,10 +206,11 @@ def _wrap_denoise(denoise: Callable[..., torch.Tensor], local_heads: int,
         if heads != local_heads:
             raise ValueError(
                 f"this KVMemory holds {heads} heads but this rank attends with {local_heads}: create "
-                "memories with model.new_memory() after parallelize()")
+                "memories with model.new_memory() after parallelize()"
+            )
         splits = token_splits(x.shape[1], sp.world_size)
         start = sum(splits[: sp.rank])
-        local = x[:, start: start + splits[sp.rank]]
+        local = x[:, start : start + splits[sp.rank]]
         out = denoise(local, e, e0, replace(inp, token_offset=start))
         return _gather_tokens(out, splits, sp)
 
@@ -243,6 +253,12 @@ def parallelize(model: LiveActTransformer, group: dist.ProcessGroup | None = Non
     model.denoise_tokens = _wrap_denoise(model.denoise_tokens, local_heads, sp)
     model._local_heads = local_heads
     model._sp_world_size = world_size
-    logger.info("sequence parallel: rank %d/%d attends with heads [%d, %d) of %d", rank, world_size,
-                rank * local_heads, (rank + 1) * local_heads, cfg.num_heads)
+    logger.info(
+        "sequence parallel: rank %d/%d attends with heads [%d, %d) of %d",
+        rank,
+        world_size,
+        rank * local_heads,
+        (rank + 1) * local_heads,
+        cfg.num_heads,
+    )
     return model

@@ -23,19 +23,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from liveact.audio import StreamingAudio, Wav2VecEncoder, load_audio, prepare_speech, select_channel
+from liveact.audio import StreamingAudio, load_audio, prepare_speech, select_channel
 from liveact.config import MemoryConfig, SamplerConfig, settings_from_dict
-from liveact.encoders import CLIPImageEncoder, T5TextEncoder
 from liveact.loading import AssetError, load_transformer, read_dit_config, resolve_assets
 from liveact.logmel import LogMelEncoder, LogMelStream
 from liveact.model import LiveActTransformer
 from liveact.sampler import Conditions, NeighborForcingSampler, audio_window, block_span
-from liveact.vae import WanVAE
+
+if TYPE_CHECKING:
+    from liveact.audio import Wav2VecEncoder
+    from liveact.encoders import CLIPImageEncoder, T5TextEncoder
+    from liveact.vae import WanVAE
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +93,21 @@ def check_device(device: torch.device | str) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a torch device name: use 'cpu', 'cuda' or "
-                         "'cuda:N'") from None
+        raise ValueError(
+            f"device={device!r} is not a torch device name: use 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     name = repr(str(device))
     if device.type == "cuda":
         if torch.version.cuda is None:
-            raise ValueError(f"device={name}, but this PyTorch build ({torch.__version__}) has no CUDA "
-                             "support: use device='cpu', or install the CUDA build of torch")
+            raise ValueError(
+                f"device={name}, but this PyTorch build ({torch.__version__}) has no CUDA "
+                "support: use device='cpu', or install the CUDA build of torch"
+            )
         if not torch.cuda.is_available():
-            raise ValueError(f"device={name}, but no CUDA GPU is visible to PyTorch (check the driver and "
-                             "CUDA_VISIBLE_DEVICES), or use device='cpu'")
+            raise ValueError(
+                f"device={name}, but no CUDA GPU is visible to PyTorch (check the driver and "
+                "CUDA_VISIBLE_DEVICES), or use device='cpu'"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device={name}, but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
@@ -116,7 +125,7 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - PIL raises several types for bad files
+    except Exception as exc:
         raise ValueError(f"unreadable image {path}: {exc}") from exc
 
 
@@ -175,12 +184,26 @@ class LiveActPipeline:
     """
 
     def __init__(
-        self, transformer: LiveActTransformer, vae: WanVAE, text_encoder: T5TextEncoder,
-        image_encoder: CLIPImageEncoder, audio_encoder: Wav2VecEncoder, *, size: tuple[int, int] = (480, 832),
-        fps: float = 24, audio_cfg: float = 1.0, mean_memory: bool = False, fp8_kv_cache: bool = False,
-        offload_cache: bool = False, vae_stitch: str = "continuous", stream_audio: bool = False,
-        downmix: bool = False, memory: MemoryConfig | None = None, schedule: SamplerConfig | None = None,
-        park_text_encoder: bool = False, edit_cfg: float | None = None,
+        self,
+        transformer: LiveActTransformer,
+        vae: WanVAE,
+        text_encoder: T5TextEncoder,
+        image_encoder: CLIPImageEncoder,
+        audio_encoder: Wav2VecEncoder,
+        *,
+        size: tuple[int, int] = (480, 832),
+        fps: float = 24,
+        audio_cfg: float = 1.0,
+        mean_memory: bool = False,
+        fp8_kv_cache: bool = False,
+        offload_cache: bool = False,
+        vae_stitch: str = "continuous",
+        stream_audio: bool = False,
+        downmix: bool = False,
+        memory: MemoryConfig | None = None,
+        schedule: SamplerConfig | None = None,
+        park_text_encoder: bool = False,
+        edit_cfg: float | None = None,
     ) -> None:
         width, height = size
         stride = (schedule or SamplerConfig()).vae_stride
@@ -200,15 +223,28 @@ class LiveActPipeline:
         if edit_cfg is not None:
             schedule = replace(schedule or SamplerConfig(), edit_cfg=edit_cfg)
         self.sampler = NeighborForcingSampler(
-            transformer, audio_cfg=audio_cfg, mean_memory=mean_memory, fp8_kv_cache=fp8_kv_cache,
-            offload_cache=offload_cache, memory=memory, sampler=schedule)
+            transformer,
+            audio_cfg=audio_cfg,
+            mean_memory=mean_memory,
+            fp8_kv_cache=fp8_kv_cache,
+            offload_cache=offload_cache,
+            memory=memory,
+            sampler=schedule,
+        )
 
     @classmethod
     def from_pretrained(
-        cls, ckpt_dir: str | Path | None = None, wav2vec_dir: str | Path | None = None,
-        device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16, t5_cpu: bool = False,
-        sequence_parallel: bool = False, fp8_gemm: bool = False, block_offload: bool = False,
-        tae_path: str | Path | None = None, **options: object,
+        cls,
+        ckpt_dir: str | Path | None = None,
+        wav2vec_dir: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        t5_cpu: bool = False,
+        sequence_parallel: bool = False,
+        fp8_gemm: bool = False,
+        block_offload: bool = False,
+        tae_path: str | Path | None = None,
+        **options: object,
     ) -> LiveActPipeline:
         """Load a checkpoint folder: the embedded LiveAct-Nano when ``ckpt_dir`` is None, a folder that
         names its own components (``components.json``: Nano-style), or the official asset folders
@@ -238,19 +274,42 @@ class LiveActPipeline:
         folder = default_model_dir() if ckpt_dir is None else Path(ckpt_dir)
         if read_components(folder) is not None:
             if wav2vec_dir is not None:
-                logger.warning("%s brings its own audio encoder; wav2vec_dir %s is not used", folder, wav2vec_dir)
+                logger.warning(
+                    "%s brings its own audio encoder; wav2vec_dir %s is not used", folder, wav2vec_dir
+                )
             if tae_path is not None:
-                raise ValueError(f"{folder} decodes with its own autoencoder; tae_path is for the official folders")
+                raise ValueError(
+                    f"{folder} decodes with its own autoencoder; tae_path is for the official folders"
+                )
             transformer = load_transformer(folder, dtype=dtype, device=device)
             parts = load_components(folder, device=device, dtype=dtype)
             defaults = model_defaults(folder)
-            options = {"size": defaults.get("size", (128, 128)), "fps": defaults.get("fps", 25),
-                       "schedule": parts.pop("schedule"), **{k: v for k, v in options.items() if v is not None}}
-            return cls(transformer, parts["vae"], parts["text_encoder"], parts["image_encoder"],
-                       parts["audio_encoder"], **options)
+            options = {
+                "size": defaults.get("size", (128, 128)),
+                "fps": defaults.get("fps", 25),
+                "schedule": parts.pop("schedule"),
+                **{k: v for k, v in options.items() if v is not None},
+            }
+            return cls(
+                transformer,
+                parts["vae"],
+                parts["text_encoder"],
+                parts["image_encoder"],
+                parts["audio_encoder"],
+                **options,
+            )
         if wav2vec_dir is None:
-            raise AssetError(f"{folder} is an official LiveAct checkpoint folder: it also needs wav2vec_dir, "
-                             "the wav2vec2 folder (chinese-wav2vec2-base)", argument="wav2vec_dir")
+            raise AssetError(
+                f"{folder} is an official LiveAct checkpoint folder: it also needs wav2vec_dir, "
+                "the wav2vec2 folder (chinese-wav2vec2-base)",
+                argument="wav2vec_dir",
+            )
+        # The official components import transformers' CLIP/umT5/wav2vec2 and diffusers (seconds):
+        # only a run with the official weights pays for them.
+        from liveact.audio import Wav2VecEncoder
+        from liveact.encoders import CLIPImageEncoder, T5TextEncoder
+        from liveact.vae import WanVAE
+
         paths = resolve_assets(folder, wav2vec_dir)
         try:
             memory, schedule = settings_from_dict(read_dit_config(paths.dit), str(paths.dit / "config.json"))
@@ -269,8 +328,9 @@ class LiveActPipeline:
             from liveact.quant import convert_linears_to_fp8
 
             # Host-resident weights (block offload) are quantised on the GPU one layer at a time.
-            convert_linears_to_fp8(transformer, run_device=device,
-                                   quantize_on=device if block_offload and on_gpu else None)
+            convert_linears_to_fp8(
+                transformer, run_device=device, quantize_on=device if block_offload and on_gpu else None
+            )
         if block_offload:
             from liveact.offload import enable_block_offload
 
@@ -281,8 +341,13 @@ class LiveActPipeline:
         if on_gpu:
             vae.to_channels_last()
         parked = bool(options.get("park_text_encoder"))
-        text = T5TextEncoder.from_pth(paths.t5, paths.t5_tokenizer, device="cpu" if t5_cpu or parked else device,
-                                      dtype=dtype, text_len=transformer.config.text_len)
+        text = T5TextEncoder.from_pth(
+            paths.t5,
+            paths.t5_tokenizer,
+            device="cpu" if t5_cpu or parked else device,
+            dtype=dtype,
+            text_len=transformer.config.text_len,
+        )
         image = CLIPImageEncoder.from_pth(paths.clip, device=device, dtype=dtype)
         audio = Wav2VecEncoder.from_pretrained(paths.wav2vec, device=device, dtype=dtype)
         decoder = None
@@ -290,7 +355,9 @@ class LiveActPipeline:
             from liveact.tae import TinyAutoencoder
 
             decoder = TinyAutoencoder.from_file(tae_path, device=device, dtype=dtype)
-        pipe = cls(transformer, vae, text, image, audio, **{k: v for k, v in options.items() if v is not None})
+        pipe = cls(
+            transformer, vae, text, image, audio, **{k: v for k, v in options.items() if v is not None}
+        )
         pipe.decoder = decoder or vae
         return pipe
 
@@ -347,8 +414,10 @@ class LiveActPipeline:
             self.sampler.release_memories()
             self.text_encoder.model.to(self.device)
         try:
-            contexts = [t.to(self.device, self.transformer.dtype)
-                        for t in self.text_encoder.encode_ids(input_ids, attention_mask)]
+            contexts = [
+                t.to(self.device, self.transformer.dtype)
+                for t in self.text_encoder.encode_ids(input_ids, attention_mask)
+            ]
         finally:
             if self.park_text_encoder:
                 self.text_encoder.model.to("cpu")
@@ -362,7 +431,9 @@ class LiveActPipeline:
         mem = self.sampler.memory_config
         latent_frames = mem.first_block_frames + mem.block_frames
         video_frames = 1 + (latent_frames - 1) * self.temporal_stride
-        video = torch.zeros(1, 3, video_frames, *image.shape[-2:], dtype=self.vae.dtype, device=self.vae.device)
+        video = torch.zeros(
+            1, 3, video_frames, *image.shape[-2:], dtype=self.vae.dtype, device=self.vae.device
+        )
         video[:, :, :1] = image.to(video)
         z = self.vae.encode(video)[None].float()
         mask = first_frame_mask(latent_frames, self.temporal_stride, *z.shape[-2:]).to(z)
@@ -386,8 +457,10 @@ class LiveActPipeline:
         duration = waveform.shape[-1] / sample_rate
         min_duration = 1.0 / self.fps
         if duration < min_duration:
-            raise ValueError(f"audio {request.audio} is {duration:.3f} s long; at least one frame "
-                             f"({min_duration:.3f} s) is needed")
+            raise ValueError(
+                f"audio {request.audio} is {duration:.3f} s long; at least one frame "
+                f"({min_duration:.3f} s) is needed"
+            )
         image = cover_crop(load_image(request.image), *self.size)
         self._trace("cond_image", image)
         num_blocks = self.num_blocks_for(duration)
@@ -409,38 +482,58 @@ class LiveActPipeline:
         cond = Conditions(text=texts[0], clip=clip, y=y, audio=embedding, edits=edits, audio_source=source)
         return PreparedClip(request, cond, duration, num_blocks, self.num_frames_for(duration), timings)
 
-    def _audio_conditioning(self, waveform: torch.Tensor, mono: torch.Tensor, sample_rate: int, num_blocks: int
-                            ) -> tuple[torch.Tensor, Callable[[int, int], torch.Tensor] | None]:
+    def _audio_conditioning(
+        self, waveform: torch.Tensor, mono: torch.Tensor, sample_rate: int, num_blocks: int
+    ) -> tuple[torch.Tensor, Callable[[int, int], torch.Tensor] | None]:
         """Audio rows ``[S, L, C]`` (one per video frame) and, when streaming, the per-block source."""
         source = None
         if isinstance(self.audio_encoder, LogMelEncoder):
             # Nano: log-mel rows computed at the video fps (no tempo change); a slice equals the whole.
-            rows = LogMelStream.from_waveform(self.audio_encoder, waveform[:1] if not self.downmix
-                                              else waveform.mean(0, keepdim=True), sample_rate, self.fps,
-                                              self.transformer.config.audio_window)
+            rows = LogMelStream.from_waveform(
+                self.audio_encoder,
+                waveform[:1] if not self.downmix else waveform.mean(0, keepdim=True),
+                sample_rate,
+                self.fps,
+                self.transformer.config.audio_window,
+            )
             if self.stream_audio:
                 source = lambda start, end: rows.embedding(start, end).to(self.device)  # noqa: E731
             # Rows for every frame the blocks cover (and the window past the last one): frames after
             # the speech hear silence, exactly as the per-block slices do, not a repeated last row.
             covered = self.frames_of_block(0) + (num_blocks - 1) * self.frames_of_block(1)
-            total = max(self.audio_encoder.num_rows(waveform.shape[-1], sample_rate, self.fps),
-                        covered + self.transformer.config.audio_window // 2)
+            total = max(
+                self.audio_encoder.num_rows(waveform.shape[-1], sample_rate, self.fps),
+                covered + self.transformer.config.audio_window // 2,
+            )
             embedding = rows.encoder.rows(rows.speech, self.fps, 0, total).to(self.device)
             self._trace("audio_embedding", embedding)
         elif self.stream_audio:
             # Encode per block on short slices only: an hour of audio is never encoded at once. Like
             # the reference, the slices come from the mono signal (it slices `audio_ori[:1]`).
-            streaming = StreamingAudio(self.audio_encoder, mono, sample_rate, self.fps,
-                                       self.transformer.config.audio_window, trace=self._trace)
+            streaming = StreamingAudio(
+                self.audio_encoder,
+                mono,
+                sample_rate,
+                self.fps,
+                self.transformer.config.audio_window,
+                trace=self._trace,
+            )
             source = lambda start, end: streaming.embedding(start, end).to(self.device)  # noqa: E731
             memory = self.sampler.memory_config
-            embedding = source(*audio_window(block_span(0, memory, self.temporal_stride), memory,
-                                             self.temporal_stride))
+            embedding = source(
+                *audio_window(block_span(0, memory, self.temporal_stride), memory, self.temporal_stride)
+            )
         else:
             # All channels are stretched together, then channel 0 is kept (the reference's order).
-            speech = prepare_speech(waveform, sample_rate, self.fps, self.audio_encoder.sample_rate,
-                                    audio_fps=self.audio_encoder.audio_fps, downmix=self.downmix,
-                                    trace=self._trace)
+            speech = prepare_speech(
+                waveform,
+                sample_rate,
+                self.fps,
+                self.audio_encoder.sample_rate,
+                audio_fps=self.audio_encoder.audio_fps,
+                downmix=self.downmix,
+                trace=self._trace,
+            )
             embedding = self.audio_encoder.encode(speech).to(self.device)
             self._trace("audio_embedding", embedding)
         return embedding, source
@@ -450,16 +543,37 @@ class LiveActPipeline:
         last = num_blocks - 1
         for (first, end), text in request.edits:
             if first > last:
-                logger.warning("edit [%d, %d] (%r) starts after the last block (%d) of this %d-block clip: "
-                               "it never applies", first, end, text, last, num_blocks)
+                logger.warning(
+                    "edit [%d, %d] (%r) starts after the last block (%d) of this %d-block clip: "
+                    "it never applies",
+                    first,
+                    end,
+                    text,
+                    last,
+                    num_blocks,
+                )
             elif end > last:
-                logger.warning("edit [%d, %d] (%r) runs past the last block (%d) of this %d-block clip: "
-                               "it applies to blocks %d..%d only", first, end, text, last, num_blocks, first,
-                               last)
+                logger.warning(
+                    "edit [%d, %d] (%r) runs past the last block (%d) of this %d-block clip: "
+                    "it applies to blocks %d..%d only",
+                    first,
+                    end,
+                    text,
+                    last,
+                    num_blocks,
+                    first,
+                    last,
+                )
 
-    def stream(self, clip: PreparedClip | Request, seed: int = 42, max_blocks: int | None = None,
-               generator: torch.Generator | None = None, decode: bool = True,
-               decode_ahead: bool = False) -> Iterator[torch.Tensor]:
+    def stream(
+        self,
+        clip: PreparedClip | Request,
+        seed: int = 42,
+        max_blocks: int | None = None,
+        generator: torch.Generator | None = None,
+        decode: bool = True,
+        decode_ahead: bool = False,
+    ) -> Iterator[torch.Tensor]:
         """Generate and decode block by block.
 
         Args:
@@ -508,12 +622,15 @@ class LiveActPipeline:
 
     def frames_of_block(self, index: int) -> int:
         """Video frames block ``index`` decodes to."""
-        return block_span(index, self.sampler.memory_config, self.temporal_stride).video_frames(self.temporal_stride)
+        return block_span(index, self.sampler.memory_config, self.temporal_stride).video_frames(
+            self.temporal_stride
+        )
 
 
 @contextmanager
-def _stage(name: str, device: torch.device, timings: dict[str, float],
-           report: Callable[[str], None]) -> Iterator[None]:
+def _stage(
+    name: str, device: torch.device, timings: dict[str, float], report: Callable[[str], None]
+) -> Iterator[None]:
     """Report stage ``name`` as it starts and record its seconds in ``timings`` (synchronised on CUDA)."""
     report(name)
     start = time.perf_counter()
@@ -523,5 +640,14 @@ def _stage(name: str, device: torch.device, timings: dict[str, float],
     timings[name] = time.perf_counter() - start
 
 
-__all__ = ["PREPARE_STAGES", "AssetError", "LiveActPipeline", "PreparedClip", "Request", "check_device",
-           "cover_crop", "first_frame_mask", "load_image"]
+__all__ = [
+    "PREPARE_STAGES",
+    "AssetError",
+    "LiveActPipeline",
+    "PreparedClip",
+    "Request",
+    "check_device",
+    "cover_crop",
+    "first_frame_mask",
+    "load_image",
+]

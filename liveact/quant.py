@@ -96,8 +96,15 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
 
 
-def scaled_matmul(qx: torch.Tensor, sx: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                  bias: torch.Tensor | None, recipe: str = "rowwise", fast_accum: bool = True) -> torch.Tensor:
+def scaled_matmul(
+    qx: torch.Tensor,
+    sx: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    recipe: str = "rowwise",
+    fast_accum: bool = True,
+) -> torch.Tensor:
     """``(qx * sx) @ (weight * weight_scale)^T + bias`` on FP8 tensor cores, bf16 out.
 
     Args:
@@ -113,19 +120,28 @@ def scaled_matmul(qx: torch.Tensor, sx: torch.Tensor, weight: torch.Tensor, weig
         ``[M, N]`` bf16.
     """
     if recipe == "rowwise":
-        return torch._scaled_mm(qx, weight.t(), scale_a=sx, scale_b=weight_scale, bias=bias,
-                                out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
+        return torch._scaled_mm(
+            qx,
+            weight.t(),
+            scale_a=sx,
+            scale_b=weight_scale,
+            bias=bias,
+            out_dtype=torch.bfloat16,
+            use_fast_accum=fast_accum,
+        )
     if recipe != "tensorwise":
         raise ValueError(f"unknown FP8 recipe {recipe!r}; choose one of {RECIPES}")
     one = torch.ones((), dtype=torch.float32, device=qx.device)
-    acc = torch._scaled_mm(qx, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.float32,
-                           use_fast_accum=fast_accum)
+    acc = torch._scaled_mm(
+        qx, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.float32, use_fast_accum=fast_accum
+    )
     out = acc * sx * weight_scale
     return (out if bias is None else out + bias.float()).to(torch.bfloat16)
 
 
 def probe_recipe(device: torch.device | str, recipe: str, fast_accum: bool = True) -> str | None:
-    """Run ``recipe`` once on ``device`` with the exact operands the layers use; None if it works, else why not.
+    """Run ``recipe`` once on ``device`` with the exact operands the layers use; None if it works, else
+    why not.
 
     M = 1 and M = 257 (a single token, and a count no tile divides), K = 64, N = 48, bf16 bias; the
     result must match the same product computed in fp32 from the quantised operands.
@@ -145,7 +161,7 @@ def probe_recipe(device: torch.device | str, recipe: str, fast_accum: bool = Tru
             err = float((out.float() - expected).norm() / expected.norm())
             if not err < 1e-2:  # bf16 output rounding is ~4e-3; anything larger is a wrong kernel
                 return f"relative error {err:.2e} against fp32 for M={m}"
-    except Exception as exc:  # noqa: BLE001 - any failure means "this recipe does not run here"
+    except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
 
@@ -168,10 +184,16 @@ def choose_recipe(device: torch.device | str, fast_accum: bool = True) -> str:
         reason = probe_recipe(device, recipe, fast_accum)
         if reason is None:
             if recipe != RECIPES[0]:
-                logger.warning("FP8 GEMM: row-wise scaled _scaled_mm does not run on %s (%s); using the "
-                               "tensor-wise kernel with the scales applied after it (same results, one more "
-                               "elementwise pass per layer)", device, reasons[RECIPES[0]])
-            logger.info("FP8 GEMM recipe on %s: %s%s", device, recipe, ", fast accumulation" if fast_accum else "")
+                logger.warning(
+                    "FP8 GEMM: row-wise scaled _scaled_mm does not run on %s (%s); using the "
+                    "tensor-wise kernel with the scales applied after it (same results, one more "
+                    "elementwise pass per layer)",
+                    device,
+                    reasons[RECIPES[0]],
+                )
+            logger.info(
+                "FP8 GEMM recipe on %s: %s%s", device, recipe, ", fast accumulation" if fast_accum else ""
+            )
             _RECIPE_CACHE[key] = recipe
             return recipe
         reasons[recipe] = reason
@@ -195,9 +217,17 @@ class FP8Linear(nn.Module):
         recipe: the ``_scaled_mm`` recipe (``choose_recipe``); fast_accum: its accumulation mode.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, emulate: bool = False,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 recipe: str = "rowwise", fast_accum: bool = True) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        emulate: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        recipe: str = "rowwise",
+        fast_accum: bool = True,
+    ) -> None:
         super().__init__()
         if recipe not in RECIPES:
             raise ValueError(f"unknown FP8 recipe {recipe!r}; choose one of {RECIPES}")
@@ -211,20 +241,34 @@ class FP8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(1, out_features, dtype=torch.float32, device=device))
         self.bias = (
             nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False)
-            if bias else None
+            if bias
+            else None
         )
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, emulate: bool = False, recipe: str = "rowwise",
-                    fast_accum: bool = True, quantize_on: torch.device | str | None = None) -> FP8Linear:
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        emulate: bool = False,
+        recipe: str = "rowwise",
+        fast_accum: bool = True,
+        quantize_on: torch.device | str | None = None,
+    ) -> FP8Linear:
         """Quantise ``linear`` (no extra high-precision copy kept; see ``from_linears``)."""
-        return cls.from_linears([linear], emulate=emulate, recipe=recipe, fast_accum=fast_accum,
-                                quantize_on=quantize_on)
+        return cls.from_linears(
+            [linear], emulate=emulate, recipe=recipe, fast_accum=fast_accum, quantize_on=quantize_on
+        )
 
     @classmethod
     @torch.no_grad()
-    def from_linears(cls, linears: Sequence[nn.Linear], emulate: bool = False, recipe: str = "rowwise",
-                     fast_accum: bool = True, quantize_on: torch.device | str | None = None) -> FP8Linear:
+    def from_linears(
+        cls,
+        linears: Sequence[nn.Linear],
+        emulate: bool = False,
+        recipe: str = "rowwise",
+        fast_accum: bool = True,
+        quantize_on: torch.device | str | None = None,
+    ) -> FP8Linear:
         """One FP8 layer computing the concatenated outputs of ``linears`` (same input width).
 
         Each linear is quantised with its own per-tensor scale, so the fused layer's outputs are
@@ -240,8 +284,16 @@ class FP8Linear(nn.Module):
         home = first.weight.device
         n = sum(lin.out_features for lin in linears)
         # Built on meta so no placeholder weight is allocated; every tensor is replaced below.
-        out = cls(first.in_features, n, bias=all(has_bias), emulate=emulate, device="meta",
-                  dtype=first.weight.dtype, recipe=recipe, fast_accum=fast_accum)
+        out = cls(
+            first.in_features,
+            n,
+            bias=all(has_bias),
+            emulate=emulate,
+            device="meta",
+            dtype=first.weight.dtype,
+            recipe=recipe,
+            fast_accum=fast_accum,
+        )
         weights, scales = [], []
         for lin in linears:
             q, scale = quantize_per_tensor(lin.weight.detach().to(quantize_on or home))
@@ -254,9 +306,11 @@ class FP8Linear(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, emulate={self.emulate}, recipe={self.recipe}, "
-                f"fast_accum={self.fast_accum}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, emulate={self.emulate}, recipe={self.recipe}, "
+            f"fast_accum={self.fast_accum}"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., K] -> [..., N]`` in the dtype of ``x``."""
@@ -287,9 +341,11 @@ class FP8Linear(nn.Module):
             raise RuntimeError(
                 f"FP8Linear got input on {qx.device} with weight dtype {self.weight.dtype}: the FP8 GEMM "
                 "needs a CUDA sm89+ device and a float8 weight (convert after any model.to(dtype)); "
-                "use emulate=True to run elsewhere")
-        return scaled_matmul(qx, sx, self.weight, self.weight_scale, self._bias_bf16(), self.recipe,
-                             self.fast_accum)
+                "use emulate=True to run elsewhere"
+            )
+        return scaled_matmul(
+            qx, sx, self.weight, self.weight_scale, self._bias_bf16(), self.recipe, self.fast_accum
+        )
 
 
 def blocks_only(module: nn.Module, fqn: str) -> bool:
@@ -308,41 +364,60 @@ def check_fp8_device(device: torch.device) -> None:
     """
     target = device if device.type == "cuda" else torch.device("cuda")
     if not hasattr(torch, "_scaled_mm"):
-        raise RuntimeError(f"FP8 GEMM needs torch._scaled_mm, missing in torch {torch.__version__}; "
-                           "upgrade torch, or pass emulate=True to test the numerics without it")
+        raise RuntimeError(
+            f"FP8 GEMM needs torch._scaled_mm, missing in torch {torch.__version__}; "
+            "upgrade torch, or pass emulate=True to test the numerics without it"
+        )
     if not torch.cuda.is_available():
         raise RuntimeError(
             "FP8 GEMM needs a CUDA GPU with FP8 tensor cores (compute capability 8.9+: L40S, RTX 4090, "
-            "H100, H200, B200) and none is available; pass emulate=True to test the numerics on this machine")
+            "H100, H200, B200) and none is available; pass emulate=True to test the numerics on this machine"
+        )
     if not fp8_supported(target):
         cap = torch.cuda.get_device_capability(target)
         raise RuntimeError(
             f"FP8 GEMM needs compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}+ but "
             f"{torch.cuda.get_device_name(target)} ({target}) has {cap[0]}.{cap[1]}; run without FP8 GEMMs "
-            "on this GPU, or pass emulate=True to test the numerics")
+            "on this GPU, or pass emulate=True to test the numerics"
+        )
 
 
 def _eligible(linear: nn.Module, fqn: str, module_filter: ModuleFilter | None) -> bool:
     if type(linear) is not nn.Linear or (module_filter is not None and not module_filter(linear, fqn)):
         return False
     if linear.in_features % DIM_MULTIPLE or linear.out_features % DIM_MULTIPLE:
-        logger.debug("FP8: skipping %s (%d -> %d, not multiples of %d)", fqn, linear.in_features,
-                     linear.out_features, DIM_MULTIPLE)
+        logger.debug(
+            "FP8: skipping %s (%d -> %d, not multiples of %d)",
+            fqn,
+            linear.in_features,
+            linear.out_features,
+            DIM_MULTIPLE,
+        )
         return False
     return True
 
 
 def _qkv_owners(model: nn.Module) -> list[str]:
     """Names of modules with ``q``, ``k``, ``v`` linears and an empty ``qkv`` slot (``SelfAttention``)."""
-    return [fqn for fqn, m in model.named_modules()
-            if "qkv" in m.__dict__ and m.__dict__["qkv"] is None
-            and all(type(getattr(m, n, None)) is nn.Linear for n in ("q", "k", "v"))]
+    return [
+        fqn
+        for fqn, m in model.named_modules()
+        if "qkv" in m.__dict__
+        and m.__dict__["qkv"] is None
+        and all(type(getattr(m, n, None)) is nn.Linear for n in ("q", "k", "v"))
+    ]
 
 
-def convert_linears_to_fp8(model: nn.Module, module_filter: ModuleFilter | None = None,
-                           emulate: bool = False, run_device: torch.device | str | None = None,
-                           fuse_qkv: bool = True, fast_accum: bool = True, recipe: str | None = None,
-                           quantize_on: torch.device | str | None = None) -> int:
+def convert_linears_to_fp8(
+    model: nn.Module,
+    module_filter: ModuleFilter | None = None,
+    emulate: bool = False,
+    run_device: torch.device | str | None = None,
+    fuse_qkv: bool = True,
+    fast_accum: bool = True,
+    recipe: str | None = None,
+    quantize_on: torch.device | str | None = None,
+) -> int:
     """Replace eligible ``nn.Linear`` modules of ``model`` by ``FP8Linear``, in place.
 
     A linear is eligible when both ``in_features`` and ``out_features`` are multiples of 16 and
@@ -372,7 +447,9 @@ def convert_linears_to_fp8(model: nn.Module, module_filter: ModuleFilter | None 
     """
     if not emulate:
         first = next((m.weight for m in model.modules() if isinstance(m, nn.Linear)), None)
-        where = torch.device(run_device if run_device is not None else (first.device if first is not None else "cuda"))
+        where = torch.device(
+            run_device if run_device is not None else (first.device if first is not None else "cuda")
+        )
         check_fp8_device(where)
         recipe = recipe or choose_recipe(where if where.type == "cuda" else torch.device("cuda"), fast_accum)
     recipe = recipe or "rowwise"
@@ -402,7 +479,14 @@ def convert_linears_to_fp8(model: nn.Module, module_filter: ModuleFilter | None 
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, FP8Linear.from_linear(linear, **options))
         converted += 1
-    logger.info("FP8: converted %d linear layers (%d fused q/k/v)%s, recipe %s, skipped %d with dims not "
-                "divisible by %d", converted, fused, " (emulated)" if emulate else "", recipe, skipped,
-                DIM_MULTIPLE)
+    logger.info(
+        "FP8: converted %d linear layers (%d fused q/k/v)%s, recipe %s, skipped %d with dims not "
+        "divisible by %d",
+        converted,
+        fused,
+        " (emulated)" if emulate else "",
+        recipe,
+        skipped,
+        DIM_MULTIPLE,
+    )
     return converted

@@ -19,11 +19,15 @@ from liveact.islands import island
 def _axis_angles(positions: torch.Tensor, pairs: int, theta: float) -> torch.Tensor:
     """Angles ``[P, pairs]`` (float64) for integer ``positions`` ``[P]`` along one axis."""
     exponents = torch.arange(0, 2 * pairs, 2, dtype=torch.float64) / (2 * pairs)
-    return torch.outer(positions.to(torch.float64), theta ** -exponents)
+    return torch.outer(positions.to(torch.float64), theta**-exponents)
 
 
 def rope_table(
-    frames: int, height: int, width: int, split: tuple[int, int, int], theta: float = 10000.0,
+    frames: int,
+    height: int,
+    width: int,
+    split: tuple[int, int, int],
+    theta: float = 10000.0,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for a ``frames x height x width`` token grid in raster (t, h, w) order.

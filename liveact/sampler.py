@@ -95,8 +95,14 @@ def block_span(index: int, memory: MemoryConfig, temporal_stride: int) -> BlockS
     return BlockSpan(index, first_latent, later, first, 1 + (first_latent - 1) * temporal_stride)
 
 
-def audio_rows(span: BlockSpan, num_rows: int, window: int, temporal_stride: int, offset: int = 0,
-               device: torch.device | str | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+def audio_rows(
+    span: BlockSpan,
+    num_rows: int,
+    window: int,
+    temporal_stride: int,
+    offset: int = 0,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Audio-encoder rows feeding each latent frame of a block, clamped to ``[0, num_rows - 1]``.
 
     The clip's latent 0 sees video frame 0 and ``window // 2`` neighbours each side; every other latent
@@ -115,7 +121,12 @@ def audio_rows(span: BlockSpan, num_rows: int, window: int, temporal_stride: int
         first_latent, count = 1, span.frames - 1
     else:
         count = span.frames
-    starts = 1 + (torch.arange(first_latent, first_latent + count, device=device) - 1) * temporal_stride - half - offset
+    starts = (
+        1
+        + (torch.arange(first_latent, first_latent + count, device=device) - 1) * temporal_stride
+        - half
+        - offset
+    )
     later = starts[:, None] + torch.arange(window + temporal_stride - 1, device=device)[None]
     return first, later.clamp(0, num_rows - 1)
 
@@ -150,16 +161,24 @@ class NeighborForcingSampler:
     """
 
     def __init__(
-        self, model: LiveActTransformer, audio_cfg: float = 1.0, mean_memory: bool = False,
-        fp8_kv_cache: bool = False, offload_cache: bool = False, memory: MemoryConfig | None = None,
-        sampler: SamplerConfig | None = None, max_cached_prompts: int = 2, context: str = "neighbor",
+        self,
+        model: LiveActTransformer,
+        audio_cfg: float = 1.0,
+        mean_memory: bool = False,
+        fp8_kv_cache: bool = False,
+        offload_cache: bool = False,
+        memory: MemoryConfig | None = None,
+        sampler: SamplerConfig | None = None,
+        max_cached_prompts: int = 2,
+        context: str = "neighbor",
     ) -> None:
         if context not in ("neighbor", "clean"):
             raise ValueError(f"context must be 'neighbor' or 'clean', got {context!r}")
         self.context = context
         memory = memory or MemoryConfig()
-        self.memory_config = replace(memory, compression="mean" if mean_memory else memory.compression,
-                                     fp8=fp8_kv_cache or memory.fp8, offload=offload_cache or memory.offload)
+        self.memory_config = memory.with_flags(
+            fp8_kv_cache=fp8_kv_cache, offload_cache=offload_cache, mean_memory=mean_memory
+        )
         self.config = replace(sampler or SamplerConfig(), audio_cfg=audio_cfg)
         self.model = model
         self.max_cached_prompts = max(1, max_cached_prompts)
@@ -184,7 +203,9 @@ class NeighborForcingSampler:
             self._memories = [memories[i % count] for i in range(self.config.num_steps)]
             null = [make() for _ in range(min(count, len(self.config.cfg_steps)))]
             self._null_memories = (
-                {i: null[j % len(null)] for j, i in enumerate(self.config.cfg_steps)} if self.config.use_cfg else {}
+                {i: null[j % len(null)] for j, i in enumerate(self.config.cfg_steps)}
+                if self.config.use_cfg
+                else {}
             )
             self._frame_len = frame_len
         else:
@@ -199,13 +220,19 @@ class NeighborForcingSampler:
     def _check(self, cond: Conditions) -> None:
         mcfg, scfg = self.model.config, self.memory_config
         if cond.y.ndim != 5 or cond.y.shape[1] != mcfg.cond_dim:
-            raise ValueError(f"Conditions.y must be [1, {mcfg.cond_dim}, F, lh, lw], got {tuple(cond.y.shape)}")
+            raise ValueError(
+                f"Conditions.y must be [1, {mcfg.cond_dim}, F, lh, lw], got {tuple(cond.y.shape)}"
+            )
         if cond.y.shape[2] < scfg.first_block_frames + scfg.block_frames:
-            raise ValueError(f"Conditions.y has {cond.y.shape[2]} latent frames; the layout needs "
-                             f"{scfg.first_block_frames + scfg.block_frames}")
+            raise ValueError(
+                f"Conditions.y has {cond.y.shape[2]} latent frames; the layout needs "
+                f"{scfg.first_block_frames + scfg.block_frames}"
+            )
         if cond.audio.ndim != 3 or cond.audio.shape[1] * cond.audio.shape[2] != mcfg.audio_feature_dim:
-            raise ValueError(f"Conditions.audio must be [S, {mcfg.audio_layers}, {mcfg.audio_channels}], "
-                             f"got {tuple(cond.audio.shape)}")
+            raise ValueError(
+                f"Conditions.audio must be [S, {mcfg.audio_layers}, {mcfg.audio_channels}], "
+                f"got {tuple(cond.audio.shape)}"
+            )
         for (first, last), _ in cond.edits:
             if not 0 <= first <= last:
                 raise ValueError(f"edit range [{first}, {last}] must satisfy 0 <= first <= last")
@@ -226,7 +253,10 @@ class NeighborForcingSampler:
 
     @torch.no_grad()
     def stream(
-        self, cond: Conditions, num_blocks: int, generator: torch.Generator | None = None,
+        self,
+        cond: Conditions,
+        num_blocks: int,
+        generator: torch.Generator | None = None,
     ) -> Iterator[torch.Tensor]:
         """Generate ``num_blocks`` latent blocks, one at a time.
 
@@ -271,7 +301,7 @@ class NeighborForcingSampler:
             # Edit guidance: on an edited block, push away from what the main prompt alone would make.
             base = CrossContext(text=text_kv(0), image=image_kv) if prompt and scfg.use_edit_cfg else None
             context = CrossContext(text=text_kv(prompt), image=image_kv)
-            y_block = y[:, span.y_start: span.y_start + span.frames]
+            y_block = y[:, span.y_start : span.y_start + span.frames]
             silent = 1 if span.first_latent == 0 else 0
             audio = self.block_audio(cond, span)
             null_audio = self.block_audio(cond, span, null=True) if scfg.use_cfg else None
@@ -283,16 +313,26 @@ class NeighborForcingSampler:
                     # Same block over the same history: the edited pass runs last, so the keys/values
                     # the memory keeps for later blocks are the edited ones, as without guidance.
                     memories[i].begin_block(k)
-                    v_base = model(latent, y_block, t_all[i], base, memories[i], audio=step_audio,
-                                   silent_frames=silent)
+                    v_base = model(
+                        latent, y_block, t_all[i], base, memories[i], audio=step_audio, silent_frames=silent
+                    )
                 memories[i].begin_block(k)
-                v = model(latent, y_block, t_all[i], context, memories[i], audio=step_audio, silent_frames=silent)
+                v = model(
+                    latent, y_block, t_all[i], context, memories[i], audio=step_audio, silent_frames=silent
+                )
                 if base is not None:
                     v = v_base + scfg.edit_cfg * (v - v_base)
                 if i in null_memories:
                     null_memories[i].begin_block(k)
-                    v_null = model(latent, y_block, t_all[i], context, null_memories[i], audio=null_audio,
-                                   silent_frames=silent)
+                    v_null = model(
+                        latent,
+                        y_block,
+                        t_all[i],
+                        context,
+                        null_memories[i],
+                        audio=null_audio,
+                        silent_frames=silent,
+                    )
                     v = v_null + scfg.audio_cfg * (v - v_null)
                 x0 = latent - sigmas[i] * v.float()
                 latent = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * self._noise(shape, generator)
@@ -303,8 +343,15 @@ class NeighborForcingSampler:
                 model(x0, y_block, t_clean, context, memories[0], audio=audio, silent_frames=silent)
                 if null_memories:
                     null_memories[scfg.cfg_steps[0]].begin_block(k)
-                    model(x0, y_block, t_clean, context, null_memories[scfg.cfg_steps[0]], audio=null_audio,
-                          silent_frames=silent)
+                    model(
+                        x0,
+                        y_block,
+                        t_clean,
+                        context,
+                        null_memories[scfg.cfg_steps[0]],
+                        audio=null_audio,
+                        silent_frames=silent,
+                    )
             yield latent
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -314,5 +361,7 @@ class NeighborForcingSampler:
         make the host wait for all queued GPU work before it can queue the next step.
         """
         pin = generator.device.type == "cpu" and self.model.device.type == "cuda"
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device, pin_memory=pin)
+        noise = torch.randn(
+            shape, generator=generator, dtype=torch.float32, device=generator.device, pin_memory=pin
+        )
         return noise.to(self.model.device, non_blocking=True)

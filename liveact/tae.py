@@ -47,8 +47,13 @@ class MemBlock(nn.Module):
 
     def __init__(self, n_in: int, n_out: int) -> None:
         super().__init__()
-        self.conv = nn.Sequential(_conv(n_in * 2, n_out), nn.ReLU(inplace=True), _conv(n_out, n_out),
-                                  nn.ReLU(inplace=True), _conv(n_out, n_out))
+        self.conv = nn.Sequential(
+            _conv(n_in * 2, n_out),
+            nn.ReLU(inplace=True),
+            _conv(n_out, n_out),
+            nn.ReLU(inplace=True),
+            _conv(n_out, n_out),
+        )
         self.skip = nn.Conv2d(n_in, n_out, 1, bias=False) if n_in != n_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
@@ -105,10 +110,14 @@ class TAEConfig:
 
     def to_dict(self) -> dict:
         """JSON-serialisable fields."""
-        return {"latent_channels": self.latent_channels, "encoder_widths": list(self.encoder_widths),
-                "decoder_widths": list(self.decoder_widths),
-                "encoder_time_downscale": list(self.encoder_time_downscale),
-                "decoder_time_upscale": list(self.decoder_time_upscale), "blocks_per_stage": self.blocks_per_stage}
+        return {
+            "latent_channels": self.latent_channels,
+            "encoder_widths": list(self.encoder_widths),
+            "decoder_widths": list(self.decoder_widths),
+            "encoder_time_downscale": list(self.encoder_time_downscale),
+            "decoder_time_upscale": list(self.decoder_time_upscale),
+            "blocks_per_stage": self.blocks_per_stage,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> TAEConfig:
@@ -137,8 +146,11 @@ def _decoder(cfg: TAEConfig) -> nn.Sequential:
     layers: list[nn.Module] = [Clamp(), _conv(cfg.latent_channels, widths[0]), nn.ReLU(inplace=True)]
     for stage, up in enumerate(cfg.decoder_time_upscale):
         layers += [MemBlock(widths[stage], widths[stage]) for _ in range(n)]
-        layers += [nn.Upsample(scale_factor=2), TimeGrow(widths[stage], 2 if up else 1),
-                   _conv(widths[stage], widths[stage + 1], bias=False)]
+        layers += [
+            nn.Upsample(scale_factor=2),
+            TimeGrow(widths[stage], 2 if up else 1),
+            _conv(widths[stage], widths[stage + 1], bias=False),
+        ]
     layers += [nn.ReLU(inplace=True), _conv(widths[-1], 3)]
     return nn.Sequential(*layers)
 
@@ -158,7 +170,11 @@ def run_causal(layers: nn.Sequential, x: torch.Tensor, batch: int, state: list |
     for i, layer in enumerate(layers):
         if isinstance(layer, MemBlock):
             frames = x.unflatten(0, (batch, -1))  # [N, T, C, H, W]
-            first = frames.new_zeros(frames[:, :1].shape) if state is None or state[i] is None else state[i][:, None]
+            first = (
+                frames.new_zeros(frames[:, :1].shape)
+                if state is None or state[i] is None
+                else state[i][:, None]
+            )
             past = torch.cat([first, frames[:, :-1]], dim=1).flatten(0, 1)
             if state is not None:
                 state[i] = frames[:, -1].detach()
@@ -187,8 +203,9 @@ class TinyAutoencoder(nn.Module):
     # -------------------------------------------------------------------------------- loading
 
     @classmethod
-    def from_file(cls, path: str | Path, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> TinyAutoencoder:
+    def from_file(
+        cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> TinyAutoencoder:
         """Load a ``.pth`` or ``.safetensors`` state dict in the TAEHV layout; widths inferred from it."""
         from liveact.loading import AssetError, load_pth
 
@@ -251,8 +268,9 @@ class TinyAutoencoder(nn.Module):
         z = run_causal(self.encoder, frames, n).unflatten(0, (n, -1)).transpose(1, 2)
         return (z - self.latent_mean.view(1, -1, 1, 1, 1)) / self.latent_std.view(1, -1, 1, 1, 1)
 
-    def decode_frames(self, latent: torch.Tensor, state: list | None = None, first: bool = True,
-                      clamp: bool = True) -> torch.Tensor:
+    def decode_frames(
+        self, latent: torch.Tensor, state: list | None = None, first: bool = True, clamp: bool = True
+    ) -> torch.Tensor:
         """Differentiable decode (training) or one streamed block (with ``state``).
 
         Args:
@@ -270,7 +288,7 @@ class TinyAutoencoder(nn.Module):
         x = run_causal(self.decoder, z.transpose(1, 2).flatten(0, 1).to(self.dtype), n, state)
         video = x.unflatten(0, (n, -1)).transpose(1, 2)
         video = (video.clamp(0, 1) if clamp else video) * 2 - 1
-        return video[:, :, self.temporal_stride - 1:] if first else video
+        return video[:, :, self.temporal_stride - 1 :] if first else video
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -287,8 +305,9 @@ class TinyAutoencoder(nn.Module):
     def stream_decoder(self, stitch: str = "continuous") -> TAEStreamDecoder:
         """A block-by-block decoder (the tiny autoencoder decodes continuously only)."""
         if stitch != "continuous":
-            raise ValueError(f"the tiny autoencoder decodes continuously; stitch={stitch!r} applies to the "
-                             "Wan VAE only")
+            raise ValueError(
+                f"the tiny autoencoder decodes continuously; stitch={stitch!r} applies to the Wan VAE only"
+            )
         return TAEStreamDecoder(self)
 
 
@@ -305,11 +324,14 @@ class TAEStreamDecoder:
 
     @torch.no_grad()
     def decode_block(self, latent: torch.Tensor) -> torch.Tensor:
-        """``[C, T, h, w]`` -> ``[1, 3, F, H, W]`` in [-1, 1]: ``F = 4T - 3`` for the first block, else ``4T``."""
+        """``[C, T, h, w]`` -> ``[1, 3, F, H, W]`` in [-1, 1]: ``F = 4T - 3`` for the first block, else
+        ``4T``."""
         first = self._state is None
         if first:
             self._state = [None] * len(self.tae.decoder)
-        return self.tae.decode_frames(latent.to(self.tae.device, self.tae.dtype)[None], self._state, first).float()
+        return self.tae.decode_frames(
+            latent.to(self.tae.device, self.tae.dtype)[None], self._state, first
+        ).float()
 
 
 def infer_tae_config(state: dict[str, torch.Tensor]) -> TAEConfig:
@@ -319,8 +341,15 @@ def infer_tae_config(state: dict[str, torch.Tensor]) -> TAEConfig:
 
     def one_by_one(part: str) -> list[int]:
         # TimePool / TimeGrow: 1x1 convs directly under the sequence index (no deeper module path).
-        return sorted(int(k.split(".")[1]) for k in state if k.startswith(f"{part}.") and k.endswith(".conv.weight")
-                      and k.count(".") == 3 and state[k].ndim == 4 and state[k].shape[-1] == 1)
+        return sorted(
+            int(k.split(".")[1])
+            for k in state
+            if k.startswith(f"{part}.")
+            and k.endswith(".conv.weight")
+            and k.count(".") == 3
+            and state[k].ndim == 4
+            and state[k].shape[-1] == 1
+        )
 
     pools, grows = one_by_one("encoder"), one_by_one("decoder")
     if len(pools) != 3 or len(grows) != 3:
@@ -330,12 +359,20 @@ def infer_tae_config(state: dict[str, torch.Tensor]) -> TAEConfig:
         w = state[f"encoder.{i}.conv.weight"]
         enc_down.append(w.shape[1] // w.shape[0] == 2)
         enc_widths.append(state[f"encoder.{i + 1}.weight"].shape[0])  # the strided conv after the pool
-    dec_up = tuple(state[f"decoder.{i}.conv.weight"].shape[0] // state[f"decoder.{i}.conv.weight"].shape[1] == 2
-                   for i in grows)
+    dec_up = tuple(
+        state[f"decoder.{i}.conv.weight"].shape[0] // state[f"decoder.{i}.conv.weight"].shape[1] == 2
+        for i in grows
+    )
     widths = [dec_first] + [state[f"decoder.{i + 1}.weight"].shape[0] for i in grows]
     per_stage = (grows[1] - grows[0]) - 3
-    return TAEConfig(latent_channels=latent, encoder_widths=tuple(enc_widths), decoder_widths=tuple(widths),
-                     encoder_time_downscale=tuple(enc_down), decoder_time_upscale=dec_up, blocks_per_stage=per_stage)
+    return TAEConfig(
+        latent_channels=latent,
+        encoder_widths=tuple(enc_widths),
+        decoder_widths=tuple(widths),
+        encoder_time_downscale=tuple(enc_down),
+        decoder_time_upscale=dec_up,
+        blocks_per_stage=per_stage,
+    )
 
 
 def he_init(model: nn.Module) -> None:

@@ -92,15 +92,22 @@ def _cysox_tempo(src: Path, dst: Path, rate: int, channels: int, argument: str) 
     signal = sox.SignalInfo(rate=float(rate), channels=channels, precision=32)
     source = sox.Format(str(src), signal=signal, encoding=encoding, filetype="raw")
     try:
-        sink = sox.Format(str(dst), signal=sox.SignalInfo(rate=float(rate), channels=channels, precision=32),
-                          encoding=encoding, filetype="raw", mode="w")
+        sink = sox.Format(
+            str(dst),
+            signal=sox.SignalInfo(rate=float(rate), channels=channels, precision=32),
+            encoding=encoding,
+            filetype="raw",
+            mode="w",
+        )
         try:
             chain = sox.EffectsChain(source.encoding, sink.encoding)
             # libsox writes the negotiated signal back into `interim`; it must be our own struct.
-            interim = sox.SignalInfo(rate=float(rate), channels=channels, precision=32,
-                                     length=source.signal.length)
-            target = sox.SignalInfo(rate=float(rate), channels=channels, precision=32,
-                                    length=source.signal.length)
+            interim = sox.SignalInfo(
+                rate=float(rate), channels=channels, precision=32, length=source.signal.length
+            )
+            target = sox.SignalInfo(
+                rate=float(rate), channels=channels, precision=32, length=source.signal.length
+            )
             for name, options in (("input", [source]), ("tempo", [argument]), ("output", [sink])):
                 effect = sox.Effect(sox.find_effect(name))
                 if effect.set_options(options) != sox.SUCCESS:
@@ -117,8 +124,12 @@ def _cysox_tempo(src: Path, dst: Path, rate: int, channels: int, argument: str) 
 def _sox_cli_tempo(src: Path, dst: Path, rate: int, channels: int, argument: str) -> None:
     """The ``sox`` command line, as the fixtures were made: ``sox -D ... tempo <factor>``."""
     raw = ["-t", "raw", "-e", "signed-integer", "-b", "32", "-c", str(channels), "-r", str(rate)]
-    proc = subprocess.run([_sox_exe() or "sox", "-D", "-V1", *raw, str(src), *raw, str(dst), "tempo", argument],
-                          check=False, capture_output=True, text=True)
+    proc = subprocess.run(
+        [_sox_exe() or "sox", "-D", "-V1", *raw, str(src), *raw, str(dst), "tempo", argument],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"sox tempo failed (status {proc.returncode}): {proc.stderr.strip()}")
 
@@ -182,7 +193,8 @@ def _atempo(waveform: torch.Tensor, sample_rate: int, factor: float) -> torch.Te
     if not _warned_inexact:
         _warned_inexact = True
         logger.warning(
-            "audio tempo %.6g runs through ffmpeg's atempo, which is NOT the authors' sox tempo: at fps != 25 the "
+            "audio tempo %.6g runs through ffmpeg's atempo, which is NOT the authors' sox tempo: "
+            "at fps != 25 the "
             "audio features, and so the video, differ from the official pipeline's. Install libsox for exact "
             "results: `pip install cysox` (Linux x86_64/aarch64, macOS arm64) or sox 14.4 on PATH.",
             factor,
@@ -194,8 +206,10 @@ def _atempo(waveform: torch.Tensor, sample_rate: int, factor: float) -> torch.Te
     with tempfile.TemporaryDirectory(prefix="liveact-tempo-") as tmp:
         src, dst = Path(tmp) / "in.wav", Path(tmp) / "out.wav"
         sf.write(str(src), waveform.detach().cpu().float().T.numpy(), sample_rate, subtype="FLOAT")
-        run_ffmpeg(["-i", str(src), "-filter:a", _atempo_chain(factor), "-c:a", "pcm_f32le", str(dst)],
-                   "change the audio tempo")
+        run_ffmpeg(
+            ["-i", str(src), "-filter:a", _atempo_chain(factor), "-c:a", "pcm_f32le", str(dst)],
+            "change the audio tempo",
+        )
         data, _ = sf.read(str(dst), dtype="float32", always_2d=True)
     return torch.from_numpy(np.ascontiguousarray(data.T))
 
@@ -230,8 +244,10 @@ def change_tempo(
     if waveform.ndim != 2 or waveform.shape[1] == 0:
         raise ValueError(f"expected a non-empty waveform [channels, samples], got {tuple(waveform.shape)}")
     if not MIN_FACTOR <= factor <= MAX_FACTOR:
-        raise ValueError(f"tempo factor {factor:g} is outside sox's range [{MIN_FACTOR:g}, {MAX_FACTOR:g}] "
-                         f"(the factor is 25/fps, so fps must lie in [0.25, 250])")
+        raise ValueError(
+            f"tempo factor {factor:g} is outside sox's range [{MIN_FACTOR:g}, {MAX_FACTOR:g}] "
+            f"(the factor is 25/fps, so fps must lie in [0.25, 250])"
+        )
     backend = backend or available_backend()
     if backend not in BACKENDS:
         raise ValueError(f"unknown tempo backend {backend!r}; expected one of {BACKENDS}")

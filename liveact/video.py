@@ -17,19 +17,26 @@ to [0, 255], then truncated to uint8. Inside [-1, 1] this equals ``export_to_vid
 ``(x + 1) / 2 * 255`` truncation (§6.8); the clamp only stops out-of-range values from wrapping.
 
 Output length: the video is trimmed to the audio (the sampler overshoots by up to one block). At most
-``ceil(duration * fps)`` frames are encoded; the audio is padded with silence to exactly that length
-and cut where the video ends (``-shortest``), so a run stopped early still has matching audio and video.
+``ceil(duration * fps)`` frames are encoded. The audio reaches ffmpeg as raw PCM on a second pipe, in
+step with the frames: every block carries the samples its frames cover, padded with silence past the
+end of the file. So the audio track holds all of the speech after a full run (AAC rounds the last
+frame up, never down), and ends with the last frame after an early stop or a kill (the second pipe
+needs POSIX ``pass_fds``: Linux and macOS).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import logging
 import math
 import os
 import re
+import select
 import subprocess
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -128,6 +135,129 @@ class _StderrTail:
         return "\n".join(self._lines)
 
 
+class _AudioFeed:
+    """An audio file's PCM, fed to the encoder's audio pipe in step with the video frames.
+
+    An ffmpeg decoder child turns any format ffmpeg reads into 16-bit samples at the file's own rate
+    and channel count. :meth:`queue` adds exactly the samples that the frames written so far cover
+    (``round(frames * rate / fps)`` in all, so blocks never drift), padded with silence past the end
+    of the file. Both children run in their own session (a terminal Ctrl-C reaches only Python); when
+    Python dies, the encoder sees EOF on both pipes and finishes the file by itself.
+
+    Writes never wait for the encoder: ffmpeg takes audio only as far as its video output has got
+    (x264 holds frames back for its lookahead), so a blocking audio write would wait for video that
+    the writer can only send after it. Samples the pipe cannot take yet stay in :attr:`pending`; the
+    pipe is enlarged (Linux) so that they normally sit in the kernel, which hands them to ffmpeg even
+    after Python is killed.
+    """
+
+    PIPE_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.fps = fps
+        self.rate, self.channels = _audio_format(path)
+        self.samples_queued = 0
+        self.pending = bytearray()
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        with contextlib.suppress(AttributeError, OSError):
+            fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, self.PIPE_BYTES)
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path)]
+        cmd += ["-map", "0:a:0", "-f", "s16le", "-ac", str(self.channels), "-ar", str(self.rate), "pipe:1"]
+        self._decoder = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        self._exhausted = False
+        self._closed = False
+
+    def started(self) -> None:
+        """The encoder holds the pipe's read end now; drop ours so it sees EOF when we close."""
+        os.close(self.read_fd)
+
+    def queue(self, frames: int) -> None:
+        """Add the samples up to the end of frame ``frames`` (exclusive index) to :attr:`pending`."""
+        target = round(frames * self.rate / self.fps)
+        count = max(0, target - self.samples_queued)
+        width = 2 * self.channels
+        data = b""
+        if count and not self._exhausted:
+            assert self._decoder.stdout is not None
+            data = self._decoder.stdout.read(count * width)
+            self._exhausted = len(data) < count * width
+        self.samples_queued = max(target, self.samples_queued)
+        self.pending += data + bytes(count * width - len(data))
+
+    def send(self) -> None:
+        """Write as much of :attr:`pending` as the pipe takes now, without waiting."""
+        while self.pending:
+            try:
+                sent = os.write(self.write_fd, self.pending)
+            except BlockingIOError:
+                return
+            del self.pending[:sent]
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Write the rest (the encoder takes it once its video has ended), then close the pipe."""
+        if self._closed:
+            return
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self.pending:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not select.select([], [self.write_fd], [], wait)[1]:
+                    raise subprocess.TimeoutExpired("ffmpeg audio input", timeout or 0.0)
+                self.send()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the encoder's audio pipe and stop the decoder (it may still hold unread samples)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            os.close(self.write_fd)
+        if self._decoder.poll() is None:
+            self._decoder.kill()
+        self._decoder.wait()
+        if self._decoder.stdout is not None:
+            self._decoder.stdout.close()
+
+
+def _write_video(fd: int, data: memoryview, audio: _AudioFeed | None) -> None:
+    """Write ``data`` to the non-blocking video pipe, sending pending audio whenever its pipe has room.
+
+    ffmpeg reads its inputs one at a time while it opens them (it probes the video pipe, then the
+    audio pipe), and later takes audio only as its video advances: both pipes are served together.
+    """
+    while len(data):
+        wanted = [fd] + ([audio.write_fd] if audio is not None and audio.pending else [])
+        _, writable, _ = select.select([], wanted, [])
+        if audio is not None and audio.write_fd in writable:
+            audio.send()
+        if fd in writable:
+            try:
+                data = data[os.write(fd, data) :]
+            except BlockingIOError:
+                continue
+    if audio is not None:
+        audio.send()
+
+
+def _audio_format(path: Path) -> tuple[int, int]:
+    """``(sample rate, channels)`` of an audio file: soundfile's header, else ffmpeg's description."""
+    try:
+        import soundfile
+
+        meta = soundfile.info(str(path))
+        return int(meta.samplerate), int(meta.channels)
+    except Exception:
+        info = probe_video(path)
+        if not info["has_audio"] or info["sample_rate"] is None:
+            raise ValueError(f"{path} has no audio stream ffmpeg can describe") from None
+        return int(info["sample_rate"]), int(info["channels"] or 2)
+
+
 class _RawVideoWriter:
     """Shared machinery: an ffmpeg child fed raw rgb24 frames; subclasses supply the output arguments.
 
@@ -164,6 +294,7 @@ class _RawVideoWriter:
         self.frames_written = 0
         self.frames_dropped = 0
         self._proc: subprocess.Popen | None = None
+        self._audio_feed: _AudioFeed | None = None
         self._stderr: _StderrTail | None = None
         self._closed = False
 
@@ -192,23 +323,16 @@ class _RawVideoWriter:
         cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}"]
         cmd += ["-framerate", f"{self.fps:g}", "-i", "pipe:0"]
         if self.audio is not None:
-            # The whole audio file is readable at once while video trickles in: a deep input queue
-            # keeps the audio demuxer from stalling the pipeline.
-            cmd += ["-thread_queue_size", "1024", "-i", str(self.audio)]
+            assert self._audio_feed is not None
+            feed = self._audio_feed
+            # Raw PCM on its own pipe, written in step with the frames: the audio ends exactly where
+            # the video ends (a finished run, a stopped one or a killed Python alike), with no
+            # `-shortest`, whose sync queue dropped the last AAC frame in some runs.
+            cmd += ["-f", "s16le", "-ar", str(feed.rate), "-ac", str(feed.channels)]
+            cmd += ["-thread_queue_size", "1024", "-i", f"pipe:{feed.read_fd}"]
             cmd += ["-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac"]
             if self.audio_bitrate:
                 cmd += ["-b:a", self.audio_bitrate]
-            audio_filter = "aresample=async=1:first_pts=0"
-            if self.max_frames is not None:
-                # Pad with silence to exactly the planned video length and stop at the shorter stream:
-                # the audio then ends with the last frame, also when the run stops early. The pad is
-                # finite on purpose: an endless `apad` races ahead of the video and defeats
-                # -shortest's sync queue (measured: up to +1 s of audio past the last frame). Half a
-                # frame extra: an audio end a few samples short of the last frame's end drops that frame.
-                audio_filter += f",apad=whole_dur={(self.max_frames + 0.5) / self.fps:.6f}"
-                cmd += ["-af", audio_filter, "-shortest"]
-            else:
-                cmd += ["-af", audio_filter]
         else:
             cmd += ["-map", "0:v:0", "-an"]
         return cmd + self._output_args()
@@ -219,9 +343,13 @@ class _RawVideoWriter:
         if self.height is None:
             self.height = height
         self._prepare_output()
+        if self.audio is not None:
+            self._audio_feed = _AudioFeed(self.audio, self.fps)
         cmd = self._command()
         logger.debug("starting ffmpeg: %s", " ".join(cmd))
         popen_kwargs: dict[str, Any] = {}
+        if self._audio_feed is not None:
+            popen_kwargs["pass_fds"] = (self._audio_feed.read_fd,)
         if os.name == "posix":
             # Own session: a terminal Ctrl-C (SIGINT to the foreground group) must not kill ffmpeg
             # before Python has closed its stdin; ffmpeg then finalises the file itself.
@@ -232,6 +360,10 @@ class _RawVideoWriter:
             cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen_kwargs
         )
         self._stderr = _StderrTail(self._proc.stderr)
+        assert self._proc.stdin is not None
+        os.set_blocking(self._proc.stdin.fileno(), False)
+        if self._audio_feed is not None:
+            self._audio_feed.started()
 
     @property
     def pid(self) -> int | None:
@@ -265,11 +397,15 @@ class _RawVideoWriter:
         if len(block) == 0:
             return 0
         assert self._proc is not None and self._proc.stdin is not None
+        if self._audio_feed is not None:
+            self._audio_feed.queue(self.frames_written + len(block))
         try:
-            self._proc.stdin.write(memoryview(block).cast("B"))
+            _write_video(self._proc.stdin.fileno(), memoryview(block).cast("B"), self._audio_feed)
         except (BrokenPipeError, OSError) as err:
             rc = self._proc.wait()
             self._closed = True
+            if self._audio_feed is not None:
+                self._audio_feed.close()
             raise FFmpegError(self._failure_message(rc)) from err
         self.frames_written += len(block)
         return len(block)
@@ -288,23 +424,31 @@ class _RawVideoWriter:
             logger.warning("no frames were written; %s was not created", self.path)
             return
         assert self._proc.stdin is not None
-        try:
+        # on error ffmpeg already exited; its status below tells whether that was a failure
+        with contextlib.suppress(BrokenPipeError, OSError):
             self._proc.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass  # ffmpeg already exited; its status below tells whether that was a failure
+        if self._audio_feed is not None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._audio_feed.finish(timeout)
         try:
             rc = self._proc.wait(timeout=timeout)
         except KeyboardInterrupt:
             # A second Ctrl-C while ffmpeg drains: it has EOF and its own session, so it finishes
             # the file without us.
-            logger.warning("interrupted while ffmpeg finalises %s; it keeps running (pid %d)",
-                           self.path, self._proc.pid)
+            logger.warning(
+                "interrupted while ffmpeg finalises %s; it keeps running (pid %d)", self.path, self._proc.pid
+            )
             raise
         if rc != 0:
             raise FFmpegError(self._failure_message(rc))
-        logger.info("wrote %s: %d frames (%.2f s at %g fps)%s", self.path, self.frames_written,
-                    self.frames_written / self.fps, self.fps,
-                    f", {self.frames_dropped} past the audio dropped" if self.frames_dropped else "")
+        logger.info(
+            "wrote %s: %d frames (%.2f s at %g fps)%s",
+            self.path,
+            self.frames_written,
+            self.frames_written / self.fps,
+            self.fps,
+            f", {self.frames_dropped} past the audio dropped" if self.frames_dropped else "",
+        )
 
     def _failure_message(self, rc: int) -> str:
         tail = self._stderr.text() if self._stderr is not None else ""
@@ -367,8 +511,16 @@ class ProgressiveVideoWriter(_RawVideoWriter):
         keyframe_seconds: float = 1.0,
         audio_bitrate: str | None = None,
     ) -> None:
-        super().__init__(path, fps=fps, width=width, height=height, audio=audio, duration=duration,
-                         trim_to_audio=trim_to_audio, audio_bitrate=audio_bitrate)
+        super().__init__(
+            path,
+            fps=fps,
+            width=width,
+            height=height,
+            audio=audio,
+            duration=duration,
+            trim_to_audio=trim_to_audio,
+            audio_bitrate=audio_bitrate,
+        )
         self.crf = crf
         self.preset = preset
         self.tune = tune
@@ -419,8 +571,16 @@ class HLSWriter(_RawVideoWriter):
     ) -> None:
         if segment_seconds <= 0:
             raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
-        super().__init__(playlist, fps=fps, width=width, height=height, audio=audio, duration=duration,
-                         trim_to_audio=trim_to_audio, audio_bitrate=audio_bitrate)
+        super().__init__(
+            playlist,
+            fps=fps,
+            width=width,
+            height=height,
+            audio=audio,
+            duration=duration,
+            trim_to_audio=trim_to_audio,
+            audio_bitrate=audio_bitrate,
+        )
         self.segment_seconds = float(segment_seconds)
         self.list_size = list_size
         self.delete_segments = delete_segments
@@ -436,9 +596,20 @@ class HLSWriter(_RawVideoWriter):
     def _output_args(self) -> list[str]:
         flags = "independent_segments+temp_file" + ("+delete_segments" if self.delete_segments else "")
         args = self._video_codec_args(self.preset, self.crf, self.tune, self.gop)
-        args += ["-f", "hls", "-hls_time", f"{self.segment_seconds:g}", "-hls_list_size", str(self.list_size),
-                 "-hls_segment_type", "mpegts", "-hls_flags", flags,
-                 "-hls_segment_filename", str(self.path.parent / f"{self.path.stem}_%05d.ts")]
+        args += [
+            "-f",
+            "hls",
+            "-hls_time",
+            f"{self.segment_seconds:g}",
+            "-hls_list_size",
+            str(self.list_size),
+            "-hls_segment_type",
+            "mpegts",
+            "-hls_flags",
+            flags,
+            "-hls_segment_filename",
+            str(self.path.parent / f"{self.path.stem}_%05d.ts"),
+        ]
         if self.list_size == 0:
             args += ["-hls_playlist_type", "event"]
         return args + [str(self.path)]
@@ -450,6 +621,7 @@ _STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: (Video|Audio): (.*)")
 _FPS_RE = re.compile(r"([\d.]+)(k?) fps")
 _SIZE_RE = re.compile(r"\b(\d{2,5})x(\d{2,5})\b")
 _RATE_RE = re.compile(r"(\d+) Hz")
+_LAYOUT_RE = re.compile(r"\d+ Hz, (mono|stereo|\d+ channels)")
 _DURATION_RE = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
 
 
@@ -463,20 +635,45 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
         dict with ``has_video``, ``has_audio``, ``video_codec``, ``audio_codec``, ``width``,
         ``height``, ``fps`` (float), ``num_frames`` (video packets), ``video_duration`` and
         ``audio_duration`` (end of the last packet, seconds), ``duration`` (the longer of the two),
-        ``sample_rate`` and ``container_duration`` (the header's, None if absent); fields of a
+        ``sample_rate``, ``channels`` (mono, stereo or "N channels" layouts; else None) and
+        ``container_duration`` (the header's, None if absent); fields of a
         missing stream are None.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such media file: {path}")
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0?", "-map", "0:a:0?",
-           "-c", "copy", "-f", "framecrc", "-"]
+    cmd = [
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-i",
+        str(path),
+        "-map",
+        "0:v:0?",
+        "-map",
+        "0:a:0?",
+        "-c",
+        "copy",
+        "-f",
+        "framecrc",
+        "-",
+    ]
     res = subprocess.run(cmd, capture_output=True, check=False)  # a truncated file still counts
     err = res.stderr.decode(errors="replace")
     out = res.stdout.decode(errors="replace")
 
     info: dict[str, Any] = dict.fromkeys(
-        ["video_codec", "audio_codec", "width", "height", "fps", "sample_rate", "container_duration"])
+        [
+            "video_codec",
+            "audio_codec",
+            "width",
+            "height",
+            "fps",
+            "sample_rate",
+            "channels",
+            "container_duration",
+        ]
+    )
     for kind, desc in _STREAM_RE.findall(err.split("Output #0")[0]):
         codec = desc.split(",")[0].split()[0]
         if kind == "Video" and info["video_codec"] is None:
@@ -489,6 +686,9 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
             info["audio_codec"] = codec
             if m := _RATE_RE.search(desc):
                 info["sample_rate"] = int(m.group(1))
+            if m := _LAYOUT_RE.search(desc):
+                layout = m.group(1)
+                info["channels"] = {"mono": 1, "stereo": 2}.get(layout) or int(layout.split()[0])
     if m := _DURATION_RE.search(err):
         info["container_duration"] = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
 
@@ -503,7 +703,7 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
             num, den = tb.strip().split("/")
             timebase[int(idx)] = int(num) / int(den)
         elif line.startswith("#media_type "):
-            idx, kind = line[len("#media_type "):].split(":")
+            idx, kind = line[len("#media_type ") :].split(":")
             media[int(idx)] = kind.strip()
         elif line and not line.startswith("#"):
             fields = [f.strip() for f in line.split(",")]
@@ -511,8 +711,10 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
             count[idx] += 1
             end[idx] = max(end[idx], (pts + dur) * timebase.get(idx, 0.0))
     if not media:
-        raise FFmpegError(f"ffmpeg found no audio or video stream in {path} (status {res.returncode}):\n"
-                          + "\n".join(err.splitlines()[-STDERR_TAIL_LINES:]))
+        raise FFmpegError(
+            f"ffmpeg found no audio or video stream in {path} (status {res.returncode}):\n"
+            + "\n".join(err.splitlines()[-STDERR_TAIL_LINES:])
+        )
     if res.returncode != 0:
         logger.warning("ffmpeg reported errors reading %s (a truncated file?); counted what it read", path)
 
@@ -536,7 +738,7 @@ def audio_duration(path: str | os.PathLike) -> float:
 
         meta = soundfile.info(str(path))
         return meta.frames / meta.samplerate
-    except Exception:  # noqa: BLE001 - any format soundfile cannot parse goes to ffmpeg instead
+    except Exception:
         info = probe_video(path)
         if not info["has_audio"]:
             raise ValueError(f"{path} has no audio stream") from None

@@ -50,8 +50,10 @@ def main() -> None:
     seconds = wave.shape[1] / sr
     available = available_backends()
     factor = AUDIO_FPS / args.fps
-    print(f"{wave.shape[0]} channel(s), {seconds:.1f} s at {sr} Hz, tempo {factor:g} (fps {args.fps:g}), "
-          f"median of {args.repeats}")
+    print(
+        f"{wave.shape[0]} channel(s), {seconds:.1f} s at {sr} Hz, tempo {factor:g} (fps {args.fps:g}), "
+        f"median of {args.repeats}"
+    )
     times: dict[str, float] = {}
     for backend in BACKENDS:
         if backend not in available:
@@ -63,8 +65,10 @@ def main() -> None:
             out = change_tempo(wave, sr, factor, backend=backend)
             runs.append(time.perf_counter() - start)
         times[backend] = statistics.median(runs)
-        print(f"{backend:>7}: {times[backend]:.3f} s ({seconds / times[backend]:.0f}x real time), "
-              f"{out.shape[1]} samples out")
+        print(
+            f"{backend:>7}: {times[backend]:.3f} s ({seconds / times[backend]:.0f}x real time), "
+            f"{out.shape[1]} samples out"
+        )
     for backend, t in times.items():
         print(f"{backend:>7} / atempo time ratio: {t / times['atempo']:.2f}")
 

@@ -58,10 +58,12 @@ CHROMIUM_FLAGS = [
 BITS = 12
 START_DELAY = 0.5
 
-PAGE = """<!doctype html><meta charset=utf-8><video id=v muted playsinline></video><canvas id=c hidden></canvas>
+PAGE = """<!doctype html><meta charset=utf-8><video id=v muted playsinline></video>\
+<canvas id=c hidden></canvas>
 <script>
 const BITS = %(bits)d, results = window.results = {frames: [], error: null, done: false};
-const v = document.getElementById('v'), c = document.getElementById('c'), g = c.getContext('2d', {willReadFrequently: true});
+const v = document.getElementById('v'), c = document.getElementById('c'), \
+g = c.getContext('2d', {willReadFrequently: true});
 function decode() {
   c.width = v.videoWidth; c.height = v.videoHeight; g.drawImage(v, 0, 0);
   const cell = Math.floor(c.width / BITS); let index = 0;
@@ -87,7 +89,8 @@ async function mse() {
       const m = JSON.parse(ev.data); if (m.type !== 'init') { results.done = true; return; }
       const ms = new MediaSource(); v.src = URL.createObjectURL(ms);
       ms.addEventListener('sourceopen', () => { sb = ms.addSourceBuffer(m.mime);
-        sb.addEventListener('updateend', () => { if (v.paused) v.play().catch(e => results.error = String(e)); pump(); }); pump(); });
+        sb.addEventListener('updateend', () => { if (v.paused) \
+v.play().catch(e => results.error = String(e)); pump(); }); pump(); });
       return;
     }
     pending.push(new Uint8Array(ev.data)); pump();
@@ -96,10 +99,13 @@ async function mse() {
 async function webrtc() {
   const pc = new RTCPeerConnection();
   pc.addTransceiver('video', {direction: 'recvonly'}); pc.addTransceiver('audio', {direction: 'recvonly'});
-  pc.ontrack = (e) => { if (e.track.kind === 'video') { v.srcObject = new MediaStream([e.track]); v.play().catch(e => results.error = String(e)); } };
+  pc.ontrack = (e) => { if (e.track.kind === 'video') { v.srcObject = new MediaStream([e.track]); \
+v.play().catch(e => results.error = String(e)); } };
   await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((r) => { if (pc.iceGatheringState === 'complete') r(); else pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); });
-  const res = await fetch('/offer', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify({sdp: pc.localDescription.sdp, type: pc.localDescription.type})});
+  await new Promise((r) => { if (pc.iceGatheringState === 'complete') r(); \
+else pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); });
+  const res = await fetch('/offer', {method: 'POST', headers: {'Content-Type': 'application/json'}, \
+body: JSON.stringify({sdp: pc.localDescription.sdp, type: pc.localDescription.type})});
   await pc.setRemoteDescription(await res.json());
 }
 (location.hash === '#webrtc' ? webrtc() : mse()).catch((e) => results.error = String(e));
@@ -332,7 +338,8 @@ def main() -> int:
         r = measure(transport, args)
         later = r["later"] or [float("nan")]
         print(
-            f"{transport}: first block {r['first_block']:.3f} s, later blocks median {statistics.median(later):.3f} s "
+            f"{transport}: first block {r['first_block']:.3f} s, "
+            f"later blocks median {statistics.median(later):.3f} s "
             f"max {max(later):.3f} s, frames presented {r['presented']}/{r['total']}"
             + (f", error {r['error']}" if r["error"] else ""),
             flush=True,
@@ -346,7 +353,8 @@ def main() -> int:
         "(a player then buffers ~3 segments more)"
     )
     print(
-        "\n| transport | first block added latency | later blocks, median | later blocks, max | frames presented |"
+        "\n| transport | first block added latency | later blocks, median | later blocks, max "
+        "| frames presented |"
     )
     print("|---|---|---|---|---|")
     for name, first, med, worst, shown, total in rows:

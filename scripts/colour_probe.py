@@ -62,20 +62,27 @@ def probe_r2(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, y_test: n
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tae", nargs="+", type=Path, help="autoencoder files (tae.safetensors)")
-    p.add_argument("--pool", type=Path, required=True, help="held-out frame pool .npy [clips, frames, H, W, 3]")
+    p.add_argument(
+        "--pool", type=Path, required=True, help="held-out frame pool .npy [clips, frames, H, W, 3]"
+    )
     p.add_argument("--frames_per_clip", type=int, default=4)
     a = p.parse_args()
     pool = np.load(a.pool, mmap_mode="r")
     picks = np.linspace(0, pool.shape[1] - 1, a.frames_per_clip).round().astype(int)
     half = pool.shape[0] // 2  # fit on the first clips, score on the others: unseen people
-    fit, test = (np.asarray(pool[s][:, picks]).reshape(-1, *pool.shape[2:]) for s in (slice(0, half), slice(half, None)))
+    fit, test = (
+        np.asarray(pool[s][:, picks]).reshape(-1, *pool.shape[2:])
+        for s in (slice(0, half), slice(half, None))
+    )
     print("| autoencoder | probe R² red / green / blue | round trip R² red / green / blue |\n|---|---|---|")
     for path in a.tae:
         tae = TinyAutoencoder.from_file(path, dtype=torch.float32)
         (x_fit, y_fit, d_fit), (x_test, y_test, d_test) = cell_features(tae, fit), cell_features(tae, test)
         probe = probe_r2(x_fit, y_fit, x_test, y_test)
         trip = r2(np.vstack([y_fit, y_test]), np.vstack([d_fit, d_test]))
-        print(f"| `{path}` | {' / '.join(f'{v:.2f}' for v in probe)} | {' / '.join(f'{v:.2f}' for v in trip)} |")
+        print(
+            f"| `{path}` | {' / '.join(f'{v:.2f}' for v in probe)} | {' / '.join(f'{v:.2f}' for v in trip)} |"
+        )
 
 
 if __name__ == "__main__":

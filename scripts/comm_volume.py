@@ -53,8 +53,15 @@ def frame_len(width: int, height: int, model: ModelConfig, sampler: SamplerConfi
     return (height // sh // ph) * (width // sw // pw)
 
 
-def volume(model: ModelConfig, memory: MemoryConfig, sampler: SamplerConfig, fl: int, world: int,
-           elem_bytes: int, forwards: int) -> Volume:
+def volume(
+    model: ModelConfig,
+    memory: MemoryConfig,
+    sampler: SamplerConfig,
+    fl: int,
+    world: int,
+    elem_bytes: int,
+    forwards: int,
+) -> Volume:
     """Per-rank bytes for one steady-state block (``block_frames`` latent frames)."""
     tokens = memory.block_frames * fl
     a2a = 4 * tokens * model.dim * elem_bytes * (world - 1) / world**2
@@ -66,31 +73,49 @@ def volume(model: ModelConfig, memory: MemoryConfig, sampler: SamplerConfig, fl:
 
 def main() -> None:
     """Log the table."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="liveact-14b", choices=sorted(PRESETS))
     parser.add_argument("--resolution", nargs="+", default=["512x512", "720x416"], help="WIDTHxHEIGHT")
     parser.add_argument("--world", nargs="+", type=int, default=[2, 4, 8])
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
-    parser.add_argument("--audio-cfg", action="store_true",
-                        help="add the null-audio forwards of the CFG steps")
-    parser.add_argument("--nvlink-gbps", type=float, default=450.0,
-                        help="per-GPU, per-direction GB/s (H100 SXM NVLink 4: 900 GB/s both ways)")
-    parser.add_argument("--pcie-gbps", type=float, default=25.0,
-                        help="per-GPU, per-direction GB/s (PCIe 4.0 x16)")
+    parser.add_argument(
+        "--audio-cfg", action="store_true", help="add the null-audio forwards of the CFG steps"
+    )
+    parser.add_argument(
+        "--nvlink-gbps",
+        type=float,
+        default=450.0,
+        help="per-GPU, per-direction GB/s (H100 SXM NVLink 4: 900 GB/s both ways)",
+    )
+    parser.add_argument(
+        "--pcie-gbps", type=float, default=25.0, help="per-GPU, per-direction GB/s (PCIe 4.0 x16)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     model, memory, sampler = PRESETS[args.preset], MemoryConfig(), SamplerConfig()
     forwards = sampler.num_steps + (len(sampler.cfg_steps) if args.audio_cfg else 0)
     video_frames = memory.block_frames * sampler.vae_stride[0]
-    logger.info("%s: dim %d, %d layers, %s; %d forwards per block of %d latent frames (%d video frames)",
-                args.preset, model.dim, model.num_layers, args.dtype, forwards, memory.block_frames,
-                video_frames)
-    logger.info("per rank sent: per layer+forward, per block (all-to-alls + head gather), per video frame; "
-                "all ranks per block; link time per block / per video frame")
-    header = (f"{'res':>8} {'fl':>5} {'N':>2} {'layer MB':>9} {'block GB':>9} {'frame MB':>9} {'all GB':>7} "
-              f"{'NVLink ms/blk':>13} {'ms/frm':>6} {'PCIe ms/blk':>11} {'ms/frm':>6}")
+    logger.info(
+        "%s: dim %d, %d layers, %s; %d forwards per block of %d latent frames (%d video frames)",
+        args.preset,
+        model.dim,
+        model.num_layers,
+        args.dtype,
+        forwards,
+        memory.block_frames,
+        video_frames,
+    )
+    logger.info(
+        "per rank sent: per layer+forward, per block (all-to-alls + head gather), per video frame; "
+        "all ranks per block; link time per block / per video frame"
+    )
+    header = (
+        f"{'res':>8} {'fl':>5} {'N':>2} {'layer MB':>9} {'block GB':>9} {'frame MB':>9} {'all GB':>7} "
+        f"{'NVLink ms/blk':>13} {'ms/frm':>6} {'PCIe ms/blk':>11} {'ms/frm':>6}"
+    )
     logger.info(header)
     logger.info("-" * len(header))
     for res in args.resolution:
@@ -107,7 +132,8 @@ def main() -> None:
                 f"{res:>8} {fl:>5} {world:>2} {vol.per_layer_forward / 1e6:>9.1f} {rank_bytes / 1e9:>9.2f} "
                 f"{rank_bytes / video_frames / 1e6:>9.1f} {rank_bytes * world / 1e9:>7.1f} "
                 f"{nv_ms:>13.1f} {nv_ms / video_frames:>6.2f} "
-                f"{pcie_ms:>11.0f} {pcie_ms / video_frames:>6.1f}")
+                f"{pcie_ms:>11.0f} {pcie_ms / video_frames:>6.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A contact sheet of a generated video: every ``--every``-th frame of a time span, in a grid (PNG).
 
-    python scripts/frames_sheet.py avatar_2_speech_2.mp4 --start 2.0 --seconds 1.3 --out docs/nano_frames.png
+python scripts/frames_sheet.py avatar_2_speech_2.mp4 --start 2.0 --seconds 1.3 --out docs/nano_frames.png
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     a = p.parse_args()
     fps = float(probe_video(a.video)["fps"])
     first, count = round(a.start * fps), round(a.seconds * fps)
-    frames = read_frames(a.video, max_frames=first + count)[first::a.every]
+    frames = read_frames(a.video, max_frames=first + count)[first :: a.every]
     if not len(frames):
         p.error(f"{a.video} has no frames after {a.start} s")
     Image.fromarray(contact_sheet(frames, a.cols)).save(a.out)

@@ -31,8 +31,12 @@ logger = logging.getLogger("make_examples")
 AVATAR_SEEDS = (987_654_323, 987_654_407)
 SPEECH = ((424_242, 9.0), (434_343, 12.0))  # (seed, seconds): held-out voices and sentences
 MAIN = "A person talks to the camera."
-EDITS = {"[1, 2]": "The person smiles broadly.", "[3, 4]": "The person nods slowly.",
-         "[5, 6]": "The person raises their eyebrows.", "[7, 8]": "The person looks surprised."}
+EDITS = {
+    "[1, 2]": "The person smiles broadly.",
+    "[3, 4]": "The person nods slowly.",
+    "[5, 6]": "The person raises their eyebrows.",
+    "[7, 8]": "The person looks surprised.",
+}
 
 
 def portrait(seed: int, size: int = 256) -> Image.Image:
@@ -57,10 +61,14 @@ def main(argv: list[str] | None = None) -> None:
         portrait(seed).save(a.out / f"avatar_{i}.png")
     for i, (seed, seconds) in enumerate(SPEECH, 1):
         sf.write(a.out / f"speech_{i}.wav", speech(seed, seconds), SAMPLE_RATE, subtype="PCM_16")
-    jobs = [{"prompt": MAIN, "cond_image": "avatar_1.png", "cond_audio": "speech_1.wav"},
-            {"prompt": MAIN, "cond_image": "avatar_2.png", "cond_audio": "speech_2.wav"}]
+    jobs = [
+        {"prompt": MAIN, "cond_image": "avatar_1.png", "cond_audio": "speech_1.wav"},
+        {"prompt": MAIN, "cond_image": "avatar_2.png", "cond_audio": "speech_2.wav"},
+    ]
     (a.out / "example.json").write_text(json.dumps(jobs, indent=4) + "\n")
-    edit = [{"prompt": MAIN, "cond_image": "avatar_1.png", "cond_audio": "speech_2.wav", "edit_prompt": EDITS}]
+    edit = [
+        {"prompt": MAIN, "cond_image": "avatar_1.png", "cond_audio": "speech_2.wav", "edit_prompt": EDITS}
+    ]
     (a.out / "example_edit.json").write_text(json.dumps(edit, indent=4) + "\n")
 
 

@@ -19,8 +19,10 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MISSING_FIXTURES = "parity fixtures missing"
-FIXTURES_HELP = ("the golden fixtures are generated from the authors' code (see README.md, 'Parity "
-                 "fixtures'); point LIVEACT_FIXTURES at them")
+FIXTURES_HELP = (
+    "the golden fixtures are generated from the authors' code (see README.md, 'Parity "
+    "fixtures'); point LIVEACT_FIXTURES at them"
+)
 
 
 def in_ci() -> bool:
@@ -55,15 +57,21 @@ def case_params(*parts: str) -> list:
     cases = discover_cases(*parts)
     if not cases:
         where = "/".join(parts)
-        return [pytest.param(None, id=f"no-fixtures-{where}",
-                             marks=pytest.mark.missing_fixtures(f"no cases under {where}/"))]
+        return [
+            pytest.param(
+                None,
+                id=f"no-fixtures-{where}",
+                marks=pytest.mark.missing_fixtures(f"no cases under {where}/"),
+            )
+        ]
     root = fixtures_root()
     return [pytest.param(c, id=str(c.relative_to(root))) for c in cases]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers",
-                            "missing_fixtures(what): the parity fixtures this test needs are absent")
+    config.addinivalue_line(
+        "markers", "missing_fixtures(what): the parity fixtures this test needs are absent"
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -72,14 +80,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         missing_fixtures(marker.args[0])
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """One loud line when parity tests were skipped for want of fixtures (CI fails them instead)."""
-    skipped = [r for r in terminalreporter.stats.get("skipped", [])
-               if isinstance(r.longrepr, tuple) and MISSING_FIXTURES in str(r.longrepr[2])]
+    skipped = [
+        r
+        for r in terminalreporter.stats.get("skipped", [])
+        if isinstance(r.longrepr, tuple) and MISSING_FIXTURES in str(r.longrepr[2])
+    ]
     if skipped:
         terminalreporter.write_line(
             f"PARITY NOT CHECKED: {len(skipped)} parity test(s) skipped, no fixtures under "
-            f"{fixtures_root()}; {FIXTURES_HELP}", yellow=True, bold=True)
+            f"{fixtures_root()}; {FIXTURES_HELP}",
+            yellow=True,
+            bold=True,
+        )
 
 
 def load_meta(case: Path) -> dict:

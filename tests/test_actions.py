@@ -47,7 +47,7 @@ def test_each_action_shows_in_its_own_evidence(action: str) -> None:
     clip = make_clip(11, num_blocks=3, size=64, actions=["", action, ""], audio=SILENT)
     signals = action_signals(truth_read(clip), clip.fps)
     spans = block_spans(len(clip.frames), *default_spans())
-    (block, name, contrast), = action_contrasts(signals, clip.block_actions, spans)
+    ((block, name, contrast),) = action_contrasts(signals, clip.block_actions, spans)
     assert (block, name) == (1, action)
     # Well above what the same evidence shows when nothing happens: the same person and motion without
     # the action, block 1 scored as if it acted.
@@ -79,8 +79,11 @@ class _TruthReader(AvatarReader):
 
     def read(self, frames: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
         n = len(frames)
-        return {**{k: v[:n] for k, v in truth_read(self.clip).items()}, "mouth": np.zeros(n),
-                "accessories": np.zeros((n, 3), np.int64)}
+        return {
+            **{k: v[:n] for k, v in truth_read(self.clip).items()},
+            "mouth": np.zeros(n),
+            "accessories": np.zeros((n, 3), np.int64),
+        }
 
 
 def test_check_video_scores_the_edit_ranges(tmp_path: Path) -> None:

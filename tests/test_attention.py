@@ -21,6 +21,7 @@ def _fake(fn, calls: list | None = None) -> Backend:
             if calls is not None:
                 calls.append(q.shape)
             return fn(q, k, v)
+
         return run
 
     # Runs anywhere, so the probe and the fallback are exercised on a CPU.
@@ -41,24 +42,32 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     return calls
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("wrong", "relative error .* against SDPA exceeds"),
-    ("raises", "RuntimeError: no kernel image"),
-    ("nan", "non-finite"),
-])
-def test_a_backend_whose_probe_fails_falls_back_loudly(fakes: dict, name: str, reason: str,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("wrong", "relative error .* against SDPA exceeds"),
+        ("raises", "RuntimeError: no kernel image"),
+        ("nan", "non-finite"),
+    ],
+)
+def test_a_backend_whose_probe_fails_falls_back_loudly(
+    fakes: dict, name: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.INFO, logger="liveact.attention"):
         assert select_backend(name, "cpu", torch.float32) == "sdpa"
     warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert f"attention backend {name!r} failed its probe" in warnings[0] and "falling back to 'sdpa'" in warnings[0]
+    assert (
+        f"attention backend {name!r} failed its probe" in warnings[0]
+        and "falling back to 'sdpa'" in warnings[0]
+    )
     assert re.search(reason, warnings[0])
     assert any("attention backend: sdpa" in r.message for r in caplog.records), "the choice is logged"
 
 
-def test_a_working_backend_is_chosen_and_used_by_every_attention(fakes: dict,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_a_working_backend_is_chosen_and_used_by_every_attention(
+    fakes: dict, caplog: pytest.LogCaptureFixture
+) -> None:
     torch.manual_seed(0)
     model = LiveActTransformer(PRESETS["tiny"]).eval()
     with caplog.at_level(logging.INFO, logger="liveact.attention"):
@@ -73,7 +82,9 @@ def test_a_working_backend_is_chosen_and_used_by_every_attention(fakes: dict,
     assert len(fakes["good"]) == probe_calls + 1
 
 
-def test_the_environment_is_read_once_at_build_not_per_call(fakes: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_is_read_once_at_build_not_per_call(
+    fakes: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     model = LiveActTransformer(PRESETS["tiny"]).eval()
     monkeypatch.setenv("LIVEACT_ATTENTION", "good")
@@ -95,7 +106,20 @@ def test_auto_and_unknown_names() -> None:
     assert attention.probe("cudnn", torch.device("cpu"), torch.bfloat16).startswith("needs a CUDA device")
 
 
-def test_fast_backends_only_take_cuda_half_inputs() -> None:
-    """A chosen CUDA kernel never receives CPU or fp32 tensors: those go to SDPA."""
-    q = torch.randn(1, 4, 2, 16)
-    torch.testing.assert_close(attend(q, q, q, backend="cudnn"), attention._sdpa(q, q, q))
+def test_fast_backends_only_take_cuda_half_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA kernel that passed its probe (on a GPU) never receives CPU or fp32 tensors: SDPA does."""
+    calls: list = []
+
+    def kernel(q, k, v):
+        calls.append((q.device.type, q.dtype))
+        return attention._sdpa(q, k, v)
+
+    monkeypatch.setitem(BACKENDS, "probed_gpu_kernel", Backend(lambda: kernel, fn=kernel))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        q = torch.randn(1, 4, 2, 16).to(dtype)
+        torch.testing.assert_close(attend(q, q, q, backend="probed_gpu_kernel"), attention._sdpa(q, q, q))
+    assert calls == [], f"CPU inputs reached the CUDA-only kernel: {calls}"
+    # The same kernel without the CUDA restriction does take them: the route above is the guard's.
+    monkeypatch.setitem(BACKENDS, "anywhere", Backend(lambda: kernel, needs_cuda_half=False, fn=kernel))
+    attend(q, q, q, backend="anywhere")
+    assert calls == [("cpu", torch.float16)]

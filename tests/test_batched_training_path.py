@@ -36,10 +36,15 @@ def _inputs(model: LiveActTransformer, batch: int, frames: int, seed: int) -> di
     }
 
 
-def _run_blocks(model: LiveActTransformer, blocks: list[dict], t: torch.Tensor, differentiable: bool,
-                sample: int | None = None) -> list[torch.Tensor]:
+def _run_blocks(
+    model: LiveActTransformer,
+    blocks: list[dict],
+    t: torch.Tensor,
+    differentiable: bool,
+    sample: int | None = None,
+) -> list[torch.Tensor]:
     """Run consecutive blocks against one memory; ``sample`` selects one sample of the batch."""
-    pick = (lambda x: x) if sample is None else (lambda x: x[sample: sample + 1])
+    pick = (lambda x: x) if sample is None else (lambda x: x[sample : sample + 1])
     batch = blocks[0]["latent"].shape[0] if sample is None else 1
     memory = model.new_memory(MemoryConfig(), LH * LW // 4, batch=batch, differentiable=differentiable)
     outs = []
@@ -47,8 +52,17 @@ def _run_blocks(model: LiveActTransformer, blocks: list[dict], t: torch.Tensor, 
         texts = inp["text"] if sample is None else [inp["text"][sample]]
         context = model.prepare_context(texts, pick(inp["clip"]))
         memory.begin_block(k)
-        outs.append(model(pick(inp["latent"]), pick(inp["y"]), pick(t), context, memory,
-                          audio=pick(inp["audio"]), silent_frames=1 if k == 0 else 0))
+        outs.append(
+            model(
+                pick(inp["latent"]),
+                pick(inp["y"]),
+                pick(t),
+                context,
+                memory,
+                audio=pick(inp["audio"]),
+                silent_frames=1 if k == 0 else 0,
+            )
+        )
     return outs
 
 
@@ -61,7 +75,7 @@ def test_batched_blocks_equal_samples_run_alone() -> None:
         for s in range(3):
             alone = _run_blocks(model, blocks, t, differentiable=False, sample=s)
             for a, b in zip(alone, batched):
-                torch.testing.assert_close(a, b[s: s + 1], rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(a, b[s : s + 1], rtol=1e-4, atol=1e-5)
 
 
 def test_differentiable_memory_matches_inference_and_passes_gradients() -> None:

@@ -11,13 +11,13 @@ import torch
 
 from liveact import bench
 from liveact.config import load_preset
-from liveact.pipeline import PREPARE_STAGES, PREPARE_STAGE_TEXT
+from liveact.pipeline import PREPARE_STAGE_TEXT, PREPARE_STAGES
 
 # Components small enough for a CPU test (the real sets are bench.ENCODER_SETS).
 CHEAP = bench.EncoderSet(vae_base_dim=8, t5_layers=1, t5_vocab=64, t5_ffn=64, clip_layers=1, what="test set")
 
 
-def _cheap_preset():  # noqa: ANN202 - Preset
+def _cheap_preset():
     tiny = load_preset("tiny")
     model = replace(tiny.model, text_dim=64, clip_dim=80, audio_layers=2, audio_channels=64, num_layers=1)
     return replace(tiny, model=model)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import REPO_ROOT
 from PIL import Image
 
-from conftest import REPO_ROOT
 from liveact.cli import load_requests, main, parse_edit_range
 
 
@@ -21,7 +21,9 @@ def media(tmp_path: Path) -> Path:
     """A folder with a portrait, speech-like audio and odd files."""
     Image.fromarray(np.full((40, 30, 3), 128, np.uint8)).save(tmp_path / "face.png")
     t = np.arange(int(16000 * 1.5)) / 16000
-    sf.write(tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)), 16000)
+    sf.write(
+        tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)), 16000
+    )
     sf.write(tmp_path / "silent.wav", np.zeros(16000 * 2), 16000)
     sf.write(tmp_path / "short.wav", 0.3 * np.sin(2 * np.pi * 220 * t[:3200]), 16000)
     (tmp_path / "notes.txt").write_text("not audio, not an image")
@@ -51,20 +53,33 @@ def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
         ([_entry(cond_image="missing.png")], "entry 0: cond_image file not found: .*missing.png"),
         ([_entry(cond_image="broken.png")], "entry 0: cond_image .*broken.png is not a readable image"),
         ([_entry(cond_audio="notes.txt")], "entry 0: cond_audio .*notes.txt: not a readable audio file"),
-        ([_entry(cond_audio="silent.wav")],
-         "entry 0: cond_audio [^ ]*silent.wav is silent \\(peak below -80 dBFS\\)"),
+        (
+            [_entry(cond_audio="silent.wav")],
+            "entry 0: cond_audio [^ ]*silent.wav is silent \\(peak below -80 dBFS\\)",
+        ),
         ([_entry(cond_image=".")], "entry 0: cond_image .* is a folder; give the path of a file"),
         ([_entry(cond_audio=".")], "entry 0: cond_audio .* is a folder; give the path of a file"),
-        ([_entry(cond_audio="short.wav")], "entry 0: cond_audio .*short.wav is 0.20 s long; at least \\d\\.\\d\\d s \\(the first block"),
-        ("[{\"prompt\": \"x\",", "is not valid JSON"),
+        (
+            [_entry(cond_audio="short.wav")],
+            "entry 0: cond_audio .*short.wav is 0.20 s long; at least \\d\\.\\d\\d s \\(the first block",
+        ),
+        ('[{"prompt": "x",', "is not valid JSON"),
         ([], "non-empty JSON list"),
         ([_entry(), {"prompt": "only a prompt"}], "entry 1: field 'cond_image' is missing"),
-        ([_entry(edit_prompt={"[3, 1]": "smile"})], "entry 0: edit range '\\[3, 1\\]' needs 0 <= first <= last"),
+        (
+            [_entry(edit_prompt={"[3, 1]": "smile"})],
+            "entry 0: edit range '\\[3, 1\\]' needs 0 <= first <= last",
+        ),
         ([_entry(edit_prompt={"3 to 4": "smile"})], "entry 0: edit range '3 to 4' must look like"),
-        ([_entry(edit_prompt={"[0, 1]": ""})], "entry 0: edit_prompt '\\[0, 1\\]' must map to a non-empty prompt"),
+        (
+            [_entry(edit_prompt={"[0, 1]": ""})],
+            "entry 0: edit_prompt '\\[0, 1\\]' must map to a non-empty prompt",
+        ),
     ],
 )
-def test_bad_inputs_give_one_line_errors(media: Path, capsys: pytest.CaptureFixture, entries, message: str) -> None:  # noqa: ANN001
+def test_bad_inputs_give_one_line_errors(
+    media: Path, capsys: pytest.CaptureFixture, entries, message: str
+) -> None:
     rc, err = _run(capsys, "--input_json", str(_job(media, entries)))
     assert rc == 2
     lines = err.strip().splitlines()
@@ -96,15 +111,23 @@ def test_bad_flags(media: Path, capsys: pytest.CaptureFixture, flags: list[str],
     assert rc == 2 and re.search(message, err), err
 
 
-def test_missing_model_is_said_clearly(media: Path, capsys: pytest.CaptureFixture,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_model_is_said_clearly(
+    media: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # An install without the embedded model (e.g. a trimmed wheel) says so and names the flag.
     monkeypatch.setattr("liveact.nano.default_model_dir", lambda: media / "no-model")
     rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(media / "out"))
     assert rc == 2 and "no embedded model" in err and "--ckpt_dir" in err, err
     # An official folder needs the wav2vec2 folder too.
-    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(media / "out"),
-                   "--ckpt_dir", str(media))
+    rc, err = _run(
+        capsys,
+        "--input_json",
+        str(_job(media, [_entry()])),
+        "--output_dir",
+        str(media / "out"),
+        "--ckpt_dir",
+        str(media),
+    )
     assert rc == 2 and "--wav2vec_dir" in err, err
 
 
@@ -119,8 +142,19 @@ def _fake_wav2vec(folder: Path) -> Path:
 
 def test_wav2vec_folder_as_ckpt_dir_is_named(media: Path, capsys: pytest.CaptureFixture) -> None:
     w2v = _fake_wav2vec(media / "chinese-wav2vec2-base")
-    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(media / "out"),
-                   "--ckpt_dir", str(w2v), "--wav2vec_dir", str(w2v), "--device", "cpu")
+    rc, err = _run(
+        capsys,
+        "--input_json",
+        str(_job(media, [_entry()])),
+        "--output_dir",
+        str(media / "out"),
+        "--ckpt_dir",
+        str(w2v),
+        "--wav2vec_dir",
+        str(w2v),
+        "--device",
+        "cpu",
+    )
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
     assert lines[0].startswith(f"error: --ckpt_dir {w2v} is a wav2vec2 folder, not the LiveAct checkpoint")
@@ -132,8 +166,19 @@ def test_missing_asset_files_are_listed_on_one_line(media: Path, capsys: pytest.
     ckpt.mkdir()
     w2v = _fake_wav2vec(media / "w2v")
     (w2v / "model.safetensors").write_bytes(b"")  # only its presence is checked before loading
-    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(media / "out"),
-                   "--ckpt_dir", str(ckpt), "--wav2vec_dir", str(w2v), "--device", "cpu")
+    rc, err = _run(
+        capsys,
+        "--input_json",
+        str(_job(media, [_entry()])),
+        "--output_dir",
+        str(media / "out"),
+        "--ckpt_dir",
+        str(ckpt),
+        "--wav2vec_dir",
+        str(w2v),
+        "--device",
+        "cpu",
+    )
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
     assert ":;" not in lines[0] and "Wan2.1_VAE.pth" in lines[0], lines[0]
@@ -163,18 +208,25 @@ def test_colliding_output_names_get_the_entry_index(tmp_path: Path, caplog: pyte
     def req(image: str, audio: str) -> Request:
         return Request(image=image, audio=audio, prompt="p")
 
-    names = [p.name for p in output_paths(tmp_path, [req("a.png", "s.wav"), req("b.png", "s.wav"),
-                                                     req("a.png", "s.wav")])]
+    names = [
+        p.name
+        for p in output_paths(tmp_path, [req("a.png", "s.wav"), req("b.png", "s.wav"), req("a.png", "s.wav")])
+    ]
     assert names == ["a_s_0.mp4", "b_s.mp4", "a_s_2.mp4"]
     assert "a_s.mp4" in caplog.text and "a_s_2.mp4" in caplog.text
     # A suffixed name that equals another entry's own name is suffixed again.
-    names = [p.name for p in output_paths(tmp_path, [req("a.png", "s.wav"), req("a.png", "s.wav"),
-                                                     req("a.png", "s_1.wav")])]
+    names = [
+        p.name
+        for p in output_paths(
+            tmp_path, [req("a.png", "s.wav"), req("a.png", "s.wav"), req("a.png", "s_1.wav")]
+        )
+    ]
     assert names == ["a_s_0.mp4", "a_s_1_1.mp4", "a_s_1_2.mp4"]
 
 
-def test_existing_output_is_never_replaced_without_overwrite(media: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_existing_output_is_never_replaced_without_overwrite(
+    media: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = media / "out"
     out.mkdir()
     (out / "face_speech.mp4").write_bytes(b"an earlier result")
@@ -182,8 +234,16 @@ def test_existing_output_is_never_replaced_without_overwrite(media: Path,
     assert rc == 2 and "face_speech.mp4 already exist" in err and "--overwrite" in err, err
     assert (out / "face_speech.mp4").read_bytes() == b"an earlier result"
     # With --overwrite the run goes on (on the embedded model) and replaces the file with a new video.
-    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(out),
-                   "--overwrite", "--max_blocks", "1")
+    rc, err = _run(
+        capsys,
+        "--input_json",
+        str(_job(media, [_entry()])),
+        "--output_dir",
+        str(out),
+        "--overwrite",
+        "--max_blocks",
+        "1",
+    )
     assert rc == 0 and "already exist" not in err, err
     assert (out / "face_speech.mp4").read_bytes()[4:8] == b"ftyp"
 
@@ -232,10 +292,21 @@ def test_log_lines_go_through_tqdm_write(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_relative_paths_resolve_against_the_json_folder(media: Path, tmp_path: Path) -> None:
     sub = media / "jobs"
     sub.mkdir()
-    job = _job(sub, [_entry(cond_image="../face.png", cond_audio=str(media / "speech.wav"),
-                            edit_prompt={"[0, 1]": "smile", "[1, 2]": "nod"})])
+    job = _job(
+        sub,
+        [
+            _entry(
+                cond_image="../face.png",
+                cond_audio=str(media / "speech.wav"),
+                edit_prompt={"[0, 1]": "smile", "[1, 2]": "nod"},
+            )
+        ],
+    )
     (request,) = load_requests(job)
-    assert Path(request.image) == sub / "../face.png" and request.edits == [((0, 1), "smile"), ((1, 2), "nod")]
+    assert Path(request.image) == sub / "../face.png" and request.edits == [
+        ((0, 1), "smile"),
+        ((1, 2), "nod"),
+    ]
 
 
 def test_edit_range_parsing() -> None:
@@ -244,7 +315,11 @@ def test_edit_range_parsing() -> None:
 
 def test_subprocess_error_has_no_traceback(media: Path) -> None:
     job = _job(media, [_entry(cond_audio="notes.txt")])
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "generate.py"), "--input_json", str(job)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "generate.py"), "--input_json", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("error:"), proc.stderr

@@ -42,9 +42,13 @@ def _cond(model: LiveActTransformer) -> Conditions:
     return cond
 
 
-def _stream_with_recompile_check(model: LiveActTransformer, cond: Conditions) -> tuple[list[torch.Tensor], int]:
+def _stream_with_recompile_check(
+    model: LiveActTransformer, cond: Conditions
+) -> tuple[list[torch.Tensor], int]:
     """Stream ``BLOCKS`` blocks; after ``WARMUP`` blocks any recompilation raises."""
-    stream = NeighborForcingSampler(model, audio_cfg=2.0).stream(cond, BLOCKS, torch.Generator().manual_seed(0))
+    stream = NeighborForcingSampler(model, audio_cfg=2.0).stream(
+        cond, BLOCKS, torch.Generator().manual_seed(0)
+    )
     out = [next(stream) for _ in range(WARMUP)]
     graphs = counters["stats"]["unique_graphs"]
     with torch._dynamo.config.patch(error_on_recompile=True):
@@ -77,7 +81,9 @@ def test_block_phase() -> None:
 def test_whole_model_compile_sticks_and_equals_eager() -> None:
     model = _model(layers=2)
     cond = _cond(model)
-    eager = list(NeighborForcingSampler(model, audio_cfg=2.0).stream(cond, BLOCKS, torch.Generator().manual_seed(0)))
+    eager = list(
+        NeighborForcingSampler(model, audio_cfg=2.0).stream(cond, BLOCKS, torch.Generator().manual_seed(0))
+    )
     compiled_model = copy.deepcopy(model)
     compiled_model.compile(backend="aot_eager")  # PyTorch's in-place nn.Module.compile
     out, graphs = _stream_with_recompile_check(compiled_model, cond)
@@ -91,7 +97,9 @@ def test_regional_compile_shares_graphs_across_layers() -> None:
     """Each block compiled on its own: layers share graphs (no per-layer int to specialise on)."""
     model = _model(layers=4)
     cond = _cond(model)
-    eager = list(NeighborForcingSampler(model, audio_cfg=2.0).stream(cond, BLOCKS, torch.Generator().manual_seed(0)))
+    eager = list(
+        NeighborForcingSampler(model, audio_cfg=2.0).stream(cond, BLOCKS, torch.Generator().manual_seed(0))
+    )
     for block in model.blocks:
         block.compile(backend="aot_eager", dynamic=False)
     out, graphs = _stream_with_recompile_check(model, cond)

@@ -9,8 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
+
 from liveact.config import (
     PRESETS,
     MemoryConfig,

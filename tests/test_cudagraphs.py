@@ -34,8 +34,10 @@ def test_replays_equal_eager_through_edits_and_cfg(fp8_kv_cache: bool) -> None:
     model = _model()
     cond = synthetic_conditions(model, 32, 32, audio_frames=600, device="cpu")
     g = torch.Generator().manual_seed(3)
-    cond.edits = [((3, 4), torch.randn(6, model.config.text_dim, generator=g)),
-                  ((7, 7), torch.randn(9, model.config.text_dim, generator=g))]
+    cond.edits = [
+        ((3, 4), torch.randn(6, model.config.text_dim, generator=g)),
+        ((7, 7), torch.randn(9, model.config.text_dim, generator=g)),
+    ]
 
     def run(m: object) -> list[torch.Tensor]:
         sampler = NeighborForcingSampler(m, audio_cfg=2.0, fp8_kv_cache=fp8_kv_cache)

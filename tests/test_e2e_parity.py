@@ -134,10 +134,10 @@ def _our_intermediates(case: Path, meta: dict, run: Run, expected: dict) -> dict
     for name in expected:
         if name.startswith(("t5_input_ids_", "t5_attention_mask_")):
             field = "t5_input_ids" if name.startswith("t5_input_ids_") else "t5_attention_mask"
-            prompt = name[len(field) + 1:]
+            prompt = name[len(field) + 1 :]
             ours[name] = traced[field][0][prompts.index(prompt)]
         elif name.startswith("t5_context_"):
-            ours[name] = traced["t5_context"][prompts.index(name[len("t5_context_"):])]
+            ours[name] = traced["t5_context"][prompts.index(name[len("t5_context_") :])]
         elif name in ("cond_image", "clip_fea", "y"):
             ours[name] = traced[name][0]
         elif name == "vae_latent_of_cond_video":
@@ -149,11 +149,11 @@ def _our_intermediates(case: Path, meta: dict, run: Run, expected: dict) -> dict
             ours[name] = traced["tempo_output"][0]
         elif name.startswith(tuple(STREAM_PREFIXES)):
             prefix = next(p for p in STREAM_PREFIXES if name.startswith(p))
-            k = int(name[len(prefix):])
+            k = int(name[len(prefix) :])
             if k < blocks:
                 ours[name] = _streamed(run, k)[STREAM_PREFIXES[prefix]]
         elif name.startswith("latent_block"):
-            k = int(name[len("latent_block"):])
+            k = int(name[len("latent_block") :])
             if k < blocks:
                 ours[name] = traced["latent"][k]
         else:
@@ -162,8 +162,11 @@ def _our_intermediates(case: Path, meta: dict, run: Run, expected: dict) -> dict
 
 
 # Per-block streaming-audio tensors of the fixtures -> the pipeline's trace names.
-STREAM_PREFIXES = {"speech_16k_block": "speech", "audio_embedding_block": "audio_embedding",
-                   "tempo_output_block": "tempo_output"}
+STREAM_PREFIXES = {
+    "speech_16k_block": "speech",
+    "audio_embedding_block": "audio_embedding",
+    "tempo_output_block": "tempo_output",
+}
 
 
 def _streamed(run: Run, block: int) -> dict[str, torch.Tensor]:
@@ -289,8 +292,16 @@ def test_frames_match(case: Path, runs: Callable[[Path], Run]) -> None:
     assert common == min(len(ours), len(theirs)), (common, len(ours), len(theirs))
     assert ours.shape[1:] == theirs.shape[1:]
     diff = np.abs(ours[:common].astype(np.int16) - theirs[:common].astype(np.int16))
-    logger.info("%s frames: %d compared (ours %d, theirs %d), max abs %d, mean abs %.4f, %.4f%% differ",
-                case.name, common, len(ours), len(theirs), diff.max(), diff.mean(), 100 * (diff > 0).mean())
+    logger.info(
+        "%s frames: %d compared (ours %d, theirs %d), max abs %d, mean abs %.4f, %.4f%% differ",
+        case.name,
+        common,
+        len(ours),
+        len(theirs),
+        diff.max(),
+        diff.mean(),
+        100 * (diff > 0).mean(),
+    )
     assert diff.max() <= tol["frames_max_abs_levels"], diff.max()
     assert diff.mean() <= tol["frames_mean_abs_levels"], diff.mean()
     assert (diff > 0).mean() <= tol["frames_fraction_differing"], (diff > 0).mean()
@@ -318,8 +329,19 @@ def test_mp4_length_and_content(case: Path, runs: Callable[[Path], Run]) -> None
     err = decoded[:n].astype(np.float64) - theirs[:n]
     psnr = 10 * math.log10(255.0**2 / max(float((err**2).mean()), 1e-12))
     lowpass = float(np.abs(_lowpass(decoded[:n]) - _lowpass(theirs[:n])).mean())
-    logger.info("%s mp4: %d frames written, PSNR %.2f dB, 8x8 low-pass mean abs %.4f (authors' export: %.2f dB, %.4f)",
-                case.name, run.written, psnr, lowpass, meta["authors_mp4_psnr_db"], meta["authors_mp4_lowpass_mean_abs"])
+    logger.info(
+        "%s mp4: %d frames written, PSNR %.2f dB, 8x8 low-pass mean abs %.4f "
+        "(authors' export: %.2f dB, %.4f)",
+        case.name,
+        run.written,
+        psnr,
+        lowpass,
+        meta["authors_mp4_psnr_db"],
+        meta["authors_mp4_lowpass_mean_abs"],
+    )
     assert psnr >= meta["authors_mp4_psnr_db"] - tol["cli_mp4_psnr_margin_db"], psnr
-    limit = meta["authors_mp4_lowpass_mean_abs"] * tol["cli_mp4_lowpass_factor"] + tol["cli_mp4_lowpass_slack_levels"]
+    limit = (
+        meta["authors_mp4_lowpass_mean_abs"] * tol["cli_mp4_lowpass_factor"]
+        + tol["cli_mp4_lowpass_slack_levels"]
+    )
     assert lowpass <= limit, (lowpass, limit)

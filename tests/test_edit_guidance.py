@@ -14,8 +14,17 @@ from liveact.sampler import Conditions, NeighborForcingSampler
 
 def small_model() -> LiveActTransformer:
     torch.manual_seed(0)
-    cfg = replace(PRESETS["tiny"], dim=32, ffn_dim=64, num_heads=2, num_layers=2, clip_dim=16, text_dim=32,
-                  audio_layers=2, audio_channels=8)
+    cfg = replace(
+        PRESETS["tiny"],
+        dim=32,
+        ffn_dim=64,
+        num_heads=2,
+        num_layers=2,
+        clip_dim=16,
+        text_dim=32,
+        audio_layers=2,
+        audio_channels=8,
+    )
     return LiveActTransformer(cfg).eval()
 
 
@@ -24,13 +33,18 @@ def conditions(model: LiveActTransformer, edit_text: torch.Tensor | None = None)
     g = torch.Generator().manual_seed(1)
     text = torch.randn(5, cfg.text_dim, generator=g)
     edit = torch.randn(7, cfg.text_dim, generator=g) if edit_text is None else edit_text
-    return Conditions(text=text, clip=torch.randn(1, 257, cfg.clip_dim, generator=g),
-                      y=torch.randn(1, cfg.cond_dim, 14, 4, 4, generator=g),
-                      audio=torch.randn(200, cfg.audio_layers, cfg.audio_channels, generator=g),
-                      edits=[((2, 3), edit)])
+    return Conditions(
+        text=text,
+        clip=torch.randn(1, 257, cfg.clip_dim, generator=g),
+        y=torch.randn(1, cfg.cond_dim, 14, 4, 4, generator=g),
+        audio=torch.randn(200, cfg.audio_layers, cfg.audio_channels, generator=g),
+        edits=[((2, 3), edit)],
+    )
 
 
-def blocks(model: LiveActTransformer, cond: Conditions, edit_cfg: float, audio_cfg: float = 1.0) -> list[torch.Tensor]:
+def blocks(
+    model: LiveActTransformer, cond: Conditions, edit_cfg: float, audio_cfg: float = 1.0
+) -> list[torch.Tensor]:
     sampler = NeighborForcingSampler(model, audio_cfg=audio_cfg, sampler=SamplerConfig(edit_cfg=edit_cfg))
     return list(sampler.stream(cond, 6, torch.Generator().manual_seed(4)))
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
+
 from liveact.__main__ import COMMANDS, main, resolve, usage
 
 tomllib = pytest.importorskip("tomllib")

@@ -41,8 +41,11 @@ class _FixedReader(AvatarReader):
 
     def read(self, frames: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
         n = len(frames)
-        return {"mouth": frames[..., 0].mean(axis=(1, 2)) / 255.0, "eyes_closed": np.zeros(n),
-                "accessories": np.tile(np.array([[1, 0, 2]]), (n, 1))}
+        return {
+            "mouth": frames[..., 0].mean(axis=(1, 2)) / 255.0,
+            "eyes_closed": np.zeros(n),
+            "accessories": np.tile(np.array([[1, 0, 2]]), (n, 1)),
+        }
 
 
 def test_video_metrics_follow_the_signals() -> None:
@@ -51,7 +54,7 @@ def test_video_metrics_follow_the_signals() -> None:
     talking = np.zeros(n, bool)
     talking[20:60] = True
     for f in np.flatnonzero(talking):
-        wave[f * 640: (f + 1) * 640] = 0.4 * np.sin(np.arange(640) / 3) * (0.5 + 0.5 * np.sin(f))
+        wave[f * 640 : (f + 1) * 640] = 0.4 * np.sin(np.arange(640) / 3) * (0.5 + 0.5 * np.sin(f))
     env = speech_envelope(wave, n, fps)
     frames = np.full((n, 32, 32, 3), 40, np.uint8)
     frames[..., 0] = (255 * env).clip(0, 255).astype(np.uint8)[:, None, None]
@@ -74,8 +77,11 @@ def test_reader_trains_and_reports_its_accuracy(tmp_path: Path, monkeypatch: pyt
     from liveact.eval import reader
 
     real = reader.labelled_frames
-    monkeypatch.setattr(reader, "labelled_frames", lambda seeds, **kw: real(range(seeds.start, seeds.start + 3),
-                                                                            size=64, **kw))
+    monkeypatch.setattr(
+        reader,
+        "labelled_frames",
+        lambda seeds, **kw: real(range(seeds.start, seeds.start + 3), size=64, **kw),
+    )
     scores = reader.train(tmp_path, steps=3, clips=3, batch=4, seed=1)
     assert set(scores["renders"]) >= {"mouth_mae", "mouth_corr", "glasses_acc"}
     loaded = AvatarReader.load(tmp_path)

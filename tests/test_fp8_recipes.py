@@ -38,14 +38,21 @@ def _cpu_scaled_mm_works() -> bool:
     try:
         a = torch.zeros(1, 16).to(torch.float8_e4m3fn)
         one = torch.ones(())
-        torch._scaled_mm(a, torch.zeros(16, 16).to(torch.float8_e4m3fn).t(), scale_a=one, scale_b=one,
-                         out_dtype=torch.float32)
+        torch._scaled_mm(
+            a,
+            torch.zeros(16, 16).to(torch.float8_e4m3fn).t(),
+            scale_a=one,
+            scale_b=one,
+            out_dtype=torch.float32,
+        )
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
-needs_cpu_scaled_mm = pytest.mark.skipif(not _cpu_scaled_mm_works(), reason="this torch has no CPU _scaled_mm")
+needs_cpu_scaled_mm = pytest.mark.skipif(
+    not _cpu_scaled_mm_works(), reason="this torch has no CPU _scaled_mm"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +78,7 @@ def test_fused_qkv_is_three_fp8_layers_and_close_to_float32() -> None:
     scales = [quantize_per_tensor(lin.weight.detach())[1] for lin in (q, k, v)]
     assert len({float(s) for s in scales}) == 3
     for i, s in enumerate(scales):
-        assert torch.all(fused.weight_scale[0, 128 * i: 128 * (i + 1)] == s)
+        assert torch.all(fused.weight_scale[0, 128 * i : 128 * (i + 1)] == s)
     separate = torch.cat([FP8Linear.from_linear(lin, emulate=True)(x) for lin in (q, k, v)], dim=-1)
     out = fused(x)
     # Same quantised operands and scales; only the fp32 summation order of the GEMM may differ,
@@ -117,12 +124,15 @@ def test_fused_model_close_to_float32_and_to_unfused() -> None:
     cond = synthetic_conditions(model, 64, 64, audio_frames=200, device="cpu")
 
     def sample(m: LiveActTransformer) -> torch.Tensor:
-        return torch.cat(list(NeighborForcingSampler(m).stream(cond, 3, torch.Generator().manual_seed(0))), dim=1)
+        return torch.cat(
+            list(NeighborForcingSampler(m).stream(cond, 3, torch.Generator().manual_seed(0))), dim=1
+        )
 
     ref = sample(model)
     fused, separate = copy.deepcopy(model), copy.deepcopy(model)
-    assert convert_linears_to_fp8(fused, emulate=True) == convert_linears_to_fp8(separate, emulate=True,
-                                                                                 fuse_qkv=False)
+    assert convert_linears_to_fp8(fused, emulate=True) == convert_linears_to_fp8(
+        separate, emulate=True, fuse_qkv=False
+    )
     out = sample(fused)
     # FP8 weights and activations plus bf16 GEMM outputs, over three streamed blocks (~2-3%).
     assert rel_err(out, ref) < 0.05
@@ -153,7 +163,9 @@ def _fake_scaled_mm(rowwise_ok: bool, wrong: bool = False, seen: list | None = N
         if seen is not None:
             seen.append({"rowwise": scale_a.dim() > 0, "fast": use_fast_accum, "scale_b": scale_b})
         if scale_a.dim() > 0 and not rowwise_ok:
-            raise RuntimeError("Invalid scaling configuration: rowwise scaling is not supported on this device")
+            raise RuntimeError(
+                "Invalid scaling configuration: rowwise scaling is not supported on this device"
+            )
         out = (a.float() @ b.float()) * scale_a * scale_b
         out = out if bias is None else out + bias.float()
         return (out * 0 if wrong else out).to(out_dtype)
@@ -171,8 +183,9 @@ def test_probe_picks_rowwise_when_it_runs(monkeypatch: pytest.MonkeyPatch) -> No
     assert choose_recipe("cpu") == "rowwise" and not seen, "probed once per device"
 
 
-def test_probe_falls_back_to_tensorwise_with_a_warning(monkeypatch: pytest.MonkeyPatch,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_probe_falls_back_to_tensorwise_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(torch, "_scaled_mm", _fake_scaled_mm(rowwise_ok=False))
     with caplog.at_level(logging.WARNING, logger="liveact.quant"):
         assert choose_recipe("cpu", fast_accum=False) == "tensorwise"
@@ -185,15 +198,19 @@ def test_probe_falls_back_to_tensorwise_with_a_warning(monkeypatch: pytest.Monke
     assert rel_err(out, fused._emulated_mm(qx, sx)) < 1e-2
 
 
-@pytest.mark.parametrize("fake", [_fake_scaled_mm(rowwise_ok=False, wrong=True), None],
-                         ids=["wrong-results", "raises"])
+@pytest.mark.parametrize(
+    "fake", [_fake_scaled_mm(rowwise_ok=False, wrong=True), None], ids=["wrong-results", "raises"]
+)
 def test_probe_refuses_when_nothing_runs(monkeypatch: pytest.MonkeyPatch, fake) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED")
 
     monkeypatch.setattr(torch, "_scaled_mm", fake or broken)
-    with pytest.raises(RuntimeError, match=r"FP8 GEMM cannot run on cpu \(rowwise: .*tensorwise: .*\); run "
-                                           r"without --fp8_gemm"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"FP8 GEMM cannot run on cpu \(rowwise: .*tensorwise: .*\); run "
+        r"without --fp8_gemm",
+    ):
         choose_recipe("cpu")
     assert probe_recipe("cpu", "rowwise") is not None
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from PIL import Image
-
 from conftest import REPO_ROOT
-from liveact.video import probe_video, read_frames
+from PIL import Image
 from tiny_assets import write_tiny_assets
+
+from liveact.video import probe_video, read_frames
 
 FPS = 24
 SIZE = "64*48"
@@ -45,8 +45,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         sf.write(inputs / f"{name}.wav", wave.astype(np.float32), 16000)
     jobs = [
         {"prompt": "A person talks.", "cond_image": "face.png", "cond_audio": "hello.wav"},
-        {"prompt": "A person talks.", "cond_image": "face.png", "cond_audio": "long.wav",
-         "edit_prompt": {"[1, 2]": "The person smiles.", "[2, 3]": "The person nods."}},
+        {
+            "prompt": "A person talks.",
+            "cond_image": "face.png",
+            "cond_audio": "long.wav",
+            "edit_prompt": {"[1, 2]": "The person smiles.", "[2, 3]": "The person nods."},
+        },
     ]
     (inputs / "jobs.json").write_text(json.dumps(jobs))
     (inputs / "long.json").write_text(json.dumps(jobs[1:]))
@@ -54,9 +58,25 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _command(ws: dict[str, Path], json_name: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO_ROOT / "generate.py"), "--ckpt_dir", str(ws["ckpt"]), "--wav2vec_dir",
-            str(ws["w2v"]), "--input_json", str(ws["inputs"] / json_name), "--size", SIZE, "--fps", str(FPS),
-            "--device", "cpu", "--output_dir", str(out), *extra]
+    return [
+        sys.executable,
+        str(REPO_ROOT / "generate.py"),
+        "--ckpt_dir",
+        str(ws["ckpt"]),
+        "--wav2vec_dir",
+        str(ws["w2v"]),
+        "--input_json",
+        str(ws["inputs"] / json_name),
+        "--size",
+        SIZE,
+        "--fps",
+        str(FPS),
+        "--device",
+        "cpu",
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -65,8 +85,13 @@ def _env() -> dict[str, str]:
 
 def test_two_entries_give_two_playable_mp4s(workspace: dict[str, Path]) -> None:
     out = workspace["root"] / "out"
-    proc = subprocess.run(_command(workspace, "jobs.json", out, "--dura_print"), capture_output=True, text=True,
-                          timeout=600, env=_env())
+    proc = subprocess.run(
+        _command(workspace, "jobs.json", out, "--dura_print"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Done Block 0" in proc.stdout and "real-time factor" in proc.stderr
     # stderr is not a terminal: one line per preparation stage and per block, no progress bar.
@@ -85,8 +110,13 @@ def test_two_entries_give_two_playable_mp4s(workspace: dict[str, Path]) -> None:
 
 def test_killed_run_leaves_a_playable_partial_mp4(workspace: dict[str, Path]) -> None:
     out = workspace["root"] / "killed"
-    proc = subprocess.Popen(_command(workspace, "long.json", out, "--dura_print"), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=_env())
+    proc = subprocess.Popen(
+        _command(workspace, "long.json", out, "--dura_print"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_env(),
+    )
     try:
         for line in proc.stdout:
             if line.startswith("Done Block 1"):
@@ -102,7 +132,7 @@ def test_killed_run_leaves_a_playable_partial_mp4(workspace: dict[str, Path]) ->
             frames = read_frames(path)
             if len(frames) >= 21 + 32:
                 break
-        except Exception:  # noqa: BLE001 - the file may still be being finalised
+        except Exception:
             pass
         time.sleep(0.5)
     frames = read_frames(path)
@@ -114,8 +144,14 @@ def _interrupt(ws: dict[str, Path], out: Path, when: str) -> tuple[subprocess.Co
     """Run long.json and send SIGINT (Ctrl-C) when a stdout or stderr line starts with ``when``."""
     import threading
 
-    proc = subprocess.Popen(_command(ws, "long.json", out, "--dura_print"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_env(), preexec_fn=default_sigint)
+    proc = subprocess.Popen(
+        _command(ws, "long.json", out, "--dura_print"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        preexec_fn=default_sigint,
+    )
     lines: list[str] = []
     timer = threading.Timer(600, proc.kill)  # never hang the suite
     timer.start()
@@ -137,8 +173,10 @@ def test_ctrl_c_says_what_is_on_disk(workspace: dict[str, Path]) -> None:
     proc, path = _interrupt(workspace, workspace["root"] / "early", "face_long.mp4: preparing 2/4")
     assert proc.returncode == 130, proc.stdout[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
-    assert last == ("interrupted while preparing face_long.mp4 (encoding the portrait (image encoder)): "
-                    "no new video was written"), last
+    assert last == (
+        "interrupted while preparing face_long.mp4 (encoding the portrait (image encoder)): "
+        "no new video was written"
+    ), last
     assert not path.exists()
 
     proc, path = _interrupt(workspace, workspace["root"] / "late", "Done Block 1")
@@ -155,8 +193,13 @@ def test_ctrl_c_says_what_is_on_disk(workspace: dict[str, Path]) -> None:
 def test_torchrun_two_processes_match_one(workspace: dict[str, Path]) -> None:
     single, multi = workspace["root"] / "single", workspace["root"] / "multi"
     extra = ("--max_blocks", "3", "--audio_cfg", "2.0")
-    proc = subprocess.run(_command(workspace, "long.json", single, *extra), capture_output=True, text=True,
-                          timeout=600, env=_env())
+    proc = subprocess.run(
+        _command(workspace, "long.json", single, *extra),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     cmd = _command(workspace, "long.json", multi, *extra)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cmd[1:]]

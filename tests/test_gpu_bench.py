@@ -22,8 +22,15 @@ from liveact.quant import FP8Linear
 
 
 def test_every_mode_runs_on_a_tiny_preset() -> None:
-    results = run_gpu_bench(preset="tiny", sizes=("64*64",), blocks=3, device="cpu", compile_mode="none",
-                            plan=False, warmup_blocks=1)
+    results = run_gpu_bench(
+        preset="tiny",
+        sizes=("64*64",),
+        blocks=3,
+        device="cpu",
+        compile_mode="none",
+        plan=False,
+        warmup_blocks=1,
+    )
     assert [r.mode for r in results] == list(MODES)
     by_mode = {r.mode: r for r in results}
     for mode in ("bf16", "fp8", "offload24"):
@@ -46,9 +53,32 @@ def test_command_writes_json_and_markdown(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(islands, "enable_compiled_islands", lambda backend="inductor": None)
     limit = torch._dynamo.config.recompile_limit
-    bench_main(["gpu", "--device", "cpu", "--preset", "tiny", "--size", "64*64", "--blocks", "4",
-                "--warmup_blocks", "0", "--compile", "cudagraphs", "--no_plan", "--mode", "bf16", "--mode",
-                "offload24", "--out", str(out), "--markdown", str(md)])
+    bench_main(
+        [
+            "gpu",
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--size",
+            "64*64",
+            "--blocks",
+            "4",
+            "--warmup_blocks",
+            "0",
+            "--compile",
+            "cudagraphs",
+            "--no_plan",
+            "--mode",
+            "bf16",
+            "--mode",
+            "offload24",
+            "--out",
+            str(out),
+            "--markdown",
+            str(md),
+        ]
+    )
     payload = json.loads(out.read_text())
     assert payload["preset"] == "tiny" and [r["mode"] for r in payload["results"]] == ["bf16", "offload24"]
     assert all(r["status"] == "ok" and r["fps"] > 0 for r in payload["results"])
@@ -83,13 +113,25 @@ def test_fp8_then_offload_share_one_model(monkeypatch: pytest.MonkeyPatch) -> No
     seen = {}
 
     def fake_stream(model, size, blocks, device, memory, audio_cfg=1.0, warmup_blocks=0, cuda_graphs=False):
-        seen[len(seen)] = (any(isinstance(m, FP8Linear) for m in model.modules()),
-                           block_offload_manager(model) is not None, memory.fp8 and memory.offload)
-        return gpu_bench.RunResult(mode="", size=size, first_block_s=1.0, block_s=1.0, step_ms=[1.0], fps=32.0)
+        seen[len(seen)] = (
+            any(isinstance(m, FP8Linear) for m in model.modules()),
+            block_offload_manager(model) is not None,
+            memory.fp8 and memory.offload,
+        )
+        return gpu_bench.RunResult(
+            mode="", size=size, first_block_s=1.0, block_s=1.0, step_ms=[1.0], fps=32.0
+        )
 
     monkeypatch.setattr(gpu_bench, "stream_once", fake_stream)
-    run_gpu_bench(preset="tiny", sizes=("64*64",), modes=("bf16", "fp8", "offload24"), blocks=3, device="cpu",
-                  compile_mode="none", plan=False)
+    run_gpu_bench(
+        preset="tiny",
+        sizes=("64*64",),
+        modes=("bf16", "fp8", "offload24"),
+        blocks=3,
+        device="cpu",
+        compile_mode="none",
+        plan=False,
+    )
     assert seen == {0: (False, False, False), 1: (True, False, False), 2: (True, True, True)}
 
 

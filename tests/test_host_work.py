@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import case_params, load_meta
+
 from liveact.hostwork import BackgroundWriter, frames_to_uint8
 from liveact.video import to_uint8_frames
 
@@ -70,8 +70,9 @@ def test_channels_last_vae_decodes_the_same(case: Path) -> None:
 
     meta = load_meta(case)
     norm = meta["latent_normalisation"]
-    vae = WanVAE.from_pth(case / meta["weights_file"], "cpu", torch.float32, mean=tuple(norm["mean"]),
-                          std=tuple(norm["std"]))
+    vae = WanVAE.from_pth(
+        case / meta["weights_file"], "cpu", torch.float32, mean=tuple(norm["mean"]), std=tuple(norm["std"])
+    )
     latent = torch.randn(vae.arch.z_dim, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     reference = vae.decode(latent)
     vae.to_channels_last()

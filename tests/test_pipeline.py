@@ -256,8 +256,15 @@ def test_bad_asset_is_named(
 
 
 def _at_fps(pipe: LiveActPipeline, fps: float) -> LiveActPipeline:
-    return LiveActPipeline(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.image_encoder,
-                           pipe.audio_encoder, size=SIZE, fps=fps)
+    return LiveActPipeline(
+        pipe.transformer,
+        pipe.vae,
+        pipe.text_encoder,
+        pipe.image_encoder,
+        pipe.audio_encoder,
+        size=SIZE,
+        fps=fps,
+    )
 
 
 @pytest.mark.parametrize("fps", [16, 20, 24, 25, 30])
@@ -289,12 +296,17 @@ def short_request(tmp_path_factory: pytest.TempPathFactory, request_: Request) -
     t = np.arange(int(2.5 * sr)) / sr
     wav = tmp_path_factory.mktemp("short") / "short.wav"
     sf.write(wav, (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), sr)
-    return Request(image=request_.image, audio=wav, prompt=request_.prompt,
-                   edits=[((50, 60), "never"), ((1, 9), "partly")])
+    return Request(
+        image=request_.image,
+        audio=wav,
+        prompt=request_.prompt,
+        edits=[((50, 60), "never"), ((1, 9), "partly")],
+    )
 
 
-def test_prepare_reports_stages_and_unused_edits(pipe: LiveActPipeline, short_request: Request,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_prepare_reports_stages_and_unused_edits(
+    pipe: LiveActPipeline, short_request: Request, caplog: pytest.LogCaptureFixture
+) -> None:
     from liveact.pipeline import PREPARE_STAGES
 
     stages: list[str] = []
@@ -340,17 +352,21 @@ def test_library_errors_name_arguments_not_flags(tmp_path: Path) -> None:
     assert counts == ["18.88B", "5.05M", "45.1K", "12"]
 
 
-def test_checkpoint_config_sections_set_memory_and_schedule(assets: tuple[Path, Path],
-                                                            tmp_path: Path) -> None:
+def test_checkpoint_config_sections_set_memory_and_schedule(
+    assets: tuple[Path, Path], tmp_path: Path
+) -> None:
     """A checkpoint's config.json may carry the preset file's memory/sampler sections; others pass through."""
     import json
 
     ckpt = shutil.copytree(assets[0], tmp_path / "ckpt")
     config = json.loads((ckpt / DIT_CONFIG).read_text())
-    config.update(sampler={"timesteps": [1000.0, 750.0, 0.0], "cfg_steps": [1], "skip_audio_steps": [0]},
-                  components={"text_encoder": "some-other-encoder"})
+    config.update(
+        sampler={"timesteps": [1000.0, 750.0, 0.0], "cfg_steps": [1], "skip_audio_steps": [0]},
+        components={"text_encoder": "some-other-encoder"},
+    )
     (ckpt / DIT_CONFIG).write_text(json.dumps(config))
-    pipe = LiveActPipeline.from_pretrained(ckpt, assets[1], device="cpu", dtype=torch.float32, size=SIZE,
-                                           fps=FPS)
+    pipe = LiveActPipeline.from_pretrained(
+        ckpt, assets[1], device="cpu", dtype=torch.float32, size=SIZE, fps=FPS
+    )
     assert pipe.sampler.config.timesteps == (1000.0, 750.0, 0.0) and pipe.sampler.config.num_steps == 2
     assert pipe.sampler.memory_config.block_frames == 8

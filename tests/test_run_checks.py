@@ -36,12 +36,15 @@ def test_device_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_device(GenerateArgs(), GPU0) == torch.device("cuda", 0)
 
 
-def test_user_error_after_the_process_group_started_tears_it_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_user_error_after_the_process_group_started_tears_it_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     Image.fromarray(np.full((40, 30, 3), 128, np.uint8)).save(tmp_path / "face.png")
     t = np.arange(16000 * 2) / 16000
     sf.write(tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
-    (tmp_path / "jobs.json").write_text('[{"prompt": "p", "cond_image": "face.png", "cond_audio": "speech.wav"}]')
+    (tmp_path / "jobs.json").write_text(
+        '[{"prompt": "p", "cond_image": "face.png", "cond_audio": "speech.wav"}]'
+    )
     cpu_rank = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo")
     monkeypatch.setattr("liveact.parallel.maybe_init_dist", lambda **kwargs: cpu_rank)
     destroyed = []
@@ -59,7 +62,11 @@ def test_float16_warns(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_tf32_off_for_cuda_float32() -> None:
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
     try:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         assert configure_torch("cpu", torch.float32) == {}
@@ -70,13 +77,17 @@ def test_tf32_off_for_cuda_float32() -> None:
         configure_torch("cuda", torch.bfloat16)
         assert torch.backends.cudnn.allow_tf32, "half-precision runs keep PyTorch's defaults"
     finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = saved
+        (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark,
+        ) = saved
 
 
 @pytest.mark.parametrize("free_gib, expected", [(1, "no combination"), (13, "add --t5_cpu \\("), (80, None)])
-def test_memory_check_refuses_before_loading(monkeypatch: pytest.MonkeyPatch, free_gib: int,
-                                             expected: str | None) -> None:
+def test_memory_check_refuses_before_loading(
+    monkeypatch: pytest.MonkeyPatch, free_gib: int, expected: str | None
+) -> None:
     monkeypatch.setattr(memplan, "config_of", lambda folder: PRESETS["tiny"])
     # The VAE's dry run is tested in test_memplan; here only the verdict matters.
     monkeypatch.setattr(memplan, "vae_activation_bytes", lambda options, memory, arch=None: (2**30, 2**30))
@@ -90,8 +101,9 @@ def test_memory_check_refuses_before_loading(monkeypatch: pytest.MonkeyPatch, fr
     with pytest.raises(UserError, match=expected) as info:
         check_precision_and_memory(args, torch.device("cuda"), torch.bfloat16, None)
     assert "--no_memory_check" in str(info.value)
-    check_precision_and_memory(GenerateArgs(ckpt_dir="unused", no_memory_check=True), torch.device("cuda"),
-                               torch.bfloat16, None)
+    check_precision_and_memory(
+        GenerateArgs(ckpt_dir="unused", no_memory_check=True), torch.device("cuda"), torch.bfloat16, None
+    )
 
 
 class _Recorder(nn.Module):
@@ -116,12 +128,18 @@ def test_parked_text_encoder_visits_the_device_only_to_encode(fails: bool) -> No
         return [torch.ones(3, 4) for _ in ids]
 
     released = []
-    fake = SimpleNamespace(park_text_encoder=True, device=torch.device("meta"),
-                           sampler=SimpleNamespace(release_memories=lambda: released.append(True)),
-                           transformer=SimpleNamespace(dtype=torch.float32),
-                           _trace=lambda name, tensor: None,
-                           text_encoder=SimpleNamespace(model=model, encode_ids=encode_ids,
-                                                        tokenize=lambda p: (torch.zeros(len(p), 5), torch.ones(len(p), 5))))
+    fake = SimpleNamespace(
+        park_text_encoder=True,
+        device=torch.device("meta"),
+        sampler=SimpleNamespace(release_memories=lambda: released.append(True)),
+        transformer=SimpleNamespace(dtype=torch.float32),
+        _trace=lambda name, tensor: None,
+        text_encoder=SimpleNamespace(
+            model=model,
+            encode_ids=encode_ids,
+            tokenize=lambda p: (torch.zeros(len(p), 5), torch.ones(len(p), 5)),
+        ),
+    )
     if fails:
         with pytest.raises(RuntimeError, match="encoder failed"):
             LiveActPipeline.encode_text(fake, ["a"])

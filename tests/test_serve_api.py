@@ -255,7 +255,7 @@ TRAVERSAL = ["../../../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "/etc/passwd", 
 
 
 def _tree(path: Path) -> set[Path]:
-    return {p for p in path.rglob("*")}
+    return set(path.rglob("*"))
 
 
 def test_path_traversal_in_every_field(client: TestClient, root: Path, tmp_path: Path) -> None:

@@ -35,7 +35,9 @@ pytestmark = pytest.mark.slow
 CHROMIUM = os.environ.get("LIVEACT_CHROMIUM", "/usr/bin/chromium")
 MODEL = os.environ.get("LIVEACT_BROWSER_MODEL", "nano")
 SIZE = (64, 64) if MODEL == "tiny" else (128, 128)  # frame size the server streams
-MIC_BLOCKS = 2 if MODEL == "tiny" else 4  # blocks to see while speaking (a median over several, when fast enough)
+MIC_BLOCKS = (
+    2 if MODEL == "tiny" else 4
+)  # blocks to see while speaking (a median over several, when fast enough)
 REPO = Path(__file__).resolve().parents[1]
 BASE_FLAGS = [
     "--headless",
@@ -85,7 +87,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("browser")
     if MODEL == "tiny":
         ckpt, w2v = write_tiny_assets(root / "assets", seed=0)
-        model = ["--ckpt_dir", str(ckpt), "--wav2vec_dir", str(w2v), "--size", f"{SIZE[0]}*{SIZE[1]}", "--fps", "24"]
+        model = [
+            "--ckpt_dir",
+            str(ckpt),
+            "--wav2vec_dir",
+            str(w2v),
+            "--size",
+            f"{SIZE[0]}*{SIZE[1]}",
+            "--fps",
+            "24",
+        ]
     else:
         model = []  # no --ckpt_dir: the embedded model, at its own size and fps
     port = free_port()
@@ -240,8 +251,9 @@ def test_microphone_job_streams_while_speaking(server: str, tmp_path: Path) -> N
         assert job["kind"] == "live" and job["status"] == "running" and job["blocks_done"] >= MIC_BLOCKS, job
         assert job["silence_seconds"] < 1.0, job  # the audio arrived in time: no silence filled in
         assert job["speech_latency"] is not None
-        page.wait_for_function(f"(window.liveactStats.speechToScreen || []).length >= {MIC_BLOCKS - 1}",
-                               timeout=60_000)
+        page.wait_for_function(
+            f"(window.liveactStats.speechToScreen || []).length >= {MIC_BLOCKS - 1}", timeout=60_000
+        )
         latencies = page.evaluate("window.liveactStats.speechToScreen")
         stats = page.evaluate(FRAME_STATS)
         assert stats["std"] > 5.0
@@ -255,7 +267,8 @@ def test_microphone_job_streams_while_speaking(server: str, tmp_path: Path) -> N
         assert status == "cancelled"
         browser.close()
     print(
-        f"\nmicrophone ({MODEL} model): first frame {first_frame:.2f} s after the click; speech-to-screen latency "
+        f"\nmicrophone ({MODEL} model): first frame {first_frame:.2f} s after the click; "
+        f"speech-to-screen latency "
         f"(median of {len(latencies)} blocks) {float(np.median(latencies)):.2f} s; "
         f"server block latency {job['speech_latency']} s; generation FPS {job['generation_fps']}"
     )

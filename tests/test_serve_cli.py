@@ -35,8 +35,9 @@ def test_bad_input_is_one_error_line(
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
-def test_missing_embedded_model_is_one_error_line(capsys: pytest.CaptureFixture, tmp_path: object,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_embedded_model_is_one_error_line(
+    capsys: pytest.CaptureFixture, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("liveact.nano.default_model_dir", lambda: tmp_path / "no-model")
     assert main(["--data_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

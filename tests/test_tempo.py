@@ -21,9 +21,13 @@ from liveact import tempo
 from liveact.tempo import available_backend, available_backends, change_tempo, tempo_argument
 
 SOX = shutil.which("sox")
-needs_sox = pytest.mark.skipif(SOX is None, reason="the sox command line is not installed (.ci/run installs it)")
+needs_sox = pytest.mark.skipif(
+    SOX is None, reason="the sox command line is not installed (.ci/run installs it)"
+)
 EXACT_BACKENDS = [
-    pytest.param("cysox", marks=pytest.mark.skipif("cysox" not in available_backends(), reason="no cysox here")),
+    pytest.param(
+        "cysox", marks=pytest.mark.skipif("cysox" not in available_backends(), reason="no cysox here")
+    ),
     pytest.param("sox", marks=needs_sox),
 ]
 FPS = [20, 24, 30, 12.5]  # tempo 25/fps: 1.25, 1.0416666666666667, 0.8333333333333334, 2.0
@@ -121,7 +125,9 @@ def test_short_inputs_and_errors() -> None:
         change_tempo(tiny, 16000, 1.25, backend="rubberband")
 
 
-def test_fallback_is_atempo_and_says_so(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_fallback_is_atempo_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(tempo, "_has_cysox", lambda: False)
     monkeypatch.setattr(tempo, "_sox_exe", lambda: None)
     monkeypatch.setattr(tempo, "_warned_inexact", False)

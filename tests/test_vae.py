@@ -70,10 +70,19 @@ def _random_vae(base_dim: int, seed: int = 0) -> WanVAE:
 
     torch.manual_seed(seed)
     down = (False, True, True)
-    model = AutoencoderKLWan(base_dim=base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                             temperal_downsample=list(down))
-    arch = VAEArch(base_dim=base_dim, decoder_base_dim=base_dim, z_dim=16, dim_mult=(1, 2, 4, 4),
-                   num_res_blocks=2, temperal_downsample=down, in_channels=3, out_channels=3)
+    model = AutoencoderKLWan(
+        base_dim=base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=list(down)
+    )
+    arch = VAEArch(
+        base_dim=base_dim,
+        decoder_base_dim=base_dim,
+        z_dim=16,
+        dim_mult=(1, 2, 4, 4),
+        num_res_blocks=2,
+        temperal_downsample=down,
+        in_channels=3,
+        out_channels=3,
+    )
     return WanVAE(model, arch)
 
 

@@ -85,6 +85,35 @@ def test_mp4_streams_size_fps_and_trim_to_audio(tmp_path: Path) -> None:
     assert_frames_match(frames, 0)
 
 
+def _decoded_audio(path: Path, sr: int) -> np.ndarray:
+    """The mp4's audio decoded to mono float32 at ``sr``."""
+    from liveact.video import ffmpeg_exe
+
+    cmd = [ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(sr), "-"]
+    return np.frombuffer(subprocess.run(cmd, capture_output=True, check=True).stdout, np.float32)
+
+
+@pytest.mark.parametrize(("samples", "fps"), [(144000, 25), (143999, 25), (37123, 25), (100001, 24)])
+def test_the_mp4_holds_every_sample_of_the_speech(tmp_path: Path, samples: int, fps: int) -> None:
+    """Lengths that are not a multiple of the 1024-sample AAC frame: the last, partial frame stays,
+    every run (``-shortest`` dropped it in some), and the samples sit where they were."""
+    sr = 16000
+    rng = np.random.default_rng(samples)
+    speech = (0.3 * np.sin(np.arange(samples) / 9.0) * rng.uniform(0.5, 1.0, samples)).astype(np.float32)
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, speech, sr, subtype="FLOAT")
+    for run in range(3):
+        out = tmp_path / f"run{run}.mp4"
+        with ProgressiveVideoWriter(out, fps=fps, audio=wav) as writer:
+            total = writer.max_frames
+            for start in range(0, total, 10):
+                writer.write(make_frames(start, min(10, total - start)))
+        decoded = _decoded_audio(out, sr)
+        assert len(decoded) >= samples, f"run {run}: {len(decoded)} samples decoded of {samples}"
+        tail = slice(samples - 2048, samples)
+        assert np.corrcoef(decoded[tail], speech[tail])[0, 1] > 0.9, "the speech's last samples moved"
+
+
 def test_audio_cut_when_video_stops_early(tmp_path: Path) -> None:
     wav = write_sine(tmp_path / "a.wav", 3.0)
     out = tmp_path / "short.mp4"
@@ -131,8 +160,10 @@ def test_bad_input_and_ffmpeg_failure(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="differs"):
             writer.write(make_frames(0, 2, h=32))
         writer.write(make_frames(0, 2))
-    with pytest.raises(FFmpegError, match="status"), \
-            ProgressiveVideoWriter(tmp_path / "bad.mp4", fps=8, preset="no-such-preset") as writer:
+    with (
+        pytest.raises(FFmpegError, match="status"),
+        ProgressiveVideoWriter(tmp_path / "bad.mp4", fps=8, preset="no-such-preset") as writer,
+    ):
         writer.write(make_frames(0, 4))
 
 
@@ -188,8 +219,13 @@ def _run_child(tmp_path: Path, tune: str | None) -> tuple[subprocess.Popen, Path
     wav = write_sine(tmp_path / "a.wav", 30.0)
     out = tmp_path / "partial.mp4"
     code = CHILD.format(root=str(REPO_ROOT), out=str(out), wav=str(wav), tune=tune)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=default_sigint)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_sigint,
+    )
     return proc, out
 
 

@@ -104,7 +104,8 @@ _METASPACE = "\u2581"
 
 
 def vae_to_original(state: dict[str, torch.Tensor], arch: VAEArch) -> dict[str, torch.Tensor]:
-    """``AutoencoderKLWan`` keys -> original ``Wan2.1_VAE.pth`` keys (inverse of convert_wan_vae_state_dict)."""
+    """``AutoencoderKLWan`` keys -> original ``Wan2.1_VAE.pth`` keys (inverse of
+    convert_wan_vae_state_dict)."""
     up_index = {name: i for i, name in enumerate(_decoder_up_names(arch))}
     inner_inverse = {
         "norm1": "residual.0",

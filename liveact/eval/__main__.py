@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, text) in COMMANDS.items():
             print(f"  {name:<14} {text}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    logging.basicConfig(level=os.environ.get("LIVEACT_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LIVEACT_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     module, _, function = COMMANDS[argv[0]][0].partition(":")
     getattr(importlib.import_module(module), function or "main")(argv[1:])
     return 0

@@ -43,7 +43,7 @@ def wobble(x: np.ndarray, window: int) -> np.ndarray:
     half = window // 2
     out = np.empty(len(x), np.float32)
     for i in range(len(x)):
-        seg = x[max(0, i - half): i + half + 1]
+        seg = x[max(0, i - half) : i + half + 1]
         out[i] = seg.std()
     return out
 
@@ -52,9 +52,14 @@ def action_signals(read: dict[str, np.ndarray], fps: float) -> dict[str, np.ndar
     """Per-frame evidence ``[F]`` of every action in ``ACTIONS`` from ``AvatarReader.read`` output."""
     motion = {name: read["motion"][:, i] for i, name in enumerate(MOTION)}
     window = max(3, round(0.8 * fps))  # one nod (1.3 Hz) or most of a shake (1.8 Hz)
-    return {"smile": motion["smile"], "raise_brows": motion["brows"], "surprised": motion["eye_wide"],
-            "close_eyes": read["eyes_closed"], "nod": wobble(motion["dy"], window),
-            "shake": wobble(motion["dx"], window)}
+    return {
+        "smile": motion["smile"],
+        "raise_brows": motion["brows"],
+        "surprised": motion["eye_wide"],
+        "close_eyes": read["eyes_closed"],
+        "nod": wobble(motion["dy"], window),
+        "shake": wobble(motion["dx"], window),
+    }
 
 
 def block_spans(num_frames: int, first: int, later: int) -> list[tuple[int, int]]:
@@ -66,8 +71,9 @@ def block_spans(num_frames: int, first: int, later: int) -> list[tuple[int, int]
     return spans
 
 
-def action_contrasts(signals: dict[str, np.ndarray], block_actions: list[str], spans: list[tuple[int, int]]
-                     ) -> list[tuple[int, str, float]]:
+def action_contrasts(
+    signals: dict[str, np.ndarray], block_actions: list[str], spans: list[tuple[int, int]]
+) -> list[tuple[int, str, float]]:
     """``[(block, action, contrast)]`` for every block with an action: mean evidence of that action in
     the block (after the ramp) minus its mean over the clip's neutral blocks. Empty when the clip has no
     neutral block to compare with."""
@@ -81,7 +87,7 @@ def action_contrasts(signals: dict[str, np.ndarray], block_actions: list[str], s
         s, e = spans[k]
         sig = signals[action]
         base = float(np.mean(np.concatenate([sig[a:b] for a, b in neutral])))
-        out.append((k, action, float(sig[min(e - 1, s + RAMP_FRAMES): e].mean()) - base))
+        out.append((k, action, float(sig[min(e - 1, s + RAMP_FRAMES) : e].mean()) - base))
     return out
 
 
@@ -95,10 +101,14 @@ def summarise(model: list[tuple[int, str, float]], truth: list[tuple[int, str, f
         if not m or not t:
             continue
         threshold = 0.5 * float(np.mean(t))
-        out[action] = {"blocks": len(m), "model": float(np.mean(m)), "ground_truth": float(np.mean(t)),
-                       "ratio": float(np.mean(m) / np.mean(t)) if abs(np.mean(t)) > 1e-8 else None,
-                       "shows": float(np.mean([c > threshold for c in m])),
-                       "shows_ground_truth": float(np.mean([c > threshold for c in t]))}
+        out[action] = {
+            "blocks": len(m),
+            "model": float(np.mean(m)),
+            "ground_truth": float(np.mean(t)),
+            "ratio": float(np.mean(m) / np.mean(t)) if abs(np.mean(t)) > 1e-8 else None,
+            "shows": float(np.mean([c > threshold for c in m])),
+            "shows_ground_truth": float(np.mean([c > threshold for c in t])),
+        }
     return out
 
 
@@ -108,8 +118,15 @@ def default_spans() -> tuple[int, int]:
     return block_span(0, mem, stride).video_frames(stride), block_span(1, mem, stride).video_frames(stride)
 
 
-def evaluate(model_dir: Path, tae_path: Path, data_dir: Path, reader: AvatarReader, clips: int,
-             schedule: SamplerConfig, seed: int = 0) -> dict:
+def evaluate(
+    model_dir: Path,
+    tae_path: Path,
+    data_dir: Path,
+    reader: AvatarReader,
+    clips: int,
+    schedule: SamplerConfig,
+    seed: int = 0,
+) -> dict:
     """Sample held-out clips that carry actions and score them against their decoded ground truth."""
     from liveact.eval.runner import NanoParts, clip_conditions, decode_truth, sample_frames
     from liveact.train.data import ClipSet
@@ -126,8 +143,13 @@ def evaluate(model_dir: Path, tae_path: Path, data_dir: Path, reader: AvatarRead
         for video, sink in ((frames, model_c), (decode_truth(parts.tae, data, i), truth_c)):
             spans = block_spans(len(video), first, later)
             sink += action_contrasts(action_signals(reader.read(video), FPS), actions, spans)
-    return {"per_action": summarise(model_c, truth_c), "blocks": len(model_c), "model": str(model_dir),
-            "steps": len(schedule.timesteps) - 1, "edit_cfg": schedule.edit_cfg}
+    return {
+        "per_action": summarise(model_c, truth_c),
+        "blocks": len(model_c),
+        "model": str(model_dir),
+        "steps": len(schedule.timesteps) - 1,
+        "edit_cfg": schedule.edit_cfg,
+    }
 
 
 def check_video(video: Path, edits: dict[str, str], reader: AvatarReader, plot: Path | None = None) -> dict:
@@ -146,23 +168,36 @@ def check_video(video: Path, edits: dict[str, str], reader: AvatarReader, plot: 
     for key, prompt in edits.items():
         action = next((a for a, texts in ACTIONS.items() if prompt in texts), None)
         if action is None:
-            raise ValueError(f"edit prompt {prompt!r} is none of the Nano family's action prompts: "
-                             f"use one from liveact.train.synth.ACTIONS")
+            raise ValueError(
+                f"edit prompt {prompt!r} is none of the Nano family's action prompts: "
+                f"use one from liveact.train.synth.ACTIONS"
+            )
         a, b = parse_edit_range(key, str(video))
         for k in range(a, min(b, len(spans) - 1) + 1):
             block_actions[k] = action
     read = reader.read(frames)
     signals = action_signals(read, fps)
-    result = {"video": str(video), "frames": len(frames),
-              "blocks": [{"block": k, "action": a, "contrast": c}
-                         for k, a, c in action_contrasts(signals, block_actions, spans)]}
+    result = {
+        "video": str(video),
+        "frames": len(frames),
+        "blocks": [
+            {"block": k, "action": a, "contrast": c}
+            for k, a, c in action_contrasts(signals, block_actions, spans)
+        ],
+    }
     if plot is not None:
         plot_video_check(frames, fps, signals, block_actions, spans, plot)
     return result
 
 
-def plot_video_check(frames: np.ndarray, fps: float, signals: dict[str, np.ndarray], block_actions: list[str],
-                     spans: list[tuple[int, int]], out: Path) -> None:
+def plot_video_check(
+    frames: np.ndarray,
+    fps: float,
+    signals: dict[str, np.ndarray],
+    block_actions: list[str],
+    spans: list[tuple[int, int]],
+    out: Path,
+) -> None:
     """PNG: one frame from the middle of every action block above each action's evidence over time."""
     from liveact.train.plots import pyplot, save_figure
 
@@ -182,7 +217,7 @@ def plot_video_check(frames: np.ndarray, fps: float, signals: dict[str, np.ndarr
     t = np.arange(len(frames)) / fps
     for action in sorted({a for a in block_actions if a}):
         sig = signals[action]
-        line, = ax.plot(t, sig / max(1e-6, float(np.abs(sig).max())), label=action, lw=1)
+        (line,) = ax.plot(t, sig / max(1e-6, float(np.abs(sig).max())), label=action, lw=1)
         for k, a in enumerate(block_actions):
             if a == action:
                 ax.axvspan(spans[k][0] / fps, spans[k][1] / fps, color=line.get_color(), alpha=0.12)
@@ -196,16 +231,23 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.eval actions``."""
     from liveact.eval.runner import eval_schedule
 
-    p = argparse.ArgumentParser(prog="python -m liveact.eval actions", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m liveact.eval actions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", type=Path, help="DiT folder: sample held-out clips (with --tae, --data)")
     p.add_argument("--tae", type=Path)
     p.add_argument("--data", type=Path, help="held-out shards")
-    p.add_argument("--clips", type=int, default=64, help="held-out clips to look at (those with actions are used)")
+    p.add_argument(
+        "--clips", type=int, default=64, help="held-out clips to look at (those with actions are used)"
+    )
     p.add_argument("--steps", type=int, default=None, help="multi-step schedule; default: the 3-step one")
     p.add_argument("--edit_cfg", type=float, default=1.0, help="edit guidance scale (1 = off)")
     p.add_argument("--video", type=Path, help="instead: score this generated video ...")
-    p.add_argument("--input_json", type=Path, help="... against the edit_prompt ranges of this generate.py input")
+    p.add_argument(
+        "--input_json", type=Path, help="... against the edit_prompt ranges of this generate.py input"
+    )
     p.add_argument("--entry", type=int, default=0, help="which entry of --input_json made the video")
     p.add_argument("--plot", type=Path, default=None, help="with --video: write a PNG of frames and evidence")
     p.add_argument("--reader", type=Path, default=default_reader_dir())

@@ -22,7 +22,8 @@ and attended to; ``--max_block_seconds`` / ``--max_rss_gb`` end it when it no lo
 ``--steps N`` samples with an N-step flow schedule instead of the folder's own (e.g. a stage-1 teacher,
 which has no few-step schedule of its own), ``--audio_cfg`` adds audio guidance on every step:
 
-    python -m liveact.eval longrun --ckpt_dir runs/nano_teacher --steps 20 --minutes 1 --window 20 --out runs/longrun_teacher
+    python -m liveact.eval longrun --ckpt_dir runs/nano_teacher --steps 20 --minutes 1 --window 20 \\
+        --out runs/longrun_teacher
 """
 
 from __future__ import annotations
@@ -84,14 +85,21 @@ class LongRunRecord:
         video = sum(self.block_frames) / self.fps
         wall = sum(self.block_seconds)
         steady = self.block_seconds[3:] or self.block_seconds
-        out = {"memory": self.memory, "video_seconds": video, "blocks": len(self.block_seconds),
-               "wall_seconds": wall, "real_time_factor": video / wall if wall else 0.0,
-               "steady_block_seconds_median": float(np.median(steady)) if steady else 0.0,
-               "block_seconds_slope_per_block": self.slope(self.block_seconds),
-               "rss_mb_slope_per_block": self.slope([r / 2**20 for r in self.rss_bytes]),
-               "rss_mb_first": self.rss_bytes[0] / 2**20 if self.rss_bytes else 0.0,
-               "rss_mb_last": self.rss_bytes[-1] / 2**20 if self.rss_bytes else 0.0,
-               "stopped": self.stopped, "steps": self.steps, "audio_cfg": self.audio_cfg}
+        out = {
+            "memory": self.memory,
+            "video_seconds": video,
+            "blocks": len(self.block_seconds),
+            "wall_seconds": wall,
+            "real_time_factor": video / wall if wall else 0.0,
+            "steady_block_seconds_median": float(np.median(steady)) if steady else 0.0,
+            "block_seconds_slope_per_block": self.slope(self.block_seconds),
+            "rss_mb_slope_per_block": self.slope([r / 2**20 for r in self.rss_bytes]),
+            "rss_mb_first": self.rss_bytes[0] / 2**20 if self.rss_bytes else 0.0,
+            "rss_mb_last": self.rss_bytes[-1] / 2**20 if self.rss_bytes else 0.0,
+            "stopped": self.stopped,
+            "steps": self.steps,
+            "audio_cfg": self.audio_cfg,
+        }
         for key in ("lipsync_corr", "identity_drift", "accessory_persistence"):
             values = [w[key] for w in self.windows if w.get(key) is not None]
             if values:
@@ -103,13 +111,22 @@ class LongRunRecord:
 
     def to_json(self) -> dict:
         """The record and its summary as plain JSON."""
-        return {"summary": self.summary(), "memory": self.memory, "fps": self.fps, "size": list(self.size),
-                "block_seconds": self.block_seconds, "block_frames": self.block_frames,
-                "rss_bytes": self.rss_bytes, "windows": self.windows, "stopped": self.stopped}
+        return {
+            "summary": self.summary(),
+            "memory": self.memory,
+            "fps": self.fps,
+            "size": list(self.size),
+            "block_seconds": self.block_seconds,
+            "block_frames": self.block_frames,
+            "rss_bytes": self.rss_bytes,
+            "windows": self.windows,
+            "stopped": self.stopped,
+        }
 
 
 def long_speech(path: Path, seconds: float, seed: int) -> np.ndarray:
-    """Write ``seconds`` of held-out synthetic speech (sentences and pauses) to ``path``; ``[N]`` at 16 kHz."""
+    """Write ``seconds`` of held-out synthetic speech (sentences and pauses) to ``path``; ``[N]`` at
+    16 kHz."""
     from liveact.train.synth import SAMPLE_RATE, _speech_track
 
     wave, _, voice = _speech_track(seed, seconds, held_out=True, silence=0.15)
@@ -118,8 +135,14 @@ def long_speech(path: Path, seconds: float, seed: int) -> np.ndarray:
     return wave
 
 
-def window_metrics(mouth: np.ndarray, ident: np.ndarray, acc_ok: np.ndarray, env: np.ndarray, fps: float,
-                   window_seconds: float) -> list[dict]:
+def window_metrics(
+    mouth: np.ndarray,
+    ident: np.ndarray,
+    acc_ok: np.ndarray,
+    env: np.ndarray,
+    fps: float,
+    window_seconds: float,
+) -> list[dict]:
     """Per-window lip-sync correlation (best lag within ±5 frames), identity drift, accessory persistence.
 
     Args: per-frame ``[F]`` arrays: mouth opening, low-pass distance to the portrait, accessories as in
@@ -131,10 +154,15 @@ def window_metrics(mouth: np.ndarray, ident: np.ndarray, acc_ok: np.ndarray, env
         sl = slice(start, start + win)
         voiced = env[sl] > 0.05
         corr = lag_correlation(mouth[sl], env[sl])[0] if voiced.mean() > 0.2 and len(mouth[sl]) > 20 else None
-        out.append({"start_s": start / fps, "frames": len(mouth[sl]),
-                    "lipsync_corr": None if corr is None or np.isnan(corr) else float(corr),
-                    "identity_drift": float(ident[sl].mean()),
-                    "accessory_persistence": float(acc_ok[sl].mean())})
+        out.append(
+            {
+                "start_s": start / fps,
+                "frames": len(mouth[sl]),
+                "lipsync_corr": None if corr is None or np.isnan(corr) else float(corr),
+                "identity_drift": float(ident[sl].mean()),
+                "accessory_persistence": float(acc_ok[sl].mean()),
+            }
+        )
     return out
 
 
@@ -147,9 +175,20 @@ def memory_options(memory: str) -> dict:
     return {"memory": MemoryConfig(compression=memory)}
 
 
-def run(ckpt_dir: Path | None, image: Path, minutes: float, memory: str, reader_dir: Path, out: Path,
-        seed: int = 0, window_seconds: float = 60.0, max_block_seconds: float = 0.0, max_rss_gb: float = 0.0,
-        schedule: SamplerConfig | None = None, audio_cfg: float = 1.0) -> LongRunRecord:
+def run(
+    ckpt_dir: Path | None,
+    image: Path,
+    minutes: float,
+    memory: str,
+    reader_dir: Path,
+    out: Path,
+    seed: int = 0,
+    window_seconds: float = 60.0,
+    max_block_seconds: float = 0.0,
+    max_rss_gb: float = 0.0,
+    schedule: SamplerConfig | None = None,
+    audio_cfg: float = 1.0,
+) -> LongRunRecord:
     """Stream ``minutes`` of video in one process and record it (see the module docstring).
 
     ``schedule`` replaces the folder's own sampler schedule (None: keep it); ``audio_cfg`` > 1 adds audio
@@ -158,8 +197,14 @@ def run(ckpt_dir: Path | None, image: Path, minutes: float, memory: str, reader_
     from liveact.pipeline import LiveActPipeline, Request, load_image
 
     out.mkdir(parents=True, exist_ok=True)
-    pipe = LiveActPipeline.from_pretrained(ckpt_dir, dtype=torch.float32, stream_audio=True, schedule=schedule,
-                                           audio_cfg=audio_cfg, **memory_options(memory))
+    pipe = LiveActPipeline.from_pretrained(
+        ckpt_dir,
+        dtype=torch.float32,
+        stream_audio=True,
+        schedule=schedule,
+        audio_cfg=audio_cfg,
+        **memory_options(memory),
+    )
     reader = AvatarReader.load(reader_dir)
     speech = out / "speech.wav"
     wave = long_speech(speech, minutes * 60.0, seed)
@@ -168,8 +213,13 @@ def run(ckpt_dir: Path | None, image: Path, minutes: float, memory: str, reader_
     portrait = np.array(load_image(image).resize((width, height)))
     ref_small = lowpass(portrait[None])[0]
     ref_acc: np.ndarray | None = None
-    record = LongRunRecord(memory=memory, fps=pipe.fps, size=(width, height),
-                           steps=pipe.sampler.config.num_steps, audio_cfg=audio_cfg)
+    record = LongRunRecord(
+        memory=memory,
+        fps=pipe.fps,
+        size=(width, height),
+        steps=pipe.sampler.config.num_steps,
+        audio_cfg=audio_cfg,
+    )
     mouth, ident, acc_ok = [], [], []
     stream = pipe.stream(clip, seed=seed)
     start = time.perf_counter()
@@ -189,8 +239,14 @@ def run(ckpt_dir: Path | None, image: Path, minutes: float, memory: str, reader_
         record.rss_bytes.append(resident_bytes())
         if k % 25 == 0:
             video = sum(record.block_frames) / pipe.fps
-            logger.info("block %d/%d: %.0f s of video, block %.3f s, RSS %.0f MB", k + 1, clip.num_blocks, video,
-                        now - start, record.rss_bytes[-1] / 2**20)
+            logger.info(
+                "block %d/%d: %.0f s of video, block %.3f s, RSS %.0f MB",
+                k + 1,
+                clip.num_blocks,
+                video,
+                now - start,
+                record.rss_bytes[-1] / 2**20,
+            )
         if max_block_seconds and k >= 3 and now - start > max_block_seconds:
             record.stopped = f"block {k} took {now - start:.2f} s > --max_block_seconds {max_block_seconds}"
             break
@@ -219,12 +275,19 @@ def plot(records: list[dict], out: Path) -> None:
         axes[0, 0].plot(frames, rec["block_seconds"], lw=0.8, label=label)
         axes[0, 1].plot(frames, np.asarray(rec["rss_bytes"]) / 2**20, lw=1.0, label=label)
         starts = [w["start_s"] / 60 for w in rec["windows"]]
-        axes[1, 0].plot(starts, [np.nan if w["lipsync_corr"] is None else w["lipsync_corr"] for w in rec["windows"]],
-                        marker=".", label=label)
+        axes[1, 0].plot(
+            starts,
+            [np.nan if w["lipsync_corr"] is None else w["lipsync_corr"] for w in rec["windows"]],
+            marker=".",
+            label=label,
+        )
         axes[1, 1].plot(starts, [w["identity_drift"] for w in rec["windows"]], marker=".", label=label)
-    titles = [("seconds per block", "block wall time"), ("MB", "process resident memory"),
-              ("correlation", "lip-sync: mouth vs audio envelope, per window"),
-              ("mean |low-pass difference|", "identity drift vs the portrait, per window")]
+    titles = [
+        ("seconds per block", "block wall time"),
+        ("MB", "process resident memory"),
+        ("correlation", "lip-sync: mouth vs audio envelope, per window"),
+        ("mean |low-pass difference|", "identity drift vs the portrait, per window"),
+    ]
     for ax, (ylabel, title) in zip(axes.flat, titles):
         ax.set_xlabel("minutes of video")
         ax.set_ylabel(ylabel)
@@ -235,29 +298,39 @@ def plot(records: list[dict], out: Path) -> None:
     logger.info("wrote %s", out)
 
 
-TABLE_HEADER = ("| memory | minutes of video | real-time factor | median steady block (s) | latency slope (ms/block) "
-                "| RSS first → last (MB) | RSS slope (KB/block) | lip-sync corr: first / last / mean of windows "
-                "| identity drift first → last window | accessory persistence (mean of windows) | ended |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|")
+TABLE_HEADER = (
+    "| memory | minutes of video | real-time factor | median steady block (s) | latency slope (ms/block) "
+    "| RSS first → last (MB) | RSS slope (KB/block) | lip-sync corr: first / last / mean of windows "
+    "| identity drift first → last window | accessory persistence (mean of windows) | ended |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def table_row(summary: dict) -> str:
     """One markdown row of ``TABLE_HEADER`` from a record's ``summary``."""
+
     def get(key: str) -> float:
         return float(summary.get(key, float("nan")))
 
-    return (f"| {summary['memory']} | {summary['video_seconds'] / 60:.1f} | {get('real_time_factor'):.2f} "
-            f"| {get('steady_block_seconds_median'):.3f} | {1000 * get('block_seconds_slope_per_block'):+.3f} "
-            f"| {get('rss_mb_first'):.0f} → {get('rss_mb_last'):.0f} | {1024 * get('rss_mb_slope_per_block'):+.1f} "
-            f"| {get('lipsync_corr_first_window'):.2f} / {get('lipsync_corr_last_window'):.2f} / "
-            f"{get('lipsync_corr_mean'):.2f} | {get('identity_drift_first_window'):.4f} → "
-            f"{get('identity_drift_last_window'):.4f} | {get('accessory_persistence_mean'):.2f} | {summary['stopped']} |")
+    return (
+        f"| {summary['memory']} | {summary['video_seconds'] / 60:.1f} | {get('real_time_factor'):.2f} "
+        f"| {get('steady_block_seconds_median'):.3f} | {1000 * get('block_seconds_slope_per_block'):+.3f} "
+        f"| {get('rss_mb_first'):.0f} → {get('rss_mb_last'):.0f} "
+        f"| {1024 * get('rss_mb_slope_per_block'):+.1f} "
+        f"| {get('lipsync_corr_first_window'):.2f} / {get('lipsync_corr_last_window'):.2f} / "
+        f"{get('lipsync_corr_mean'):.2f} | {get('identity_drift_first_window'):.4f} → "
+        f"{get('identity_drift_last_window'):.4f} | {get('accessory_persistence_mean'):.2f} "
+        f"| {summary['stopped']} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.eval longrun``."""
-    p = argparse.ArgumentParser(prog="python -m liveact.eval longrun", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m liveact.eval longrun",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--ckpt_dir", type=Path, default=None, help="model folder (default: the embedded Nano)")
     p.add_argument("--image", type=Path, default=EXAMPLES / "avatar_1.png")
     p.add_argument("--minutes", type=float, default=30.0, help="minutes of speech (and video)")
@@ -266,11 +339,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=float, default=60.0, help="seconds per metric window")
-    p.add_argument("--max_block_seconds", type=float, default=0.0, help="stop when a block takes longer (0: never)")
+    p.add_argument(
+        "--max_block_seconds", type=float, default=0.0, help="stop when a block takes longer (0: never)"
+    )
     p.add_argument("--max_rss_gb", type=float, default=0.0, help="stop above this resident memory (0: never)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None,
-                   help="sample with this many flow-schedule steps (default: the folder's schedule)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sample with this many flow-schedule steps (default: the folder's schedule)",
+    )
     p.add_argument("--audio_cfg", type=float, default=1.0, help="audio guidance with --steps (1: off)")
     a = p.parse_args(argv)
     if a.steps is None and a.audio_cfg != 1.0:
@@ -282,8 +361,20 @@ def main(argv: list[str] | None = None) -> None:
     from liveact.eval.runner import flow_schedule
 
     schedule = None if a.steps is None else flow_schedule(a.steps)
-    run(a.ckpt_dir, a.image, a.minutes, a.memory, a.reader or default_reader_dir(), a.out, a.seed, a.window,
-        a.max_block_seconds, a.max_rss_gb, schedule, a.audio_cfg)
+    run(
+        a.ckpt_dir,
+        a.image,
+        a.minutes,
+        a.memory,
+        a.reader or default_reader_dir(),
+        a.out,
+        a.seed,
+        a.window,
+        a.max_block_seconds,
+        a.max_rss_gb,
+        schedule,
+        a.audio_cfg,
+    )
 
 
 def plot_main(argv: list[str] | None = None) -> None:

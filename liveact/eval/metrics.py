@@ -30,7 +30,7 @@ def frame_envelope(wave: np.ndarray, num_frames: int, fps: float, sample_rate: i
     hop = sample_rate / fps
     out = np.zeros(num_frames, np.float32)
     for i in range(num_frames):
-        seg = wave[int(i * hop): int((i + 1) * hop)]
+        seg = wave[int(i * hop) : int((i + 1) * hop)]
         out[i] = np.sqrt(np.mean(np.square(seg))) if len(seg) else 0.0
     return out
 
@@ -86,9 +86,15 @@ def speech_envelope(wave: np.ndarray, num_frames: int, fps: float) -> np.ndarray
     return env / (np.percentile(voiced, 90) if len(voiced) else 1.0)
 
 
-def evaluate_video(frames: np.ndarray, wave: np.ndarray, fps: float, reader: AvatarReader,
-                   reference: np.ndarray | None = None, mouth_gt: np.ndarray | None = None,
-                   closed_threshold: float = 0.1) -> VideoMetrics:
+def evaluate_video(
+    frames: np.ndarray,
+    wave: np.ndarray,
+    fps: float,
+    reader: AvatarReader,
+    reference: np.ndarray | None = None,
+    mouth_gt: np.ndarray | None = None,
+    closed_threshold: float = 0.1,
+) -> VideoMetrics:
     """All metrics of one generated clip.
 
     Args:
@@ -106,7 +112,9 @@ def evaluate_video(frames: np.ndarray, wave: np.ndarray, fps: float, reader: Ava
     small = lowpass(frames)
     ref_small = lowpass(reference[None])[0]
     return VideoMetrics(
-        lipsync_corr=corr, lipsync_lag=lag, lipsync_corr_lag0=_corr(read["mouth"], env),
+        lipsync_corr=corr,
+        lipsync_lag=lag,
+        lipsync_corr_lag0=_corr(read["mouth"], env),
         mouth_gt_corr=None if mouth_gt is None else _corr(read["mouth"], mouth_gt[: len(frames)]),
         silence_closed=float((read["mouth"][silent] < closed_threshold).mean()) if silent.any() else None,
         identity_drift=float(np.abs(small - ref_small).mean()),
@@ -116,20 +124,35 @@ def evaluate_video(frames: np.ndarray, wave: np.ndarray, fps: float, reader: Ava
     )
 
 
-def drift_series(frames: np.ndarray, reference: np.ndarray, reader: AvatarReader, fps: float,
-                 window_seconds: float = 10.0) -> list[dict]:
+def drift_series(
+    frames: np.ndarray, reference: np.ndarray, reader: AvatarReader, fps: float, window_seconds: float = 10.0
+) -> list[dict]:
     """Identity drift and accessory persistence per window of ``window_seconds`` (long-run plots)."""
     win = max(1, int(window_seconds * fps))
     ref_small = lowpass(reference[None])[0]
     ref_acc = reader.read(reference[None])["accessories"][0]
     out = []
     for start in range(0, len(frames), win):
-        chunk = frames[start: start + win]
-        out.append({"start_s": start / fps,
-                    "identity_drift": float(np.abs(lowpass(chunk) - ref_small).mean()),
-                    "accessory_persistence": float((reader.read(chunk)["accessories"] == ref_acc).all(axis=1).mean())})
+        chunk = frames[start : start + win]
+        out.append(
+            {
+                "start_s": start / fps,
+                "identity_drift": float(np.abs(lowpass(chunk) - ref_small).mean()),
+                "accessory_persistence": float(
+                    (reader.read(chunk)["accessories"] == ref_acc).all(axis=1).mean()
+                ),
+            }
+        )
     return out
 
 
-__all__ = ["ACCESSORIES", "VideoMetrics", "drift_series", "evaluate_video", "frame_envelope", "lag_correlation",
-           "lowpass", "speech_envelope"]
+__all__ = [
+    "ACCESSORIES",
+    "VideoMetrics",
+    "drift_series",
+    "evaluate_video",
+    "frame_envelope",
+    "lag_correlation",
+    "lowpass",
+    "speech_envelope",
+]

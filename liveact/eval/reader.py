@@ -41,12 +41,22 @@ class AvatarReader(nn.Module):
         w = width
 
         def conv(cin: int, cout: int, stride: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            return [
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            ]
 
         # Stride 16 at the end keeps an 8x8 map at 128^2: the mouth (a few pixels tall) is still resolved
         # at stride 4-8, where most of the width sits.
-        self.trunk = nn.Sequential(*conv(3, w // 2, 2), *conv(w // 2, w, 2), *conv(w, 2 * w, 1),
-                                   *conv(2 * w, 3 * w, 2), *conv(3 * w, 3 * w, 1), *conv(3 * w, 4 * w, 2))
+        self.trunk = nn.Sequential(
+            *conv(3, w // 2, 2),
+            *conv(w // 2, w, 2),
+            *conv(w, 2 * w, 1),
+            *conv(2 * w, 3 * w, 2),
+            *conv(3 * w, 3 * w, 1),
+            *conv(3 * w, 4 * w, 2),
+        )
         feat = 8 * w  # max- and mean-pooled
         self.mouth = nn.Linear(feat, 1)
         self.eyes = nn.Linear(feat, 1)
@@ -64,8 +74,12 @@ class AvatarReader(nn.Module):
         ``[N, 3, 3]`` logits (accessory, class), ``motion`` ``[N, len(MOTION)]`` (head offsets scaled by
         ``MOTION_SCALE``)."""
         f = self.features(frames)
-        return {"mouth": torch.sigmoid(self.mouth(f))[:, 0], "eyes_closed": self.eyes(f)[:, 0],
-                "accessories": self.accessories(f).view(-1, len(ACCESSORIES), 3), "motion": self.motion(f)}
+        return {
+            "mouth": torch.sigmoid(self.mouth(f))[:, 0],
+            "eyes_closed": self.eyes(f)[:, 0],
+            "accessories": self.accessories(f).view(-1, len(ACCESSORIES), 3),
+            "motion": self.motion(f),
+        }
 
     @torch.no_grad()
     def read(self, frames: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
@@ -74,7 +88,11 @@ class AvatarReader(nn.Module):
         state; head offsets as fractions of the frame)."""
         outs: dict[str, list] = {"mouth": [], "eyes_closed": [], "accessories": [], "motion": []}
         for i in range(0, len(frames), batch):
-            x = torch.from_numpy(np.ascontiguousarray(frames[i: i + batch])).permute(0, 3, 1, 2).float() / 127.5 - 1
+            x = (
+                torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])).permute(0, 3, 1, 2).float()
+                / 127.5
+                - 1
+            )
             p = self(x)
             outs["mouth"].append(p["mouth"].numpy())
             outs["eyes_closed"].append(torch.sigmoid(p["eyes_closed"]).numpy())
@@ -95,8 +113,9 @@ def default_reader_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "assets" / "reader"
 
 
-def labelled_frames(seeds: range, size: int = 128, held_out: bool = False, autoencoder: Path | None = None
-                    ) -> dict[str, np.ndarray]:
+def labelled_frames(
+    seeds: range, size: int = 128, held_out: bool = False, autoencoder: Path | None = None
+) -> dict[str, np.ndarray]:
     """Frames and labels of one-block clips (actions forced in most, so closed eyes and wide mouths appear).
 
     With ``autoencoder``, every clip is also passed through it (encode + decode) and added with the
@@ -126,8 +145,13 @@ def labelled_frames(seeds: range, size: int = 128, held_out: bool = False, autoe
             eyes.append(clip.blink.astype(np.float32))
             acc.append(np.tile([clip.avatar.accessories[a] for a in ACCESSORIES], (len(clip.frames), 1)))
             motion.append(clip.motion)
-    return {"frames": np.concatenate(frames), "mouth": np.concatenate(mouth), "eyes": np.concatenate(eyes),
-            "accessories": np.concatenate(acc), "motion": np.concatenate(motion)}
+    return {
+        "frames": np.concatenate(frames),
+        "mouth": np.concatenate(mouth),
+        "eyes": np.concatenate(eyes),
+        "accessories": np.concatenate(acc),
+        "motion": np.concatenate(motion),
+    }
 
 
 def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -150,23 +174,33 @@ def accuracy(model: AvatarReader, data: dict[str, np.ndarray]) -> dict[str, floa
     def corr(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.corrcoef(a, b)[0, 1]) if a.std() > 1e-8 and b.std() > 1e-8 else 0.0
 
-    return {"mouth_mae": float(np.abs(pred["mouth"] - data["mouth"]).mean()),
-            "mouth_corr": corr(pred["mouth"], data["mouth"]),
-            "eyes_closed_acc": float(((pred["eyes_closed"] > 0.5) == (data["eyes"] > 0.5)).mean()),
-            **{f"{a}_acc": float((pred["accessories"][:, i] == data["accessories"][:, i]).mean())
-               for i, a in enumerate(ACCESSORIES)},
-            **{f"{m}_corr": corr(pred["motion"][:, i], data["motion"][:, i]) for i, m in enumerate(MOTION)}}
+    return {
+        "mouth_mae": float(np.abs(pred["mouth"] - data["mouth"]).mean()),
+        "mouth_corr": corr(pred["mouth"], data["mouth"]),
+        "eyes_closed_acc": float(((pred["eyes_closed"] > 0.5) == (data["eyes"] > 0.5)).mean()),
+        **{
+            f"{a}_acc": float((pred["accessories"][:, i] == data["accessories"][:, i]).mean())
+            for i, a in enumerate(ACCESSORIES)
+        },
+        **{f"{m}_corr": corr(pred["motion"][:, i], data["motion"][:, i]) for i, m in enumerate(MOTION)},
+    }
 
 
-def train(out: Path, steps: int, clips: int, batch: int, seed: int, autoencoder: Path | None = None
-          ) -> dict[str, float]:
+def train(
+    out: Path, steps: int, clips: int, batch: int, seed: int, autoencoder: Path | None = None
+) -> dict[str, float]:
     """Train the reader and write ``reader.safetensors`` + ``reader.json`` (its held-out accuracy on
     renders, and on decoded frames when an autoencoder is given)."""
     torch.manual_seed(seed)
     data = labelled_frames(range(seed, seed + clips), autoencoder=autoencoder)
     val = labelled_frames(range(90_000_000 + seed, 90_000_000 + seed + 40), held_out=True)
-    val_decoded = (labelled_frames(range(90_000_000 + seed, 90_000_000 + seed + 40), held_out=True,
-                                   autoencoder=autoencoder) if autoencoder is not None else None)
+    val_decoded = (
+        labelled_frames(
+            range(90_000_000 + seed, 90_000_000 + seed + 40), held_out=True, autoencoder=autoencoder
+        )
+        if autoencoder is not None
+        else None
+    )
     model = AvatarReader()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
@@ -179,10 +213,14 @@ def train(out: Path, steps: int, clips: int, batch: int, seed: int, autoencoder:
             x = x.flip(-1)
             motion[:, MOTION.index("dx")] *= -1
         p = model(x)
-        loss = (F.l1_loss(p["mouth"], torch.from_numpy(data["mouth"][idx])) * 4
-                + F.binary_cross_entropy_with_logits(p["eyes_closed"], torch.from_numpy(data["eyes"][idx]))
-                + F.cross_entropy(p["accessories"].flatten(0, 1), torch.from_numpy(data["accessories"][idx]).long().flatten())
-                + F.l1_loss(p["motion"], motion) * 2)
+        loss = (
+            F.l1_loss(p["mouth"], torch.from_numpy(data["mouth"][idx])) * 4
+            + F.binary_cross_entropy_with_logits(p["eyes_closed"], torch.from_numpy(data["eyes"][idx]))
+            + F.cross_entropy(
+                p["accessories"].flatten(0, 1), torch.from_numpy(data["accessories"][idx]).long().flatten()
+            )
+            + F.l1_loss(p["motion"], motion) * 2
+        )
         for g in opt.param_groups:
             g["lr"] = 2e-3 * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / steps))
         opt.zero_grad(set_to_none=True)
@@ -192,21 +230,30 @@ def train(out: Path, steps: int, clips: int, batch: int, seed: int, autoencoder:
     scores = {"renders": accuracy(model, val)}
     if val_decoded is not None:
         n = len(val["frames"])  # the decoded copies follow the renders clip by clip: keep every other run
-        decoded = {k: v.reshape(-1, 2, 21, *v.shape[1:])[:, 1].reshape(-1, *v.shape[1:]) for k, v in val_decoded.items()}
+        decoded = {
+            k: v.reshape(-1, 2, 21, *v.shape[1:])[:, 1].reshape(-1, *v.shape[1:])
+            for k, v in val_decoded.items()
+        }
         scores["decoded"] = accuracy(model, decoded)
         assert len(decoded["frames"]) == n
     out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(out / "reader.safetensors"))
-    (out / "reader.json").write_text(json.dumps({"held_out": scores, "steps": steps, "clips": clips,
-                                                 "autoencoder": str(autoencoder)}, indent=1))
+    (out / "reader.json").write_text(
+        json.dumps(
+            {"held_out": scores, "steps": steps, "clips": clips, "autoencoder": str(autoencoder)}, indent=1
+        )
+    )
     logger.info("reader held-out accuracy: %s", scores)
     return scores
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.eval train-reader``."""
-    p = argparse.ArgumentParser(prog="python -m liveact.eval train-reader", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m liveact.eval train-reader",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--clips", type=int, default=600)

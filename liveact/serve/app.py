@@ -106,8 +106,9 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
-        """Server state: model name, whether a job runs, how many wait."""
-        return engine.health()
+        """Server state: model name, whether a job runs, how many wait, and the job defaults."""
+        width, height = options.size
+        return {**engine.health(), "fps": options.fps, "size": f"{width}*{height}"}
 
     @app.post("/api/jobs", status_code=201, responses={400: {}, 413: {}, 415: {}, 429: {}})
     async def create_job(request: Request) -> JSONResponse:

@@ -59,7 +59,13 @@ class DemoArgs:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (the authors' flags first, then ours)."""
-    p = argparse.ArgumentParser(prog="demo.py", description="LiveAct web studio and HTTP API.")
+    from liveact.cli import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(
+        prog="demo.py",
+        description="LiveAct web studio and HTTP API.",
+        formatter_class=DefaultsHelpFormatter,
+    )
     p.add_argument("--ckpt_dir", default=None, help="LiveAct checkpoint folder (default: the embedded model)")
     p.add_argument("--wav2vec_dir", default=None, help="transformers wav2vec2 folder (chinese-wav2vec2-base)")
     p.add_argument("--t5_cpu", action="store_true", help="run the umT5 text encoder on the CPU")
@@ -76,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--block_offload", action="store_true", help="keep DiT blocks in host memory, prefetch to the GPU"
     )
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default localhost only; 0.0.0.0 serves the LAN)"
-    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 serves the LAN")
     p.add_argument("--data_dir", default="liveact_data", help="folder for uploads and outputs (one per job)")
     p.add_argument(
         "--fps", type=int, default=None, help="default frame rate of a job (default: the model's, or 24)"

@@ -16,6 +16,7 @@ from byte 0 (:meth:`FragmentedMP4Stream.follow`); memory stays constant however 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -237,10 +238,8 @@ class FragmentedMP4Stream:
                 sink.write(data)  # type: ignore[attr-defined]
             except (BrokenPipeError, OSError, ValueError):
                 break  # ffmpeg is gone; close() reports its status
-        try:
+        with contextlib.suppress(OSError):
             sink.close()  # type: ignore[attr-defined]
-        except OSError:
-            pass
 
     def _drain_stderr(self) -> None:
         assert self._proc.stderr is not None
@@ -304,10 +303,8 @@ class FragmentedMP4Stream:
         with self._lock:
             waiters = list(self._waiters)
         for loop, event in waiters:
-            try:
+            with contextlib.suppress(RuntimeError):  # that viewer's loop is closed
                 loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # that viewer's loop is closed
-                pass
 
     # ------------------------------------------------------------------ viewers
     @property
@@ -333,7 +330,7 @@ class FragmentedMP4Stream:
             self._waiters.add(entry)
         position = start
         try:
-            with open(self.path, "rb") as f:  # noqa: ASYNC230 - small reads of a local file already written
+            with open(self.path, "rb") as f:
                 while True:
                     event.clear()
                     end, done = self._published, self._done

@@ -166,7 +166,7 @@ async def parse_upload(
                 break
         if not errors:
             parser.finalize()
-    except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for malformed bodies
+    except Exception as exc:
         fail(400, f"malformed multipart body: {exc}")
     finally:
         if state["file"] is not None:
@@ -287,7 +287,7 @@ def check_image(path: Path, max_pixels: int = 40_000_000) -> None:
             img.load()
     except UploadError:
         raise
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+    except Exception as exc:
         raise UploadError(415, f"image: not a readable image ({type(exc).__name__})") from None
 
 
@@ -302,7 +302,7 @@ def check_audio(path: Path, min_seconds: float, max_seconds: float) -> float:
 
     try:
         seconds = audio_duration(path)
-    except Exception:  # noqa: BLE001 - unreadable in any way means not audio
+    except Exception:
         raise UploadError(415, "audio: not a readable audio file") from None
     if seconds > max_seconds:
         raise UploadError(

@@ -9,11 +9,16 @@ import sys
 
 COMMANDS = {
     "autoencoder": ("liveact.train.autoencoder", "train the tiny causal autoencoder"),
-    "autoencoder-report": ("liveact.train.autoencoder:report_main",
-                           "held-out PSNR, mouth PSNR and mouth motion of exported autoencoders"),
+    "autoencoder-report": (
+        "liveact.train.autoencoder:report_main",
+        "held-out PSNR, mouth PSNR and mouth motion of exported autoencoders",
+    ),
     "data": ("liveact.train.data", "render and encode synthetic clips into training shards"),
     "stage1": ("liveact.train.stage1", "train the DiT with Neighbor (or Diffusion / Teacher) Forcing"),
-    "stage2": ("liveact.train.stage2", "distil to the 3-step sampler on rollouts with the ConvKV memory (DMD)"),
+    "stage2": (
+        "liveact.train.stage2",
+        "distil to the 3-step sampler on rollouts with the ConvKV memory (DMD)",
+    ),
     "package": ("liveact.train.package", "assemble a self-contained Nano folder (liveact/assets/nano)"),
     "plot": ("liveact.train.plots", "plot loss / validation curves of runs to a PNG"),
 }
@@ -27,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, text) in COMMANDS.items():
             print(f"  {name:<19} {text}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    logging.basicConfig(level=os.environ.get("LIVEACT_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LIVEACT_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     module, _, function = COMMANDS[argv[0]][0].partition(":")
     getattr(importlib.import_module(module), function or "main")(argv[1:])
     return 0

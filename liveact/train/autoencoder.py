@@ -47,8 +47,9 @@ logger = logging.getLogger(__name__)
 NANO_TAE = TAEConfig(latent_channels=16, encoder_widths=(16, 32, 64), decoder_widths=(64, 32, 16, 16))
 
 
-def frame_pool(folder: Path, clips: int, size: int, seed: int, held_out: bool = False
-               ) -> tuple[np.ndarray, np.ndarray]:
+def frame_pool(
+    folder: Path, clips: int, size: int, seed: int, held_out: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """One-block clips, rendered once and memory-mapped.
 
     Returns:
@@ -82,7 +83,8 @@ def mouth_mask(mouth_xy: np.ndarray, size: int, y0: int, x0: int, crop: int) -> 
     """``[T, crop, crop]`` float: 1 inside the mouth box (``synth.MOUTH_BOX``) of each frame of a crop.
 
     Args:
-        mouth_xy: ``[T, 2]`` mouth centres (fractions of the ``size``-pixel frame); ``y0, x0`` the crop's corner.
+        mouth_xy: ``[T, 2]`` mouth centres (fractions of the ``size``-pixel frame); ``y0, x0`` the crop's
+            corner.
     """
     bx0, bx1, by0, by1 = MOUTH_BOX
     ys, xs = (np.arange(crop) + 0.5 + y0) / size, (np.arange(crop) + 0.5 + x0) / size
@@ -93,11 +95,19 @@ def mouth_mask(mouth_xy: np.ndarray, size: int, y0: int, x0: int, crop: int) -> 
 
 def to_video(frames: np.ndarray) -> torch.Tensor:
     """``[N, T, H, W, 3]`` uint8 -> ``[N, 3, T, H, W]`` float in [-1, 1]."""
-    return torch.from_numpy(np.array(frames)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # a copy: pools are read-only
+    return (
+        torch.from_numpy(np.array(frames)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    )  # a copy: pools are read-only
 
 
-def random_crops(pool: np.ndarray, rng: np.random.Generator, batch: int, frames: int, crop: int,
-                 mouth: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def random_crops(
+    pool: np.ndarray,
+    rng: np.random.Generator,
+    batch: int,
+    frames: int,
+    crop: int,
+    mouth: np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Windows of random clips, times and places (8-pixel aligned).
 
     The autoencoder is fully convolutional, so small crops train it as well as whole frames at a
@@ -115,18 +125,20 @@ def random_crops(pool: np.ndarray, rng: np.random.Generator, batch: int, frames:
         t0 = rng.integers(0, length - frames + 1)
         centre = size / 2 + rng.normal(0, size / 8, size=2)
         y0, x0 = (np.clip(((centre - crop / 2) // 8) * 8, 0, size - crop)).astype(int)
-        out[b] = pool[c, t0: t0 + frames, y0: y0 + crop, x0: x0 + crop]
+        out[b] = pool[c, t0 : t0 + frames, y0 : y0 + crop, x0 : x0 + crop]
         if masks is not None:
-            masks[b, 0] = mouth_mask(mouth[c, t0: t0 + frames], size, y0, x0, crop)
+            masks[b, 0] = mouth_mask(mouth[c, t0 : t0 + frames], size, y0, x0, crop)
     return to_video(out), (None if masks is None else torch.from_numpy(masks))
 
 
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
-                        temporal: float = 0.0) -> torch.Tensor:
+def reconstruction_loss(
+    recon: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None, temporal: float = 0.0
+) -> torch.Tensor:
     """L1 on pixels plus L1 on horizontal and vertical differences (``[N, 3, T, H, W]``); ``weights``
     ``[N, 1, T, H, W]`` make it a weighted mean. ``temporal`` adds that weight times an L1 on the
     frame-to-frame differences: four frames share one latent frame, and without it the decoder may
     spread their mean (a mouth opening and closing within 160 ms reads as half open)."""
+
     def mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         if w is None:
             return x.mean()
@@ -147,6 +159,7 @@ def colour_loss(recon: torch.Tensor, target: torch.Tensor, cell: int = 8) -> tor
     """L1 between the mean colours of ``cell``x``cell`` patches (``[N, 3, T, H, W]``): the per-pixel
     loss lets a flat colour drift as long as edges line up (the first encoder dropped green this way);
     a patch's mean is what one latent cell must carry."""
+
     def pool(x: torch.Tensor) -> torch.Tensor:
         n, c, t, h, w = x.shape
         return F.avg_pool2d(x.transpose(1, 2).reshape(n * t, c, h, w), cell)
@@ -161,8 +174,9 @@ def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def latent_statistics(model: TinyAutoencoder, pool: np.ndarray, batches: int = 16, batch: int = 4
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_statistics(
+    model: TinyAutoencoder, pool: np.ndarray, batches: int = 16, batch: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of the raw latents over part of the pool."""
     model.latent_mean.zero_()
     model.latent_std.fill_(1.0)
@@ -186,7 +200,9 @@ def within_group_deviations(video: torch.Tensor, mask: torch.Tensor, stride: int
     return (groups - groups.mean(dim=3, keepdim=True))[inside.expand_as(groups)]
 
 
-def mouth_motion(recon: torch.Tensor, video: torch.Tensor, mask: torch.Tensor, stride: int) -> tuple[float, float]:
+def mouth_motion(
+    recon: torch.Tensor, video: torch.Tensor, mask: torch.Tensor, stride: int
+) -> tuple[float, float]:
     """How much of the mouth's movement *within* a latent frame survives: correlation of decoded and
     true within-group deviations in the mouth box, and their energy ratio (1, 1 = all of it). Lip-sync
     needs it: a mouth that keeps only each group's mean opening caps the metric at about 0.6."""
@@ -198,18 +214,21 @@ def mouth_motion(recon: torch.Tensor, video: torch.Tensor, mask: torch.Tensor, s
 
 
 @torch.no_grad()
-def evaluate(model: TinyAutoencoder, pool: np.ndarray, mouth: np.ndarray, count: int = 16
-             ) -> tuple[float, float, float]:
+def evaluate(
+    model: TinyAutoencoder, pool: np.ndarray, mouth: np.ndarray, count: int = 16
+) -> tuple[float, float, float]:
     """Encode+decode the first ``count`` clips of a (held-out) pool: mean PSNR (dB) over whole frames
     and over the mouth boxes (``mouth``: the pool's mouth centres), and the mouth motion kept within
     latent frames (``mouth_motion``'s correlation)."""
     whole, mouth_only, recons, videos, masks = [], [], [], [], []
     size = pool.shape[2]
     for i in range(0, min(count, len(pool)), 4):
-        video = to_video(pool[i: i + 4])
+        video = to_video(pool[i : i + 4])
         recon = model.decode_frames(model.encode_frames(video)).float().clamp(-1, 1)
         whole.append(psnr(recon, video))
-        mask = torch.from_numpy(np.stack([mouth_mask(m, size, 0, 0, size) for m in mouth[i: i + 4]]))[:, None]
+        mask = torch.from_numpy(np.stack([mouth_mask(m, size, 0, 0, size) for m in mouth[i : i + 4]]))[
+            :, None
+        ]
         mse = ((recon - video).square() * mask).sum() / (3 * mask.sum())
         mouth_only.append(10 * np.log10(4.0 / max(mse.item(), 1e-12)))
         recons.append(recon)
@@ -219,12 +238,32 @@ def evaluate(model: TinyAutoencoder, pool: np.ndarray, mouth: np.ndarray, count:
     return float(np.mean(whole)), float(np.mean(mouth_only)), motion
 
 
-def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: int, seed: int,
-          minutes: float | None, latent_noise: float, threads: int | None, frames: int = 13, crop: int = 64,
-          config: TAEConfig = NANO_TAE, val_every: int = 500, init: str = "he", start_from: Path | None = None,
-          freeze_encoder: bool = False, export_only: bool = False, mouth_weight: float = 0.0,
-          val_clips: int = 16, colour_weight: float = 0.0, temporal_weight: float = 0.0,
-          anchor_weight: float = 0.0, new_encoder: bool = False) -> None:
+def train(
+    out: Path,
+    steps: int,
+    batch: int,
+    lr: float,
+    pool_clips: int,
+    size: int,
+    seed: int,
+    minutes: float | None,
+    latent_noise: float,
+    threads: int | None,
+    frames: int = 13,
+    crop: int = 64,
+    config: TAEConfig = NANO_TAE,
+    val_every: int = 500,
+    init: str = "he",
+    start_from: Path | None = None,
+    freeze_encoder: bool = False,
+    export_only: bool = False,
+    mouth_weight: float = 0.0,
+    val_clips: int = 16,
+    colour_weight: float = 0.0,
+    temporal_weight: float = 0.0,
+    anchor_weight: float = 0.0,
+    new_encoder: bool = False,
+) -> None:
     """Train (or resume) the autoencoder; writes ``out/tae.safetensors`` + ``tae.json`` when done.
 
     ``anchor_weight`` (with ``start_from``) keeps the encoder's latents near the starting encoder's (MSE
@@ -233,7 +272,9 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
     if anchor_weight and start_from is None:
         raise ValueError("--anchor_weight keeps latents near a starting encoder's: give --start_from")
     if new_encoder and not anchor_weight:
-        raise ValueError("--new_encoder needs --start_from and --anchor_weight (it is distilled into the old latents)")
+        raise ValueError(
+            "--new_encoder needs --start_from and --anchor_weight (it is distilled into the old latents)"
+        )
     set_threads(threads)
     torch.manual_seed(seed)
     pool, pool_mouth = frame_pool(out, pool_clips, size, seed)
@@ -261,8 +302,9 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
         stats = (model.latent_mean.clone(), model.latent_std.clone())
         if freeze_encoder:
             model.encoder.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0,
-                            betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0, betas=(0.9, 0.99)
+    )
     ema = EMA(model, 0.999)
     # A frozen or anchored encoder keeps its latent statistics (what models trained on its latents
     # expect); a freely trained one gets them measured again at export.
@@ -295,7 +337,10 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
             z = model.encode_frames(video)
             z_noisy = z + latent_noise * z.detach().float().std() * torch.randn_like(z)
             recon = model.decode_frames(z_noisy, clamp=False)
-            loss = reconstruction_loss(recon.float(), video, weights, temporal_weight) + 1e-4 * z.float().square().mean()
+            loss = (
+                reconstruction_loss(recon.float(), video, weights, temporal_weight)
+                + 1e-4 * z.float().square().mean()
+            )
             if colour_weight:
                 loss = loss + colour_weight * colour_loss(recon.float(), video)
             if anchor_weight:
@@ -316,7 +361,9 @@ def train(out: Path, steps: int, batch: int, lr: float, pool_clips: int, size: i
             ev = TinyAutoencoder(config)
             ev.load_state_dict(ema.state_dict(), strict=False)
             val_psnr, val_mouth_psnr, val_motion = evaluate(ev.eval(), val_pool, val_mouth)
-            log.write(step=step, val_psnr=val_psnr, val_mouth_psnr=val_mouth_psnr, val_mouth_motion=val_motion)
+            log.write(
+                step=step, val_psnr=val_psnr, val_mouth_psnr=val_mouth_psnr, val_mouth_motion=val_motion
+            )
         if time.monotonic() - last_save > 300 or step == steps:
             _save(ckpt, model, ema, opt, step)
             last_save = time.monotonic()
@@ -333,8 +380,15 @@ def _save(ckpt: Checkpoint, model: TinyAutoencoder, ema: EMA, opt: torch.optim.O
     ckpt.save(tensors, {"step": step})
 
 
-def export(out: Path, ema: EMA, pool: np.ndarray, val_pool: np.ndarray, val_mouth: np.ndarray, config: TAEConfig,
-           stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+def export(
+    out: Path,
+    ema: EMA,
+    pool: np.ndarray,
+    val_pool: np.ndarray,
+    val_mouth: np.ndarray,
+    config: TAEConfig,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
     """Write the EMA weights with latent statistics (measured, or kept from the encoder it was
     fine-tuned from), and the held-out PSNR (whole frames and mouth boxes)."""
     model = TinyAutoencoder(config)
@@ -345,19 +399,40 @@ def export(out: Path, ema: EMA, pool: np.ndarray, val_pool: np.ndarray, val_mout
     model.latent_std.copy_(std)
     score, mouth_score, motion = evaluate(model, val_pool, val_mouth)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "tae.safetensors"))
-    (out / "tae.json").write_text(json.dumps({"config": config.to_dict(), "val_psnr_db": score,
-                                              "val_mouth_psnr_db": mouth_score, "val_mouth_motion": motion},
-                                             indent=1))
-    logger.info("autoencoder exported to %s: held-out PSNR %.2f dB (mouth %.2f dB), mouth motion within "
-                "latent frames %.3f", out, score, mouth_score, motion)
+    (out / "tae.json").write_text(
+        json.dumps(
+            {
+                "config": config.to_dict(),
+                "val_psnr_db": score,
+                "val_mouth_psnr_db": mouth_score,
+                "val_mouth_motion": motion,
+            },
+            indent=1,
+        )
+    )
+    logger.info(
+        "autoencoder exported to %s: held-out PSNR %.2f dB (mouth %.2f dB), mouth motion within "
+        "latent frames %.3f",
+        out,
+        score,
+        mouth_score,
+        motion,
+    )
 
 
 def report_main(argv: list[str] | None = None) -> None:
     """``python -m liveact.train autoencoder-report TAE [TAE ...]``: the held-out scores of exported
     autoencoders on the same clips as training's validation (JSON lines)."""
-    p = argparse.ArgumentParser(prog="python -m liveact.train autoencoder-report", description=report_main.__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m liveact.train autoencoder-report", description=report_main.__doc__
+    )
     p.add_argument("tae", type=Path, nargs="+", help="exported tae.safetensors files")
-    p.add_argument("--cache", type=Path, default=Path("runs/autoencoder_report"), help="where the clips are rendered once")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("runs/autoencoder_report"),
+        help="where the clips are rendered once",
+    )
     p.add_argument("--clips", type=int, default=16)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0, help="the training run's --seed (its held-out pool)")
@@ -366,14 +441,26 @@ def report_main(argv: list[str] | None = None) -> None:
     pool, mouth = frame_pool(a.cache, a.clips, a.size, 10_000_000 + a.seed, held_out=True)
     for path in a.tae:
         whole, mouth_psnr, motion = evaluate(TinyAutoencoder.from_file(path), pool, mouth, a.clips)
-        print(json.dumps({"tae": str(path), "val_psnr_db": round(whole, 2), "val_mouth_psnr_db": round(mouth_psnr, 2),
-                          "val_mouth_motion": round(motion, 3)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "tae": str(path),
+                    "val_psnr_db": round(whole, 2),
+                    "val_mouth_psnr_db": round(mouth_psnr, 2),
+                    "val_mouth_motion": round(motion, 3),
+                }
+            ),
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.train autoencoder``."""
-    p = argparse.ArgumentParser(prog="python -m liveact.train autoencoder", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m liveact.train autoencoder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a checkpoint)")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=8)
@@ -389,23 +476,62 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val_every", type=int, default=500)
     p.add_argument("--init", choices=("he", "default"), default="he")
     p.add_argument("--start_from", type=Path, default=None, help="fine-tune this exported autoencoder")
-    p.add_argument("--freeze_encoder", action="store_true", help="train the decoder only (keeps the latent space)")
+    p.add_argument(
+        "--freeze_encoder", action="store_true", help="train the decoder only (keeps the latent space)"
+    )
     p.add_argument("--mouth_weight", type=float, default=0.0, help="extra loss weight on the mouth's pixels")
-    p.add_argument("--colour_weight", type=float, default=0.0,
-                   help="weight of an L1 on 8x8 patch mean colours (keeps flat colours, e.g. green)")
-    p.add_argument("--temporal_weight", type=float, default=0.0,
-                   help="weight of an L1 on frame-to-frame differences (mouth-weighted like the pixels)")
-    p.add_argument("--anchor_weight", type=float, default=0.0,
-                   help="with --start_from: keep latents near the starting encoder's (models on them stay close)")
-    p.add_argument("--new_encoder", action="store_true",
-                   help="with --start_from and --anchor_weight: a fresh encoder of --encoder_widths under its decoder")
+    p.add_argument(
+        "--colour_weight",
+        type=float,
+        default=0.0,
+        help="weight of an L1 on 8x8 patch mean colours (keeps flat colours, e.g. green)",
+    )
+    p.add_argument(
+        "--temporal_weight",
+        type=float,
+        default=0.0,
+        help="weight of an L1 on frame-to-frame differences (mouth-weighted like the pixels)",
+    )
+    p.add_argument(
+        "--anchor_weight",
+        type=float,
+        default=0.0,
+        help="with --start_from: keep latents near the starting encoder's (models on them stay close)",
+    )
+    p.add_argument(
+        "--new_encoder",
+        action="store_true",
+        help="with --start_from and --anchor_weight: a fresh encoder of --encoder_widths under its decoder",
+    )
     p.add_argument("--val_clips", type=int, default=16, help="held-out clips for the PSNRs")
     p.add_argument("--export_only", action="store_true", help="export the run's current EMA weights and stop")
     p.add_argument("--encoder_widths", type=int, nargs=3, default=list(NANO_TAE.encoder_widths))
     p.add_argument("--decoder_widths", type=int, nargs=4, default=list(NANO_TAE.decoder_widths))
     a = p.parse_args(argv)
     config = TAEConfig(encoder_widths=tuple(a.encoder_widths), decoder_widths=tuple(a.decoder_widths))
-    train(a.out, a.steps, a.batch, a.lr, a.pool, a.size, a.seed, a.minutes, a.latent_noise, a.threads,
-          a.frames, a.crop, config, a.val_every, a.init, a.start_from, a.freeze_encoder, a.export_only,
-          a.mouth_weight, a.val_clips, a.colour_weight, a.temporal_weight, a.anchor_weight,
-          a.new_encoder)
+    train(
+        a.out,
+        a.steps,
+        a.batch,
+        a.lr,
+        a.pool,
+        a.size,
+        a.seed,
+        a.minutes,
+        a.latent_noise,
+        a.threads,
+        a.frames,
+        a.crop,
+        config,
+        a.val_every,
+        a.init,
+        a.start_from,
+        a.freeze_encoder,
+        a.export_only,
+        a.mouth_weight,
+        a.val_clips,
+        a.colour_weight,
+        a.temporal_weight,
+        a.anchor_weight,
+        a.new_encoder,
+    )

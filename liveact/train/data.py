@@ -53,8 +53,9 @@ def add_noise_floor(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (wave + level * rng.standard_normal(len(wave)).astype(np.float32)).astype(np.float32)
 
 
-def encode_clip(seed: int, num_blocks: int, tae: TinyAutoencoder, mel: LogMelEncoder, held_out: bool,
-                size: int) -> tuple[dict[str, torch.Tensor], dict]:
+def encode_clip(
+    seed: int, num_blocks: int, tae: TinyAutoencoder, mel: LogMelEncoder, held_out: bool, size: int
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Render clip ``seed`` and turn it into model inputs + ground truth."""
     from liveact.train.synth import make_clip
 
@@ -64,14 +65,27 @@ def encode_clip(seed: int, num_blocks: int, tae: TinyAutoencoder, mel: LogMelEnc
     video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # [1, 3, F, H, W]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         latents = tae.encode_frames(video).float()[0]
-        cond = tae.encode_frames(conditioning_frames(video[:, :, 0], MemoryConfig(), tae.temporal_stride)).float()[0]
+        cond = tae.encode_frames(
+            conditioning_frames(video[:, :, 0], MemoryConfig(), tae.temporal_stride)
+        ).float()[0]
     audio = mel.rows(torch.from_numpy(wave), clip.fps, 0, clip.frames.shape[0])
-    tensors = {"latents": latents.half(), "cond": cond.half(), "audio": audio.half(),
-               "mouth": torch.from_numpy(clip.mouth), "mouth_xy": torch.from_numpy(clip.mouth_xy),
-               "blink": torch.from_numpy(clip.blink.astype(np.float32)),
-               "wave": torch.from_numpy(wave).half()}
-    meta = {"seed": seed, "prompts": clip.prompts, "actions": clip.block_actions, "main_prompt": clip.main_prompt,
-            "voice": clip.voice, "accessories": clip.avatar.accessories}
+    tensors = {
+        "latents": latents.half(),
+        "cond": cond.half(),
+        "audio": audio.half(),
+        "mouth": torch.from_numpy(clip.mouth),
+        "mouth_xy": torch.from_numpy(clip.mouth_xy),
+        "blink": torch.from_numpy(clip.blink.astype(np.float32)),
+        "wave": torch.from_numpy(wave).half(),
+    }
+    meta = {
+        "seed": seed,
+        "prompts": clip.prompts,
+        "actions": clip.block_actions,
+        "main_prompt": clip.main_prompt,
+        "voice": clip.voice,
+        "accessories": clip.avatar.accessories,
+    }
     return tensors, meta
 
 
@@ -86,9 +100,13 @@ def _add_mouth_xy_worker(args: tuple) -> None:
     rows = []
     for i, m in enumerate(meta):
         clip = make_clip(m["seed"], num_blocks=len(m["prompts"]), size=size, held_out=held_out)
-        if clip.prompts != m["prompts"] or not np.allclose(clip.mouth, tensors["mouth"][i].numpy(), atol=1e-5):
-            raise RuntimeError(f"clip {m['seed']} of {shard_path} renders differently now (was it built with "
-                               f"{'--held_out' if not held_out else 'no --held_out'}?): rebuild the shard")
+        if clip.prompts != m["prompts"] or not np.allclose(
+            clip.mouth, tensors["mouth"][i].numpy(), atol=1e-5
+        ):
+            raise RuntimeError(
+                f"clip {m['seed']} of {shard_path} renders differently now (was it built with "
+                f"{'--held_out' if not held_out else 'no --held_out'}?): rebuild the shard"
+            )
         rows.append(torch.from_numpy(clip.mouth_xy))
     tensors["mouth_xy"] = torch.stack(rows)
     tmp = shard_path.with_suffix(".tmp")
@@ -103,7 +121,7 @@ def add_mouth_xy(out: Path, held_out: bool, size: int, workers: int) -> None:
     jobs = []
     for path in sorted(out.glob("shard_*.safetensors")):
         with safe_open(str(path), "pt") as f:
-            if "mouth_xy" not in f.keys():  # noqa: SIM118 (a safetensors file has keys(), not "in")
+            if "mouth_xy" not in f.keys():  # a safetensors file has keys(), not "in"
                 jobs.append((path, held_out, size))
     _run_pool(_add_mouth_xy_worker, jobs, workers, f"mouth_xy -> {out}")
 
@@ -132,15 +150,33 @@ def _worker(args: tuple) -> None:
     os.replace(tmp, shard_path)
 
 
-def build(out: Path, tae_path: Path, clips: int, shard: int, num_blocks: int, workers: int, seed: int,
-          held_out: bool, size: int) -> None:
+def build(
+    out: Path,
+    tae_path: Path,
+    clips: int,
+    shard: int,
+    num_blocks: int,
+    workers: int,
+    seed: int,
+    held_out: bool,
+    size: int,
+) -> None:
     """Render and encode ``clips`` clips into ``out/shard_*.safetensors`` (resumable)."""
     out.mkdir(parents=True, exist_ok=True)
     jobs = []
     for i in range(0, clips, shard):
         path = out / f"shard_{i // shard:05d}.safetensors"
         if not path.is_file():
-            jobs.append((path, list(range(seed + i, seed + min(clips, i + shard))), num_blocks, tae_path, held_out, size))
+            jobs.append(
+                (
+                    path,
+                    list(range(seed + i, seed + min(clips, i + shard))),
+                    num_blocks,
+                    tae_path,
+                    held_out,
+                    size,
+                )
+            )
     _run_pool(_worker, jobs, workers, f"shards -> {out}")
 
 
@@ -179,9 +215,14 @@ class ClipSet:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.train data``."""
-    p = argparse.ArgumentParser(prog="python -m liveact.train data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tae", type=Path, default=None, help="trained autoencoder (tae.safetensors); needed to build")
+    p = argparse.ArgumentParser(
+        prog="python -m liveact.train data",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--tae", type=Path, default=None, help="trained autoencoder (tae.safetensors); needed to build"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--clips", type=int, default=4000)
     p.add_argument("--shard", type=int, default=200)
@@ -190,8 +231,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1_000_000)
     p.add_argument("--held_out", action="store_true", help="validation clips: held-out voices and sentences")
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--add_mouth_xy", action="store_true",
-                   help="add the mouth position to existing shards of --out (same --held_out as when built)")
+    p.add_argument(
+        "--add_mouth_xy",
+        action="store_true",
+        help="add the mouth position to existing shards of --out (same --held_out as when built)",
+    )
     a = p.parse_args(argv)
     if a.add_mouth_xy:
         add_mouth_xy(a.out, a.held_out, a.size, a.workers)

@@ -74,8 +74,14 @@ def image_tokens(cond_latent: torch.Tensor, patch: int) -> torch.Tensor:
     return latent_tokens(cond_latent[:, :, 0], patch)
 
 
-def mouth_weights(mouth_xy: torch.Tensor, latent_frames: int, grid: tuple[int, int], stride: int,
-                  weight: float, base: float = 1.0) -> torch.Tensor:
+def mouth_weights(
+    mouth_xy: torch.Tensor,
+    latent_frames: int,
+    grid: tuple[int, int],
+    stride: int,
+    weight: float,
+    base: float = 1.0,
+) -> torch.Tensor:
     """Per-latent-cell loss weights ``base + weight * m``, ``m`` the share of a cell inside the mouth box.
 
     Args:
@@ -87,15 +93,18 @@ def mouth_weights(mouth_xy: torch.Tensor, latent_frames: int, grid: tuple[int, i
     Returns:
         ``[B, 1, F, h, w]``.
     """
-    centres = [mouth_xy[:, 0]] + [mouth_xy[:, 1 + stride * (j - 1): 1 + stride * j].mean(1)
-                                  for j in range(1, latent_frames)]
+    centres = [mouth_xy[:, 0]] + [
+        mouth_xy[:, 1 + stride * (j - 1) : 1 + stride * j].mean(1) for j in range(1, latent_frames)
+    ]
     c = torch.stack(centres, 1).float()  # [B, F, 2]
     x0, x1, y0, y1 = MOUTH_BOX
 
     def overlap(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
         """``[B, F, n]``: the share of each of ``n`` cells along an axis inside ``[lo, hi]``."""
         edges = torch.arange(n, dtype=torch.float32) / n
-        return (torch.minimum(hi[..., None], edges + 1 / n) - torch.maximum(lo[..., None], edges)).clamp(min=0) * n
+        return (torch.minimum(hi[..., None], edges + 1 / n) - torch.maximum(lo[..., None], edges)).clamp(
+            min=0
+        ) * n
 
     ox = overlap(c[..., 0] + x0, c[..., 0] + x1, grid[1])
     oy = overlap(c[..., 1] + y0, c[..., 1] + y1, grid[0])
@@ -110,25 +119,38 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
     return ((pred - target).square() * w).sum() / w.sum().clamp(min=1e-8)
 
 
-def sample_sigmas(batch: int, blocks: int, mode: Mode, shift: float, generator: torch.Generator) -> torch.Tensor:
-    """``[blocks, B]`` noise levels: shifted uniform, shared across blocks unless ``diffusion``/``teacher``."""
+def sample_sigmas(
+    batch: int, blocks: int, mode: Mode, shift: float, generator: torch.Generator
+) -> torch.Tensor:
+    """``[blocks, B]`` noise levels: shifted uniform, shared across blocks unless
+    ``diffusion``/``teacher``."""
     shape = (blocks, batch) if mode != "neighbor" else (1, batch)
     u = torch.rand(shape, generator=generator)
     sigma = shift * u / (1 + (shift - 1) * u)
     return sigma.expand(blocks, batch)
 
 
-def block_audio_tokens(model: LiveActTransformer, audio: torch.Tensor, span: object, stride: int) -> torch.Tensor:
+def block_audio_tokens(
+    model: LiveActTransformer, audio: torch.Tensor, span: object, stride: int
+) -> torch.Tensor:
     """Audio tokens ``[B, T, N, output_dim]`` of one block from rows ``[B, S, layers, channels]``."""
     first, later = audio_rows(span, audio.shape[1], model.config.audio_window, stride, device=audio.device)
     return model.audio_tokens(None if first is None else audio[:, first], audio[:, later])
 
 
-def forcing_loss(model: LiveActTransformer, batch: Batch, mode: Mode, generator: torch.Generator,
-                 memory_config: MemoryConfig | None = None, schedule: SamplerConfig | None = None,
-                 shift: float = 3.0, sigmas: torch.Tensor | None = None,
-                 noise: list[torch.Tensor] | None = None, collect: list | None = None,
-                 loss_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
+def forcing_loss(
+    model: LiveActTransformer,
+    batch: Batch,
+    mode: Mode,
+    generator: torch.Generator,
+    memory_config: MemoryConfig | None = None,
+    schedule: SamplerConfig | None = None,
+    shift: float = 3.0,
+    sigmas: torch.Tensor | None = None,
+    noise: list[torch.Tensor] | None = None,
+    collect: list | None = None,
+    loss_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[float]]:
     """Flow-matching loss of one batch of clips under a forcing mode.
 
     Args:
@@ -154,8 +176,8 @@ def forcing_loss(model: LiveActTransformer, batch: Batch, mode: Mode, generator:
     losses = []
     for k in range(blocks):
         span = block_span(k, memory_config, stride)
-        x0 = batch.latents[:, :, span.first_latent: span.first_latent + span.frames].float()
-        y = batch.y[:, :, span.y_start: span.y_start + span.frames]
+        x0 = batch.latents[:, :, span.first_latent : span.first_latent + span.frames].float()
+        y = batch.y[:, :, span.y_start : span.y_start + span.frames]
         eps = noise[k] if noise is not None else torch.randn(x0.shape, generator=generator)
         sigma = sigmas[k].view(b, 1, 1, 1, 1)
         x_t = (1 - sigma) * x0 + sigma * eps
@@ -163,10 +185,20 @@ def forcing_loss(model: LiveActTransformer, batch: Batch, mode: Mode, generator:
         audio = block_audio_tokens(model, batch.audio, span, stride)
         silent = 1 if span.first_latent == 0 else 0
         memory.begin_block(k)
-        v = model(x_t, y, sigmas[k] * schedule.num_train_timesteps, context, memory, audio=audio,
-                  silent_frames=silent)
-        weights = None if loss_weights is None else \
-            loss_weights[:, :, span.first_latent: span.first_latent + span.frames]
+        v = model(
+            x_t,
+            y,
+            sigmas[k] * schedule.num_train_timesteps,
+            context,
+            memory,
+            audio=audio,
+            silent_frames=silent,
+        )
+        weights = (
+            None
+            if loss_weights is None
+            else loss_weights[:, :, span.first_latent : span.first_latent + span.frames]
+        )
         losses.append(weighted_mse(v.float(), eps - x0, weights))
         if collect is not None:
             collect.append(x_t - sigma * v.float())
@@ -181,7 +213,9 @@ def forcing_loss(model: LiveActTransformer, batch: Batch, mode: Mode, generator:
 def _blocks_in(latent_frames: int, memory: MemoryConfig) -> int:
     """Whole blocks in ``latent_frames`` (first block ``first_block_frames``, then ``block_frames``)."""
     if latent_frames < memory.first_block_frames:
-        raise ValueError(f"a clip needs at least {memory.first_block_frames} latent frames, got {latent_frames}")
+        raise ValueError(
+            f"a clip needs at least {memory.first_block_frames} latent frames, got {latent_frames}"
+        )
     later = latent_frames - memory.first_block_frames
     if later % memory.block_frames:
         raise ValueError(f"{latent_frames} latent frames is not a whole number of blocks")

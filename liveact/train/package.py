@@ -26,21 +26,33 @@ from liveact.tae import TinyAutoencoder
 
 
 def components_spec(text_len: int, size: int, fps: float, edit_cfg: float = 1.0) -> dict:
-    """``components.json`` of a Nano model (``edit_cfg``: its default edit guidance, see ``SamplerConfig``)."""
+    """``components.json`` of a Nano model (``edit_cfg``: its default edit guidance, see
+    ``SamplerConfig``)."""
     return {
         "family": "liveact-nano",
         "text_encoder": {"type": "minilm", "max_tokens": text_len},
         "image_encoder": {"type": "reference_latent", "patch": 2},
         "audio_encoder": {"type": "logmel", **LogMelConfig().to_dict()},
         "autoencoder": {"type": "tae", "file": TAE_FILE},
-        "sampler": {"timesteps": [1000.0, 937.5, 833.33333333, 0.0], "skip_audio_steps": [], "cfg_steps": [1, 2],
-                    "edit_cfg": edit_cfg},
+        "sampler": {
+            "timesteps": [1000.0, 937.5, 833.33333333, 0.0],
+            "skip_audio_steps": [],
+            "cfg_steps": [1, 2],
+            "edit_cfg": edit_cfg,
+        },
         "defaults": {"size": [size, size], "fps": fps},
     }
 
 
-def package(model: Path, tae: Path, out: Path, size: int = 128, fps: float = 25.0,
-            dtype: torch.dtype = torch.bfloat16, edit_cfg: float = 1.0) -> None:
+def package(
+    model: Path,
+    tae: Path,
+    out: Path,
+    size: int = 128,
+    fps: float = 25.0,
+    dtype: torch.dtype = torch.bfloat16,
+    edit_cfg: float = 1.0,
+) -> None:
     """Write ``out`` from a DiT folder and an autoencoder file (validated by loading both)."""
     out.mkdir(parents=True, exist_ok=True)
     dit = load_transformer(model, dtype=torch.float32)
@@ -55,15 +67,22 @@ def package(model: Path, tae: Path, out: Path, size: int = 128, fps: float = 25.
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.train package``."""
-    p = argparse.ArgumentParser(prog="python -m liveact.train package", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m liveact.train package",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", type=Path, required=True, help="DiT folder (config.json + safetensors)")
     p.add_argument("--tae", type=Path, required=True, help="autoencoder file (tae.safetensors)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--fps", type=float, default=25.0)
-    p.add_argument("--edit_cfg", type=float, default=1.0,
-                   help="edit guidance the model runs with by default (chosen on held-out clips: "
-                        "python -m liveact.eval actions --edit_cfg ...)")
+    p.add_argument(
+        "--edit_cfg",
+        type=float,
+        default=1.0,
+        help="edit guidance the model runs with by default (chosen on held-out clips: "
+        "python -m liveact.eval actions --edit_cfg ...)",
+    )
     a = p.parse_args(argv)
     package(a.model, a.tae, a.out, a.size, a.fps, edit_cfg=a.edit_cfg)

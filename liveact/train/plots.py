@@ -49,8 +49,16 @@ def save_figure(fig: Any, out: Path) -> None:
     pyplot().close(fig)
 
 
-def plot_runs(runs: list[Path], out: Path, keys: tuple[str, ...] = ("loss",), val_keys: tuple[str, ...] = (),
-              labels: list[str] | None = None, title: str = "", smooth_window: int = 25, log_y: bool = True) -> None:
+def plot_runs(
+    runs: list[Path],
+    out: Path,
+    keys: tuple[str, ...] = ("loss",),
+    val_keys: tuple[str, ...] = (),
+    labels: list[str] | None = None,
+    title: str = "",
+    smooth_window: int = 25,
+    log_y: bool = True,
+) -> None:
     """Training (smoothed) and validation curves of several runs on one figure."""
     plt = pyplot()
     panels = len(keys) + (1 if val_keys else 0)
@@ -83,8 +91,11 @@ def plot_runs(runs: list[Path], out: Path, keys: tuple[str, ...] = ("loss",), va
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.train plot``."""
-    p = argparse.ArgumentParser(prog="python -m liveact.train plot", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m liveact.train plot",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--run", type=Path, action="append", required=True, help="run folder (repeat for several)")
     p.add_argument("--label", action="append", default=None)
     p.add_argument("--key", action="append", default=None, help="training metric(s) (default: loss)")

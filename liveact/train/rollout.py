@@ -46,9 +46,16 @@ class Rollout:
         return torch.cat([steps[step] for steps in self.x0], dim=2)
 
 
-def rollout(model: LiveActTransformer, batch: Batch, schedule: SamplerConfig, noise: NoiseFn,
-            grad_steps: set[int] | None = None, memory_config: MemoryConfig | None = None,
-            blocks: int | None = None, null_audio: bool = False) -> Rollout:
+def rollout(
+    model: LiveActTransformer,
+    batch: Batch,
+    schedule: SamplerConfig,
+    noise: NoiseFn,
+    grad_steps: set[int] | None = None,
+    memory_config: MemoryConfig | None = None,
+    blocks: int | None = None,
+    null_audio: bool = False,
+) -> Rollout:
     """Generate ``blocks`` blocks for every sample of ``batch`` (its latents are only read for the size).
 
     Args:
@@ -63,8 +70,10 @@ def rollout(model: LiveActTransformer, batch: Batch, schedule: SamplerConfig, no
     ph, pw = model.config.patch_size[1:]
     steps = schedule.num_steps
     grad_steps = set(range(steps)) if grad_steps is None else grad_steps
-    memories = [model.new_memory(memory_config, (lh // ph) * (lw // pw), batch=b, differentiable=True)
-                for _ in range(steps)]
+    memories = [
+        model.new_memory(memory_config, (lh // ph) * (lw // pw), batch=b, differentiable=True)
+        for _ in range(steps)
+    ]
     t_all = [torch.full((b,), t, dtype=torch.float32) for t in schedule.timesteps]
     sigmas = [t / schedule.num_train_timesteps for t in t_all]
     image_kv = model.embed_image(batch.image)
@@ -73,7 +82,7 @@ def rollout(model: LiveActTransformer, batch: Batch, schedule: SamplerConfig, no
     out: list[list[torch.Tensor]] = []
     for k in range(blocks):
         span = block_span(k, memory_config, stride)
-        y = batch.y[:, :, span.y_start: span.y_start + span.frames]
+        y = batch.y[:, :, span.y_start : span.y_start + span.frames]
         context = CrossContext(text=model.embed_text(batch.texts[k]), image=image_kv)
         audio = block_audio_tokens(model, audio_rows, span, stride)
         silent = 1 if span.first_latent == 0 else 0
@@ -83,8 +92,15 @@ def rollout(model: LiveActTransformer, batch: Batch, schedule: SamplerConfig, no
         for i in range(steps):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i in grad_steps):
                 memories[i].begin_block(k)
-                v = model(latent, y, t_all[i], context, memories[i],
-                          audio=None if i in schedule.skip_audio_steps else audio, silent_frames=silent)
+                v = model(
+                    latent,
+                    y,
+                    t_all[i],
+                    context,
+                    memories[i],
+                    audio=None if i in schedule.skip_audio_steps else audio,
+                    silent_frames=silent,
+                )
                 x0 = latent - sigmas[i].view(b, 1, 1, 1, 1) * v.float()
             preds.append(x0)
             s_next = sigmas[i + 1].view(b, 1, 1, 1, 1)
@@ -95,7 +111,10 @@ def rollout(model: LiveActTransformer, batch: Batch, schedule: SamplerConfig, no
 
 def generator_noise(generator: torch.Generator, device: torch.device | str = "cpu") -> NoiseFn:
     """Noise drawn like the sampler's: float32 standard normal from ``generator``."""
+
     def draw(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device).to(device)
+        return torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device).to(
+            device
+        )
 
     return draw

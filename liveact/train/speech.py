@@ -40,13 +40,20 @@ class _EventId(ctypes.Union):
 
 class _Event(ctypes.Structure):
     _fields_ = [
-        ("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-        ("user_data", ctypes.c_void_p), ("id", _EventId),
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
     ]
 
 
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
 
 
 @dataclass(frozen=True)
@@ -108,11 +115,21 @@ def _library() -> tuple[ctypes.CDLL, int]:
     lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 500, data, _INIT_PHONEME_EVENTS)
     if rate <= 0:
-        raise EspeakUnavailable(f"espeak_Initialize failed ({rate}): its data folder (espeak-ng-data) is missing")
+        raise EspeakUnavailable(
+            f"espeak_Initialize failed ({rate}): its data folder (espeak-ng-data) is missing"
+        )
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                 ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     return lib, rate
 
 
@@ -133,7 +150,9 @@ class Speaker:
         self._events: list[Phoneme] = []
         self._callback = _CALLBACK(self._collect)  # keep a reference: C holds the pointer
 
-    def _collect(self, wav: ctypes.POINTER(ctypes.c_short), count: int, events: ctypes.POINTER(_Event)) -> int:
+    def _collect(
+        self, wav: ctypes.POINTER(ctypes.c_short), count: int, events: ctypes.POINTER(_Event)
+    ) -> int:
         if count > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).astype(np.float32) / 32768.0)
         i = 0
@@ -162,12 +181,325 @@ class Speaker:
 
 
 # A small, fixed vocabulary: sentences are random word strings, so train/held-out text is a seed choice.
-WORDS = ["the", "a", "one", "two", "three", "some", "many", "every", "this", "that", "these", "those", "my", "your", "our", "their", "his", "her", "its", "people", "time", "year", "day", "way", "thing", "man", "woman", "child", "world", "life", "hand", "part", "place", "case", "week", "company", "system", "program", "question", "work", "government", "number", "night", "point", "home", "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line", "end", "member", "law", "car", "city", "name", "team", "minute", "idea", "kid", "body", "information", "back", "parent", "face", "others", "level", "office", "door", "health", "person", "art", "war", "history", "party", "result", "change", "morning", "reason", "research", "girl", "guy", "moment", "air", "teacher", "force", "education", "foot", "boy", "be", "have", "do", "say", "go", "get", "make", "know", "think", "take", "see", "come", "want", "look", "use", "find", "give", "tell", "work", "call", "try", "ask", "need", "feel", "become", "leave", "put", "mean", "keep", "let", "begin", "seem", "help", "talk", "turn", "start", "show", "hear", "play", "run", "move", "like", "live", "believe", "hold", "bring", "happen", "write", "provide", "sit", "stand", "lose", "pay", "meet", "include", "continue", "set", "learn", "lead", "understand", "watch", "follow", "stop", "create", "speak", "read", "allow", "add", "spend", "grow", "open", "walk", "win", "offer", "remember", "love", "consider", "appear", "buy", "wait", "serve", "die", "send", "expect", "build", "stay", "fall", "cut", "reach", "kill", "remain", "suggest", "raise", "pass", "sell", "require", "report", "decide", "pull", "good", "new", "first", "last", "long", "great", "little", "own", "other", "old", "big", "high", "different", "small", "large", "next", "early", "young", "important", "few", "public", "bad", "same", "able", "free", "sure", "real", "best", "better", "whole", "strong", "happy", "blue", "green", "bright", "quiet", "simple", "clear", "full", "warm", "cold", "easy", "hard", "fast", "slow", "open", "close", "today", "tomorrow", "really", "very", "always", "never", "often", "again", "still", "maybe", "perhaps", "almost", "quite", "soon", "and", "but", "or", "because", "so", "if", "when", "while", "although", "until", "before", "after", "since", "where", "then", "also"]
+WORDS = [
+    "the",
+    "a",
+    "one",
+    "two",
+    "three",
+    "some",
+    "many",
+    "every",
+    "this",
+    "that",
+    "these",
+    "those",
+    "my",
+    "your",
+    "our",
+    "their",
+    "his",
+    "her",
+    "its",
+    "people",
+    "time",
+    "year",
+    "day",
+    "way",
+    "thing",
+    "man",
+    "woman",
+    "child",
+    "world",
+    "life",
+    "hand",
+    "part",
+    "place",
+    "case",
+    "week",
+    "company",
+    "system",
+    "program",
+    "question",
+    "work",
+    "government",
+    "number",
+    "night",
+    "point",
+    "home",
+    "water",
+    "room",
+    "mother",
+    "area",
+    "money",
+    "story",
+    "fact",
+    "month",
+    "lot",
+    "right",
+    "study",
+    "book",
+    "eye",
+    "job",
+    "word",
+    "business",
+    "issue",
+    "side",
+    "kind",
+    "head",
+    "house",
+    "service",
+    "friend",
+    "father",
+    "power",
+    "hour",
+    "game",
+    "line",
+    "end",
+    "member",
+    "law",
+    "car",
+    "city",
+    "name",
+    "team",
+    "minute",
+    "idea",
+    "kid",
+    "body",
+    "information",
+    "back",
+    "parent",
+    "face",
+    "others",
+    "level",
+    "office",
+    "door",
+    "health",
+    "person",
+    "art",
+    "war",
+    "history",
+    "party",
+    "result",
+    "change",
+    "morning",
+    "reason",
+    "research",
+    "girl",
+    "guy",
+    "moment",
+    "air",
+    "teacher",
+    "force",
+    "education",
+    "foot",
+    "boy",
+    "be",
+    "have",
+    "do",
+    "say",
+    "go",
+    "get",
+    "make",
+    "know",
+    "think",
+    "take",
+    "see",
+    "come",
+    "want",
+    "look",
+    "use",
+    "find",
+    "give",
+    "tell",
+    "work",
+    "call",
+    "try",
+    "ask",
+    "need",
+    "feel",
+    "become",
+    "leave",
+    "put",
+    "mean",
+    "keep",
+    "let",
+    "begin",
+    "seem",
+    "help",
+    "talk",
+    "turn",
+    "start",
+    "show",
+    "hear",
+    "play",
+    "run",
+    "move",
+    "like",
+    "live",
+    "believe",
+    "hold",
+    "bring",
+    "happen",
+    "write",
+    "provide",
+    "sit",
+    "stand",
+    "lose",
+    "pay",
+    "meet",
+    "include",
+    "continue",
+    "set",
+    "learn",
+    "lead",
+    "understand",
+    "watch",
+    "follow",
+    "stop",
+    "create",
+    "speak",
+    "read",
+    "allow",
+    "add",
+    "spend",
+    "grow",
+    "open",
+    "walk",
+    "win",
+    "offer",
+    "remember",
+    "love",
+    "consider",
+    "appear",
+    "buy",
+    "wait",
+    "serve",
+    "die",
+    "send",
+    "expect",
+    "build",
+    "stay",
+    "fall",
+    "cut",
+    "reach",
+    "kill",
+    "remain",
+    "suggest",
+    "raise",
+    "pass",
+    "sell",
+    "require",
+    "report",
+    "decide",
+    "pull",
+    "good",
+    "new",
+    "first",
+    "last",
+    "long",
+    "great",
+    "little",
+    "own",
+    "other",
+    "old",
+    "big",
+    "high",
+    "different",
+    "small",
+    "large",
+    "next",
+    "early",
+    "young",
+    "important",
+    "few",
+    "public",
+    "bad",
+    "same",
+    "able",
+    "free",
+    "sure",
+    "real",
+    "best",
+    "better",
+    "whole",
+    "strong",
+    "happy",
+    "blue",
+    "green",
+    "bright",
+    "quiet",
+    "simple",
+    "clear",
+    "full",
+    "warm",
+    "cold",
+    "easy",
+    "hard",
+    "fast",
+    "slow",
+    "open",
+    "close",
+    "today",
+    "tomorrow",
+    "really",
+    "very",
+    "always",
+    "never",
+    "often",
+    "again",
+    "still",
+    "maybe",
+    "perhaps",
+    "almost",
+    "quite",
+    "soon",
+    "and",
+    "but",
+    "or",
+    "because",
+    "so",
+    "if",
+    "when",
+    "while",
+    "although",
+    "until",
+    "before",
+    "after",
+    "since",
+    "where",
+    "then",
+    "also",
+]
 
 ENGLISH_VOICES = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbcwmd")
 OTHER_VOICES = ("de", "fr", "es", "it", "nl", "pt", "pl", "sv", "cs", "fi", "id", "tr", "vi", "hu")
-VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2",
-            "klatt3", "croak", "adam", "anika", "belinda", "john", "linda", "max", "paul", "steph")
+VARIANTS = (
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "croak",
+    "adam",
+    "anika",
+    "belinda",
+    "john",
+    "linda",
+    "max",
+    "paul",
+    "steph",
+)
 # Held out of training: never heard by the model (evaluation speech).
 HELD_OUT_VARIANTS = ("m6", "f4", "klatt3", "belinda", "steph")
 HELD_OUT_LANGUAGES = ("en-029", "nl", "hu")
@@ -184,11 +516,20 @@ def random_speaker(rng: np.random.Generator, held_out: bool = False) -> Speaker:
     """A voice, speed and pitch drawn from the training or held-out pool (mostly English)."""
     languages, variants = voice_pool(held_out)
     english = [v for v in languages if v.startswith("en")]
-    language = str(rng.choice(english if rng.random() < 0.75 or not (set(languages) - set(english))
-                              else [v for v in languages if v not in english]))
+    language = str(
+        rng.choice(
+            english
+            if rng.random() < 0.75 or not (set(languages) - set(english))
+            else [v for v in languages if v not in english]
+        )
+    )
     voice = f"{language}+{rng.choice(variants)}"
-    return Speaker(voice, rate=int(rng.integers(120, 220)), pitch=int(rng.integers(20, 80)),
-                   pitch_range=int(rng.integers(20, 90)))
+    return Speaker(
+        voice,
+        rate=int(rng.integers(120, 220)),
+        pitch=int(rng.integers(20, 80)),
+        pitch_range=int(rng.integers(20, 90)),
+    )
 
 
 def random_sentence(rng: np.random.Generator, min_words: int = 3, max_words: int = 10) -> str:
@@ -198,8 +539,9 @@ def random_sentence(rng: np.random.Generator, min_words: int = 3, max_words: int
     return text[0].upper() + text[1:] + "."
 
 
-def speech_timeline(seed: int, seconds: float, held_out: bool, silence: float
-                    ) -> tuple[str, list[tuple[float, Utterance]]]:
+def speech_timeline(
+    seed: int, seconds: float, held_out: bool, silence: float
+) -> tuple[str, list[tuple[float, Utterance]]]:
     """Random sentences separated by pauses, filling ``seconds``: ``(voice, [(start_s, utterance), ...])``.
 
     ``silence`` is the chance of a long pause (0.8-2.5 s) before a sentence. In this process: see
@@ -219,11 +561,14 @@ def speech_timeline(seed: int, seconds: float, held_out: bool, silence: float
     return speaker.voice, lines
 
 
-def speech_timeline_isolated(seed: int, seconds: float, held_out: bool, silence: float
-                             ) -> tuple[str, list[tuple[float, Utterance]]]:
+def speech_timeline_isolated(
+    seed: int, seconds: float, held_out: bool, silence: float
+) -> tuple[str, list[tuple[float, Utterance]]]:
     """``speech_timeline`` run in a fresh process (``python -m liveact.train.speech``): reproducible."""
     args = json.dumps({"seed": seed, "seconds": seconds, "held_out": held_out, "silence": silence})
-    proc = subprocess.run([sys.executable, "-m", "liveact.train.speech", args], capture_output=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "liveact.train.speech", args], capture_output=True, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"speech synthesis failed: {proc.stderr.decode(errors='replace')[-2000:]}")
     data = np.load(io.BytesIO(proc.stdout), allow_pickle=False)
@@ -238,9 +583,14 @@ def _child(argv: list[str]) -> None:
     """Child side of ``speech_timeline_isolated``: writes an npz to stdout."""
     args = json.loads(argv[0])
     voice, lines = speech_timeline(args["seed"], args["seconds"], args["held_out"], args["silence"])
-    meta = {"voice": voice, "lines": [(t, u.sample_rate, [(p.name, p.start) for p in u.phonemes]) for t, u in lines]}
+    meta = {
+        "voice": voice,
+        "lines": [(t, u.sample_rate, [(p.name, p.start) for p in u.phonemes]) for t, u in lines],
+    }
     buf = io.BytesIO()
-    np.savez(buf, meta=np.array(json.dumps(meta)), **{f"wave{i}": u.waveform for i, (_, u) in enumerate(lines)})
+    np.savez(
+        buf, meta=np.array(json.dumps(meta)), **{f"wave{i}": u.waveform for i, (_, u) in enumerate(lines)}
+    )
     sys.stdout.buffer.write(buf.getvalue())
 
 

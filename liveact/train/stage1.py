@@ -45,8 +45,20 @@ VAL_SIGMAS = (0.3, 0.6, 0.85, 0.95)
 def nano_model_config(**overrides: object) -> ModelConfig:
     """LiveAct-Nano's DiT: 256 wide, 4 layers, MiniLM text (384), reference-latent image tokens (16x2x2),
     log-mel audio (4 sub-frames x 80 mels)."""
-    base = ModelConfig(dim=256, ffn_dim=1024, num_heads=4, num_layers=4, text_dim=384, text_len=32, clip_dim=64,
-                       audio_layers=4, audio_channels=80, intermediate_dim=256, output_dim=128, context_tokens=8)
+    base = ModelConfig(
+        dim=256,
+        ffn_dim=1024,
+        num_heads=4,
+        num_layers=4,
+        text_dim=384,
+        text_len=32,
+        clip_dim=64,
+        audio_layers=4,
+        audio_channels=80,
+        intermediate_dim=256,
+        output_dim=128,
+        context_tokens=8,
+    )
     return replace(base, **overrides)
 
 
@@ -72,10 +84,20 @@ class TextBank:
         return self.encoder.encode([text])[0]
 
 
-def make_batch(data: ClipSet, idx: np.ndarray, texts: TextBank, rng: np.random.Generator, patch: int,
-               stride: int, text_drop: float = 0.0, audio_drop: float = 0.0, blocks: int | None = None,
-               memory: MemoryConfig | None = None) -> Batch:
-    """Gather the first ``blocks`` blocks (all by default) of clips ``idx``, dropping text/audio per sample."""
+def make_batch(
+    data: ClipSet,
+    idx: np.ndarray,
+    texts: TextBank,
+    rng: np.random.Generator,
+    patch: int,
+    stride: int,
+    text_drop: float = 0.0,
+    audio_drop: float = 0.0,
+    blocks: int | None = None,
+    memory: MemoryConfig | None = None,
+) -> Batch:
+    """Gather the first ``blocks`` blocks (all by default) of clips ``idx``, dropping text/audio per
+    sample."""
     memory = memory or MemoryConfig()
     blocks = blocks or len(data.meta[idx[0]]["prompts"])
     latents = memory.first_block_frames + (blocks - 1) * memory.block_frames
@@ -84,27 +106,45 @@ def make_batch(data: ClipSet, idx: np.ndarray, texts: TextBank, rng: np.random.G
     drop_audio = torch.from_numpy(rng.random(len(idx)) < audio_drop)
     audio[drop_audio] = 0
     drop_text = rng.random(len(idx)) < text_drop
-    per_block = [[texts("" if drop_text[j] else data.meta[i]["prompts"][k]) for j, i in enumerate(idx)]
-                 for k in range(blocks)]
-    return Batch(latents=data.latents[idx][:, :, :latents].float(), y=conditioning(cond, stride),
-                 image=image_tokens(cond, patch), audio=audio, texts=per_block,
-                 mouth_xy=None if data.mouth_xy is None else data.mouth_xy[idx].float())
+    per_block = [
+        [texts("" if drop_text[j] else data.meta[i]["prompts"][k]) for j, i in enumerate(idx)]
+        for k in range(blocks)
+    ]
+    return Batch(
+        latents=data.latents[idx][:, :, :latents].float(),
+        y=conditioning(cond, stride),
+        image=image_tokens(cond, patch),
+        audio=audio,
+        texts=per_block,
+        mouth_xy=None if data.mouth_xy is None else data.mouth_xy[idx].float(),
+    )
 
 
-def batch_mouth_weights(batch: Batch, weight: float, base: float = 1.0, stride: int = 4) -> torch.Tensor | None:
+def batch_mouth_weights(
+    batch: Batch, weight: float, base: float = 1.0, stride: int = 4
+) -> torch.Tensor | None:
     """``[B, 1, F, h, w]`` loss weights of a batch's mouth cells (None when ``weight`` is 0)."""
     if not weight:
         return None
     if batch.mouth_xy is None:
-        raise ValueError("mouth weighting needs the mouth position in the shards: run "
-                         "`python -m liveact.train data --out DATA --add_mouth_xy` (add --held_out for held-out shards)")
+        raise ValueError(
+            "mouth weighting needs the mouth position in the shards: run "
+            "`python -m liveact.train data --out DATA --add_mouth_xy` (add --held_out for held-out shards)"
+        )
     _, _, frames, h, w = batch.latents.shape
     return mouth_weights(batch.mouth_xy, frames, (h, w), stride, weight, base)
 
 
 @torch.no_grad()
-def validation_loss(model: LiveActTransformer, data: ClipSet, texts: TextBank, mode: str, batch: int = 8,
-                    clips: int = 32, mouth_only: bool = False) -> float:
+def validation_loss(
+    model: LiveActTransformer,
+    data: ClipSet,
+    texts: TextBank,
+    mode: str,
+    batch: int = 8,
+    clips: int = 32,
+    mouth_only: bool = False,
+) -> float:
     """Mean loss over ``clips`` held-out clips at fixed noise levels and fixed noise (comparable over time);
     with ``mouth_only`` over the mouth's latent cells only."""
     patch, stride = model.config.patch_size[1], SamplerConfig().vae_stride[0]
@@ -133,11 +173,14 @@ def train(args: argparse.Namespace) -> None:
     texts = TextBank(MiniLMTextEncoder(max_tokens=nano_model_config().text_len))
     if args.init_from:
         # Fine-tune an exported model (e.g. with another loss weighting): its geometry, its weights.
-        model = LiveActTransformer.from_pretrained(args.init_from, torch_dtype=torch.float32).requires_grad_(True)
+        model = LiveActTransformer.from_pretrained(args.init_from, torch_dtype=torch.float32).requires_grad_(
+            True
+        )
         config = model.config
     else:
-        config = nano_model_config(num_layers=args.layers, dim=args.dim, ffn_dim=4 * args.dim,
-                                   num_heads=args.dim // 64)
+        config = nano_model_config(
+            num_layers=args.layers, dim=args.dim, ffn_dim=4 * args.dim, num_heads=args.dim // 64
+        )
         model = LiveActTransformer(config)
         init_weights(model)
     model.train()
@@ -154,9 +197,15 @@ def train(args: argparse.Namespace) -> None:
         step = meta["step"]
         logger.info("resumed %s at step %d", out, step)
     else:
-        log.write(event="start", params=sum(p.numel() for p in model.parameters()), mode=args.mode,
-                  config=config.to_dict(), clips=len(data), init_from=str(args.init_from or ""),
-                  mouth_weight=args.mouth_weight)
+        log.write(
+            event="start",
+            params=sum(p.numel() for p in model.parameters()),
+            mode=args.mode,
+            config=config.to_dict(),
+            clips=len(data),
+            init_from=str(args.init_from or ""),
+            mouth_weight=args.mouth_weight,
+        )
     patch, stride = config.patch_size[1], SamplerConfig().vae_stride[0]
     bar = tqdm(total=args.steps, initial=step, desc=f"stage1 {args.mode}", mininterval=10)
     last_save, started = time.monotonic(), time.monotonic()
@@ -173,8 +222,14 @@ def train(args: argparse.Namespace) -> None:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.lr, args.warmup, args.steps)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, per_block = forcing_loss(model, batch, args.mode, generator, shift=args.shift,
-                                           loss_weights=batch_mouth_weights(batch, args.mouth_weight, stride=stride))
+            loss, per_block = forcing_loss(
+                model,
+                batch,
+                args.mode,
+                generator,
+                shift=args.shift,
+                loss_weights=batch_mouth_weights(batch, args.mouth_weight, stride=stride),
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -184,8 +239,14 @@ def train(args: argparse.Namespace) -> None:
         bar.update(1)
         if step % args.log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            log.write(step=step, loss=loss.item(), blocks=per_block, grad=float(grad), lr=opt.param_groups[0]["lr"],
-                      seconds=time.monotonic() - started)
+            log.write(
+                step=step,
+                loss=loss.item(),
+                blocks=per_block,
+                grad=float(grad),
+                lr=opt.param_groups[0]["lr"],
+                seconds=time.monotonic() - started,
+            )
         if step % args.val_every == 0 or step == args.steps:
             log.write(step=step, **_validate(config, ema, val, texts))
         if args.snapshot_every and step % args.snapshot_every == 0:
@@ -220,7 +281,9 @@ def export(config: ModelConfig, ema: EMA, folder: Path) -> None:
     save_transformer(ema_model(config, ema), folder)
 
 
-def _save(ckpt: Checkpoint, model: LiveActTransformer, ema: EMA, opt: torch.optim.Optimizer, step: int) -> None:
+def _save(
+    ckpt: Checkpoint, model: LiveActTransformer, ema: EMA, opt: torch.optim.Optimizer, step: int
+) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     tensors.update(optimizer_state(opt))
@@ -229,8 +292,11 @@ def _save(ckpt: Checkpoint, model: LiveActTransformer, ema: EMA, opt: torch.opti
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.train stage1``."""
-    p = argparse.ArgumentParser(prog="python -m liveact.train stage1", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m liveact.train stage1",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", type=Path, required=True, help="training shards (python -m liveact.train data)")
     p.add_argument("--val", type=Path, required=True, help="held-out shards (data --held_out)")
     p.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a checkpoint)")
@@ -251,12 +317,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log_every", type=int, default=10)
     p.add_argument("--save_minutes", type=float, default=5.0)
     p.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this wall time")
-    p.add_argument("--stop_at", type=int, default=None,
-                   help="stop (resumably) at this step; the schedule still spans --steps (ablations compare runs "
-                        "at one step with one learning-rate schedule)")
-    p.add_argument("--init_from", type=Path, default=None, help="start from this exported model (fine-tuning)")
-    p.add_argument("--mouth_weight", type=float, default=0.0,
-                   help="extra loss weight on the mouth's latent cells (needs mouth_xy in the shards)")
+    p.add_argument(
+        "--stop_at",
+        type=int,
+        default=None,
+        help="stop (resumably) at this step; the schedule still spans --steps (ablations compare runs "
+        "at one step with one learning-rate schedule)",
+    )
+    p.add_argument(
+        "--init_from", type=Path, default=None, help="start from this exported model (fine-tuning)"
+    )
+    p.add_argument(
+        "--mouth_weight",
+        type=float,
+        default=0.0,
+        help="extra loss weight on the mouth's latent cells (needs mouth_xy in the shards)",
+    )
     p.add_argument("--snapshot_every", type=int, default=0, help="also export the EMA model every N steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

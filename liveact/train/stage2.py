@@ -60,14 +60,23 @@ def student_schedule() -> SamplerConfig:
     return replace(SamplerConfig(), skip_audio_steps=())
 
 
-def guided_x0(model: LiveActTransformer, batch: Batch, x: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator,
-              audio_cfg: float) -> torch.Tensor:
+def guided_x0(
+    model: LiveActTransformer,
+    batch: Batch,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    generator: torch.Generator,
+    audio_cfg: float,
+) -> torch.Tensor:
     """The model's clean estimate of the noised clip ``(1 - s) x + s eps``, with audio guidance.
 
     Runs the clip's blocks through a Neighbor-Forcing memory at one shared noise level (the stage-1
     forward). Returns ``[B, C, F, h, w]``.
     """
-    noise = [torch.randn(x[:, :, : (6 if k == 0 else 8)].shape, generator=generator) for k in range(len(batch.texts))]
+    noise = [
+        torch.randn(x[:, :, : (6 if k == 0 else 8)].shape, generator=generator)
+        for k in range(len(batch.texts))
+    ]
     cond = _predict_x0(model, replace(batch, latents=x), sigmas, noise)
     if audio_cfg == 1.0:
         return cond
@@ -75,16 +84,24 @@ def guided_x0(model: LiveActTransformer, batch: Batch, x: torch.Tensor, sigmas: 
     return null + audio_cfg * (cond - null)
 
 
-def _predict_x0(model: LiveActTransformer, batch: Batch, sigmas: torch.Tensor, noise: list[torch.Tensor]
-                ) -> torch.Tensor:
+def _predict_x0(
+    model: LiveActTransformer, batch: Batch, sigmas: torch.Tensor, noise: list[torch.Tensor]
+) -> torch.Tensor:
     """Clean predictions of every block (``forcing_loss``'s forward, returning x0 instead of a loss)."""
     preds: list[torch.Tensor] = []
     forcing_loss(model, batch, "neighbor", torch.Generator(), sigmas=sigmas, noise=noise, collect=preds)
     return torch.cat(preds, dim=2)
 
 
-def dmd_step(student: LiveActTransformer, teacher: LiveActTransformer, fake: LiveActTransformer, batch: Batch,
-             generator: torch.Generator, exit_step: int, audio_cfg: float) -> tuple[torch.Tensor, dict]:
+def dmd_step(
+    student: LiveActTransformer,
+    teacher: LiveActTransformer,
+    fake: LiveActTransformer,
+    batch: Batch,
+    generator: torch.Generator,
+    exit_step: int,
+    audio_cfg: float,
+) -> tuple[torch.Tensor, dict]:
     """Student loss of one DMD iteration (``x`` moves along ``fake - real``)."""
     schedule = student_schedule()
     out = rollout(student, batch, schedule, generator_noise(generator), grad_steps={exit_step})
@@ -101,8 +118,9 @@ def dmd_step(student: LiveActTransformer, teacher: LiveActTransformer, fake: Liv
     return loss, {"dmd_grad": float(grad.abs().mean()), "x_std": float(x.detach().std())}
 
 
-def regress_step(student: LiveActTransformer, batch: Batch, generator: torch.Generator, mouth_weight: float = 0.0
-                 ) -> tuple[torch.Tensor, dict]:
+def regress_step(
+    student: LiveActTransformer, batch: Batch, generator: torch.Generator, mouth_weight: float = 0.0
+) -> tuple[torch.Tensor, dict]:
     """Every step's prediction along the student's rollout regresses to the ground truth (the mouth's
     latent cells weighted ``1 + mouth_weight``)."""
     schedule = student_schedule()
@@ -114,13 +132,17 @@ def regress_step(student: LiveActTransformer, batch: Batch, generator: torch.Gen
 
 
 @torch.no_grad()
-def rollout_error(model: LiveActTransformer, val: ClipSet, texts: TextBank, clips: int = 8, blocks: int = 3) -> float:
+def rollout_error(
+    model: LiveActTransformer, val: ClipSet, texts: TextBank, clips: int = 8, blocks: int = 3
+) -> float:
     """Mean squared error of the 3-step rollout's output against the held-out clips' latents (fixed noise):
     comparable across objectives and over time."""
     patch, stride = model.config.patch_size[1], SamplerConfig().vae_stride[0]
     idx = np.arange(min(clips, len(val)))
     batch = make_batch(val, idx, texts, np.random.default_rng(0), patch, stride, blocks=blocks)
-    out = rollout(model, batch, student_schedule(), generator_noise(torch.Generator().manual_seed(0)), grad_steps=set())
+    out = rollout(
+        model, batch, student_schedule(), generator_noise(torch.Generator().manual_seed(0)), grad_steps=set()
+    )
     return float(F.mse_loss(out.video(), batch.latents.float()))
 
 
@@ -128,12 +150,18 @@ def train(args: argparse.Namespace) -> None:
     """Train or resume (see ``main``)."""
     set_threads(args.threads)
     data, val = ClipSet.load(args.data, args.limit), ClipSet.load(args.val, 64)
-    student = LiveActTransformer.from_pretrained(args.teacher, torch_dtype=torch.float32).train().requires_grad_(True)
+    student = (
+        LiveActTransformer.from_pretrained(args.teacher, torch_dtype=torch.float32)
+        .train()
+        .requires_grad_(True)
+    )
     config = student.config
     texts = TextBank(MiniLMTextEncoder(max_tokens=config.text_len))
     teacher = fake = None
     params = list(student.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.0 if args.objective == "dmd" else 0.9, 0.99))
+    opt = torch.optim.AdamW(
+        params, lr=args.lr, weight_decay=0.0, betas=(0.0 if args.objective == "dmd" else 0.9, 0.99)
+    )
     fake_opt = None
     if args.objective == "dmd":
         teacher = LiveActTransformer.from_pretrained(args.teacher, torch_dtype=torch.float32).eval()
@@ -154,8 +182,13 @@ def train(args: argparse.Namespace) -> None:
         step = meta["step"]
         logger.info("resumed %s at step %d", out, step)
     else:
-        log.write(event="start", objective=args.objective, teacher=str(args.teacher), clips=len(data),
-                  mouth_weight=args.mouth_weight)
+        log.write(
+            event="start",
+            objective=args.objective,
+            teacher=str(args.teacher),
+            clips=len(data),
+            mouth_weight=args.mouth_weight,
+        )
     patch, stride = config.patch_size[1], SamplerConfig().vae_stride[0]
     bar = tqdm(total=args.steps, initial=step, desc=f"stage2 {args.objective}", mininterval=10)
     last_save, started = time.monotonic(), time.monotonic()
@@ -170,8 +203,9 @@ def train(args: argparse.Namespace) -> None:
         if args.objective == "dmd":
             for _ in range(args.fake_updates):
                 with torch.no_grad():
-                    sample = rollout(student, batch, student_schedule(), generator_noise(generator),
-                                     grad_steps=set()).video(int(rng.integers(3)))
+                    sample = rollout(
+                        student, batch, student_schedule(), generator_noise(generator), grad_steps=set()
+                    ).video(int(rng.integers(3)))
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     fake_loss, _ = forcing_loss(fake, replace(batch, latents=sample), "neighbor", generator)
                 fake_opt.zero_grad(set_to_none=True)
@@ -180,7 +214,9 @@ def train(args: argparse.Namespace) -> None:
                 fake_opt.step()
             stats["fake_loss"] = float(fake_loss.detach())
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss, extra = dmd_step(student, teacher, fake, batch, generator, int(rng.integers(3)), args.audio_cfg)
+                loss, extra = dmd_step(
+                    student, teacher, fake, batch, generator, int(rng.integers(3)), args.audio_cfg
+                )
         else:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss, extra = regress_step(student, batch, generator, args.mouth_weight)
@@ -194,7 +230,9 @@ def train(args: argparse.Namespace) -> None:
         bar.update(1)
         if step % args.log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            log.write(step=step, loss=loss.item(), grad=float(grad), seconds=time.monotonic() - started, **stats)
+            log.write(
+                step=step, loss=loss.item(), grad=float(grad), seconds=time.monotonic() - started, **stats
+            )
         if step % args.val_every == 0 or step == args.steps:
             ev = LiveActTransformer(config)
             ev.load_state_dict(ema.state_dict())
@@ -209,8 +247,15 @@ def train(args: argparse.Namespace) -> None:
     save_transformer(model.eval(), out / "model")
 
 
-def _save(ckpt: Checkpoint, student: LiveActTransformer, ema: EMA, opt: torch.optim.Optimizer,
-          fake: LiveActTransformer | None, fake_opt: torch.optim.Optimizer | None, step: int) -> None:
+def _save(
+    ckpt: Checkpoint,
+    student: LiveActTransformer,
+    ema: EMA,
+    opt: torch.optim.Optimizer,
+    fake: LiveActTransformer | None,
+    fake_opt: torch.optim.Optimizer | None,
+    step: int,
+) -> None:
     tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     tensors.update({f"s.{k}": v for k, v in optimizer_state(opt).items()})
@@ -222,8 +267,11 @@ def _save(ckpt: Checkpoint, student: LiveActTransformer, ema: EMA, opt: torch.op
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m liveact.train stage2``."""
-    p = argparse.ArgumentParser(prog="python -m liveact.train stage2", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m liveact.train stage2",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--teacher", type=Path, required=True, help="stage-1 model folder (its EMA export)")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--val", type=Path, required=True)
@@ -231,14 +279,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default="dmd")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--blocks", type=int, default=3, help="blocks per rollout (>= 3 exercises the ConvKV memory)")
+    p.add_argument(
+        "--blocks", type=int, default=3, help="blocks per rollout (>= 3 exercises the ConvKV memory)"
+    )
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--fake_lr", type=float, default=2e-5)
     p.add_argument("--fake_updates", type=int, default=2, help="fake-score updates per student update (TTUR)")
     p.add_argument("--audio_cfg", type=float, default=2.0, help="audio guidance of the real (teacher) score")
     p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--mouth_weight", type=float, default=0.0,
-                   help="regress: extra weight on the mouth's latent cells (needs mouth_xy in the shards)")
+    p.add_argument(
+        "--mouth_weight",
+        type=float,
+        default=0.0,
+        help="regress: extra weight on the mouth's latent cells (needs mouth_xy in the shards)",
+    )
     p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--log_every", type=int, default=5)

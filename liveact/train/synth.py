@@ -29,18 +29,42 @@ SAMPLE_RATE = 16000
 SUPERSAMPLE = 2  # draw at 2x and downsample: antialiased edges for the autoencoder
 
 ACTIONS: dict[str, tuple[str, ...]] = {
-    "smile": ("The person smiles broadly.", "A big happy smile while talking.", "Smiling warmly.",
-              "The person is grinning."),
-    "nod": ("The person nods slowly.", "Nodding the head up and down.", "The person nods in agreement.",
-            "A gentle nod."),
-    "raise_brows": ("The person raises their eyebrows.", "Eyebrows lifted high.",
-                    "The person lifts both eyebrows.", "Raised eyebrows."),
-    "close_eyes": ("The person closes their eyes.", "Eyes shut while speaking.", "With closed eyes.",
-                   "The person keeps the eyes closed."),
-    "surprised": ("The person looks surprised.", "A shocked, surprised face.", "Wide eyes, astonished.",
-                  "The person is amazed."),
-    "shake": ("The person shakes their head.", "Shaking the head side to side.", "The person shakes no.",
-              "A head shake."),
+    "smile": (
+        "The person smiles broadly.",
+        "A big happy smile while talking.",
+        "Smiling warmly.",
+        "The person is grinning.",
+    ),
+    "nod": (
+        "The person nods slowly.",
+        "Nodding the head up and down.",
+        "The person nods in agreement.",
+        "A gentle nod.",
+    ),
+    "raise_brows": (
+        "The person raises their eyebrows.",
+        "Eyebrows lifted high.",
+        "The person lifts both eyebrows.",
+        "Raised eyebrows.",
+    ),
+    "close_eyes": (
+        "The person closes their eyes.",
+        "Eyes shut while speaking.",
+        "With closed eyes.",
+        "The person keeps the eyes closed.",
+    ),
+    "surprised": (
+        "The person looks surprised.",
+        "A shocked, surprised face.",
+        "Wide eyes, astonished.",
+        "The person is amazed.",
+    ),
+    "shake": (
+        "The person shakes their head.",
+        "Shaking the head side to side.",
+        "The person shakes no.",
+        "A head shake.",
+    ),
 }
 # Face state a reader can regress from one frame: how the timed actions show. ``dx``/``dy`` are head
 # offsets (fractions of the frame); nods and shakes show as their motion over time.
@@ -49,13 +73,21 @@ MOUTH_Y = 0.42  # the mouth's centre line below the face centre, in face half-he
 # Where the mouth can be drawn around its centre (x0, x1, y0, y1, fractions of the frame): the widest
 # mouth (smiling) and the lowest jaw (wide open, surprised). Training weights these pixels/cells.
 MOUTH_BOX = (-0.15, 0.15, -0.05, 0.11)
-MAIN_PROMPTS = ("A person talks to the camera.", "Someone is speaking calmly.", "A character talks.",
-                "The person speaks to the viewer.", "A talking head.", "A person is talking naturally.",
-                "Someone tells a story.", "A cartoon person speaks.")
+MAIN_PROMPTS = (
+    "A person talks to the camera.",
+    "Someone is speaking calmly.",
+    "A character talks.",
+    "The person speaks to the viewer.",
+    "A talking head.",
+    "A person is talking naturally.",
+    "Someone tells a story.",
+    "A cartoon person speaks.",
+)
 
 
 # ------------------------------------------------------------------------------------------------
 # Visemes: how open and how rounded the mouth is for each eSpeak phoneme.
+
 
 def viseme(name: str) -> tuple[float, float]:
     """``(opening, rounding)`` in [0, 1] for an eSpeak phoneme mnemonic (``_`` is a pause)."""
@@ -79,8 +111,14 @@ def viseme(name: str) -> tuple[float, float]:
     return 0.25, 0.1  # other consonants: t d n l s z r k g h ...
 
 
-def mouth_track(utterance: Utterance | None, speech_offset: float, wave: np.ndarray, num_frames: int,
-                fps: float = FPS, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
+def mouth_track(
+    utterance: Utterance | None,
+    speech_offset: float,
+    wave: np.ndarray,
+    num_frames: int,
+    fps: float = FPS,
+    sample_rate: int = SAMPLE_RATE,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame ``(opening, rounding)`` from the phoneme timeline, gated by loudness.
 
     Args:
@@ -112,14 +150,33 @@ def mouth_track(utterance: Utterance | None, speech_offset: float, wave: np.ndar
 # ------------------------------------------------------------------------------------------------
 # Appearance
 
+
 def _color(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(lo, hi, size=3))
 
 
-SKIN = ((255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 134, 96), (160, 102, 66), (112, 72, 46),
-        (255, 205, 180), (230, 185, 140))
-HAIR = ((30, 25, 20), (70, 45, 25), (120, 80, 40), (200, 160, 90), (230, 210, 150), (160, 50, 30),
-        (90, 90, 95), (230, 230, 230), (40, 60, 140), (150, 40, 120))
+SKIN = (
+    (255, 224, 196),
+    (241, 194, 160),
+    (224, 172, 130),
+    (198, 134, 96),
+    (160, 102, 66),
+    (112, 72, 46),
+    (255, 205, 180),
+    (230, 185, 140),
+)
+HAIR = (
+    (30, 25, 20),
+    (70, 45, 25),
+    (120, 80, 40),
+    (200, 160, 90),
+    (230, 210, 150),
+    (160, 50, 30),
+    (90, 90, 95),
+    (230, 230, 230),
+    (40, 60, 140),
+    (150, 40, 120),
+)
 EYES = ((60, 40, 20), (40, 90, 160), (60, 130, 70), (100, 100, 110), (20, 20, 20))
 
 
@@ -163,30 +220,49 @@ class Avatar:
 
 def sample_avatar(rng: np.random.Generator) -> Avatar:
     """A random person: colours with jitter around natural palettes, random shapes and accessories."""
+
     def jitter(c: tuple[int, int, int], amount: int = 18) -> tuple[int, int, int]:
         return tuple(int(np.clip(v + rng.integers(-amount, amount + 1), 0, 255)) for v in c)
 
     skin = jitter(SKIN[rng.integers(len(SKIN))])
-    lip = tuple(int(v) for v in np.clip(np.array(skin) * np.array([0.85, 0.55, 0.55]) + rng.integers(-15, 15, 3),
-                                        0, 255))
+    lip = tuple(
+        int(v)
+        for v in np.clip(np.array(skin) * np.array([0.85, 0.55, 0.55]) + rng.integers(-15, 15, 3), 0, 255)
+    )
     return Avatar(
-        background=_color(rng, 40, 230), background2=_color(rng, 40, 230), background_style=int(rng.integers(3)),
-        skin=skin, face_w=float(rng.uniform(0.22, 0.29)), face_h=float(rng.uniform(0.29, 0.35)),
+        background=_color(rng, 40, 230),
+        background2=_color(rng, 40, 230),
+        background_style=int(rng.integers(3)),
+        skin=skin,
+        face_w=float(rng.uniform(0.22, 0.29)),
+        face_h=float(rng.uniform(0.29, 0.35)),
         chin=float(rng.uniform(0, 1)),
-        hair=jitter(HAIR[rng.integers(len(HAIR))], 10), hair_style=int(rng.integers(5)),
-        eye_color=jitter(EYES[rng.integers(len(EYES))], 10), eye_gap=float(rng.uniform(0.09, 0.12)),
-        eye_size=float(rng.uniform(0.028, 0.042)), brow_thickness=float(rng.uniform(0.012, 0.026)),
-        lip=lip, mouth_w=float(rng.uniform(0.075, 0.105)), nose=int(rng.integers(3)),
-        shirt=_color(rng, 20, 240), shirt2=_color(rng, 20, 240), shirt_pattern=int(rng.integers(4)),
-        glasses=int(rng.choice(3, p=[0.55, 0.25, 0.2])), glasses_color=_color(rng, 0, 120),
-        earrings=int(rng.choice(3, p=[0.6, 0.2, 0.2])), earring_color=jitter((220, 190, 60), 40),
-        hat=int(rng.choice(3, p=[0.7, 0.15, 0.15])), hat_color=_color(rng, 20, 230),
-        blush=bool(rng.random() < 0.3), center_y=float(rng.uniform(0.44, 0.50)),
+        hair=jitter(HAIR[rng.integers(len(HAIR))], 10),
+        hair_style=int(rng.integers(5)),
+        eye_color=jitter(EYES[rng.integers(len(EYES))], 10),
+        eye_gap=float(rng.uniform(0.09, 0.12)),
+        eye_size=float(rng.uniform(0.028, 0.042)),
+        brow_thickness=float(rng.uniform(0.012, 0.026)),
+        lip=lip,
+        mouth_w=float(rng.uniform(0.075, 0.105)),
+        nose=int(rng.integers(3)),
+        shirt=_color(rng, 20, 240),
+        shirt2=_color(rng, 20, 240),
+        shirt_pattern=int(rng.integers(4)),
+        glasses=int(rng.choice(3, p=[0.55, 0.25, 0.2])),
+        glasses_color=_color(rng, 0, 120),
+        earrings=int(rng.choice(3, p=[0.6, 0.2, 0.2])),
+        earring_color=jitter((220, 190, 60), 40),
+        hat=int(rng.choice(3, p=[0.7, 0.15, 0.15])),
+        hat_color=_color(rng, 20, 230),
+        blush=bool(rng.random() < 0.3),
+        center_y=float(rng.uniform(0.44, 0.50)),
     )
 
 
 # ------------------------------------------------------------------------------------------------
 # One frame
+
 
 @dataclass
 class FaceState:
@@ -240,18 +316,30 @@ def render_frame(avatar: Avatar, state: FaceState, size: int = 128) -> np.ndarra
                 px, py = sx + k * 0.09 * s, shoulder_top + 0.07 * s + j * 0.07 * s
                 d.ellipse(box(px, py, 0.012 * s, 0.012 * s), fill=avatar.shirt2)
     elif avatar.shirt_pattern == 3:
-        d.pieslice([sx - 0.46 * s, shoulder_top, sx + 0.46 * s, shoulder_top + 0.9 * s], 270, 360,
-                   fill=avatar.shirt2)
+        d.pieslice(
+            [sx - 0.46 * s, shoulder_top, sx + 0.46 * s, shoulder_top + 0.9 * s], 270, 360, fill=avatar.shirt2
+        )
     # Neck and a collar that reveals the skin.
     neck_w = fw * 0.42
-    d.rectangle([cx - neck_w, cy + fh * 0.6, cx + neck_w, shoulder_top + 0.04 * s],
-                fill=tuple(int(v * 0.88) for v in avatar.skin))
-    d.polygon([(cx - neck_w * 1.3, shoulder_top + 0.01 * s), (cx + neck_w * 1.3, shoulder_top + 0.01 * s),
-               (cx, shoulder_top + 0.09 * s)], fill=tuple(int(v * 0.88) for v in avatar.skin))
+    d.rectangle(
+        [cx - neck_w, cy + fh * 0.6, cx + neck_w, shoulder_top + 0.04 * s],
+        fill=tuple(int(v * 0.88) for v in avatar.skin),
+    )
+    d.polygon(
+        [
+            (cx - neck_w * 1.3, shoulder_top + 0.01 * s),
+            (cx + neck_w * 1.3, shoulder_top + 0.01 * s),
+            (cx, shoulder_top + 0.09 * s),
+        ],
+        fill=tuple(int(v * 0.88) for v in avatar.skin),
+    )
 
     if avatar.hair_style == 2:  # long hair behind the head
-        d.rounded_rectangle([cx - fw * 1.2, cy - fh * 1.05, cx + fw * 1.2, cy + fh * 1.25], radius=int(fw * 0.5),
-                            fill=avatar.hair)
+        d.rounded_rectangle(
+            [cx - fw * 1.2, cy - fh * 1.05, cx + fw * 1.2, cy + fh * 1.25],
+            radius=int(fw * 0.5),
+            fill=avatar.hair,
+        )
     if avatar.hair_style == 3:  # bun
         d.ellipse(box(cx, cy - fh * 1.12, fw * 0.42, fh * 0.3), fill=avatar.hair)
 
@@ -262,13 +350,23 @@ def render_frame(avatar: Avatar, state: FaceState, size: int = 128) -> np.ndarra
         if avatar.earrings == 1:
             d.ellipse(box(ex, cy + fh * 0.2, 0.012 * s, 0.012 * s), fill=avatar.earring_color)
         elif avatar.earrings == 2:
-            d.ellipse(box(ex, cy + fh * 0.3, 0.028 * s, 0.034 * s), outline=avatar.earring_color, width=max(2, s // 80))
+            d.ellipse(
+                box(ex, cy + fh * 0.3, 0.028 * s, 0.034 * s),
+                outline=avatar.earring_color,
+                width=max(2, s // 80),
+            )
 
     # Face: an ellipse plus a chin polygon (pointed chins).
     d.ellipse(box(cx, cy, fw, fh), fill=avatar.skin)
     if avatar.chin > 0.5:
-        d.polygon([(cx - fw * 0.7, cy + fh * 0.6), (cx + fw * 0.7, cy + fh * 0.6),
-                   (cx, cy + fh * (1.0 + 0.12 * (avatar.chin - 0.5)))], fill=avatar.skin)
+        d.polygon(
+            [
+                (cx - fw * 0.7, cy + fh * 0.6),
+                (cx + fw * 0.7, cy + fh * 0.6),
+                (cx, cy + fh * (1.0 + 0.12 * (avatar.chin - 0.5))),
+            ],
+            fill=avatar.skin,
+        )
 
     # Hair on top.
     if avatar.hair_style in (1, 2, 3):
@@ -279,12 +377,17 @@ def render_frame(avatar: Avatar, state: FaceState, size: int = 128) -> np.ndarra
     # Hat.
     if avatar.hat == 1:
         d.chord(box(cx, cy - fh * 0.2, fw * 1.08, fh * 1.0), 180, 360, fill=avatar.hat_color)
-        d.rectangle([cx - fw * 1.08, cy - fh * 0.32, cx + fw * 1.08, cy - fh * 0.2],
-                    fill=tuple(int(v * 0.8) for v in avatar.hat_color))
+        d.rectangle(
+            [cx - fw * 1.08, cy - fh * 0.32, cx + fw * 1.08, cy - fh * 0.2],
+            fill=tuple(int(v * 0.8) for v in avatar.hat_color),
+        )
     elif avatar.hat == 2:
         d.rectangle([cx - fw * 1.45, cy - fh * 0.62, cx + fw * 1.45, cy - fh * 0.5], fill=avatar.hat_color)
-        d.rounded_rectangle([cx - fw * 0.85, cy - fh * 1.35, cx + fw * 0.85, cy - fh * 0.55], radius=int(fw * 0.2),
-                            fill=avatar.hat_color)
+        d.rounded_rectangle(
+            [cx - fw * 0.85, cy - fh * 1.35, cx + fw * 0.85, cy - fh * 0.55],
+            radius=int(fw * 0.2),
+            fill=avatar.hat_color,
+        )
 
     # Eyes.
     eye_y = cy - fh * 0.12
@@ -302,8 +405,11 @@ def render_frame(avatar: Avatar, state: FaceState, size: int = 128) -> np.ndarra
         # Eyebrows: raised by the action, thickness per person.
         by = eye_y - er * 1.5 - state.brows * er * 1.1
         bw = avatar.brow_thickness * s
-        d.line([ex - er * 1.1, by + er * 0.15, ex + er * 1.1, by],
-               fill=tuple(int(v * 0.6) for v in avatar.hair), width=max(2, int(bw)))
+        d.line(
+            [ex - er * 1.1, by + er * 0.15, ex + er * 1.1, by],
+            fill=tuple(int(v * 0.6) for v in avatar.hair),
+            width=max(2, int(bw)),
+        )
 
     # Glasses over the eyes.
     if avatar.glasses:
@@ -315,8 +421,11 @@ def render_frame(avatar: Avatar, state: FaceState, size: int = 128) -> np.ndarra
                 d.ellipse(rect, outline=avatar.glasses_color, width=gw)
             else:
                 d.rectangle(rect, outline=avatar.glasses_color, width=gw)
-        d.line([cx - avatar.eye_gap * s + er * 1.6, eye_y, cx + avatar.eye_gap * s - er * 1.6, eye_y],
-               fill=avatar.glasses_color, width=gw)
+        d.line(
+            [cx - avatar.eye_gap * s + er * 1.6, eye_y, cx + avatar.eye_gap * s - er * 1.6, eye_y],
+            fill=avatar.glasses_color,
+            width=gw,
+        )
 
     # Nose.
     ny = cy + fh * 0.12
@@ -331,8 +440,10 @@ def render_frame(avatar: Avatar, state: FaceState, size: int = 128) -> np.ndarra
     # Blush when smiling (or always for some people).
     if avatar.blush or state.smile > 0.5:
         for side in (-1, 1):
-            d.ellipse(box(cx + side * fw * 0.55, cy + fh * 0.2, fw * 0.14, fh * 0.07),
-                      fill=tuple(int(min(255, v * 1.0 + a)) for v, a in zip(avatar.skin, (25, -20, -20))))
+            d.ellipse(
+                box(cx + side * fw * 0.55, cy + fh * 0.2, fw * 0.14, fh * 0.07),
+                fill=tuple(int(min(255, v * 1.0 + a)) for v, a in zip(avatar.skin, (25, -20, -20))),
+            )
 
     # Mouth: width from the person, rounding (narrower) and smile (wider); height from the opening.
     my = mouth_centre(avatar, state)[1] * s
@@ -341,8 +452,13 @@ def render_frame(avatar: Avatar, state: FaceState, size: int = 128) -> np.ndarra
     lip_w = max(2, s // 90)
     if mh < 0.006 * s:
         if state.smile > 0.2:
-            d.arc([cx - mw, my - mw * 0.5, cx + mw, my + mw * 0.5 * state.smile], 10, 170, fill=avatar.lip,
-                  width=lip_w + 1)
+            d.arc(
+                [cx - mw, my - mw * 0.5, cx + mw, my + mw * 0.5 * state.smile],
+                10,
+                170,
+                fill=avatar.lip,
+                width=lip_w + 1,
+            )
         else:
             d.line([cx - mw, my, cx + mw, my], fill=avatar.lip, width=lip_w + 1)
     else:
@@ -358,6 +474,7 @@ def render_frame(avatar: Avatar, state: FaceState, size: int = 128) -> np.ndarra
 
 # ------------------------------------------------------------------------------------------------
 # A clip
+
 
 def block_frames(num_blocks: int, first: int = 21, later: int = 32) -> list[int]:
     """Video frames of each block (first block 21, later ones 32 with the default layout)."""
@@ -398,8 +515,9 @@ def _resampler(rate: int) -> Resampler:
     return Resampler(rate, SAMPLE_RATE)
 
 
-def _speech_track(seed: int, seconds: float, held_out: bool, silence: float
-                  ) -> tuple[np.ndarray, list[Phoneme], str]:
+def _speech_track(
+    seed: int, seconds: float, held_out: bool, silence: float
+) -> tuple[np.ndarray, list[Phoneme], str]:
     """Speech filling ``seconds`` at 16 kHz (sentences and pauses), its phonemes and the voice."""
     voice, lines = speech_timeline_isolated(seed, seconds, held_out, silence)
     total = int(seconds * SAMPLE_RATE)
@@ -411,16 +529,25 @@ def _speech_track(seed: int, seconds: float, held_out: bool, silence: float
         n = min(len(audio), total - start)
         if n <= 0:
             break
-        wave[start: start + n] = audio[:n]
+        wave[start : start + n] = audio[:n]
         phonemes += [Phoneme(p.name, p.start + t) for p in utt.phonemes if p.start + t < seconds]
     # Recording level varies: the model must not care.
     gain = float(10 ** (np.random.default_rng(seed).uniform(-12, 3) / 20))
     return np.clip(wave * gain, -1, 1), phonemes, voice
 
 
-def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS, held_out: bool = False,
-              action_prob: float = 0.5, silence: float = 0.15, actions: list[str] | None = None,
-              avatar: Avatar | None = None, audio: np.ndarray | None = None) -> Clip:
+def make_clip(
+    seed: int,
+    num_blocks: int = 3,
+    size: int = 128,
+    fps: float = FPS,
+    held_out: bool = False,
+    action_prob: float = 0.5,
+    silence: float = 0.15,
+    actions: list[str] | None = None,
+    avatar: Avatar | None = None,
+    audio: np.ndarray | None = None,
+) -> Clip:
     """Render a clip of ``num_blocks`` blocks.
 
     Args:
@@ -445,14 +572,18 @@ def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS,
         wave[: min(len(audio), len(wave))] = audio[: len(wave)]
         phonemes, voice = [], "given"
     if phonemes:
-        opening, rounding = mouth_track(Utterance(wave, SAMPLE_RATE, tuple(phonemes)), 0.0, wave, num_frames, fps)
+        opening, rounding = mouth_track(
+            Utterance(wave, SAMPLE_RATE, tuple(phonemes)), 0.0, wave, num_frames, fps
+        )
     else:
         opening, rounding = _loudness_opening(wave, num_frames, fps), np.zeros(num_frames, np.float32)
     speaking = opening > 0.05
 
     if actions is None:
         names = list(ACTIONS)
-        actions = [""] + [str(rng.choice(names)) if rng.random() < action_prob else "" for _ in range(num_blocks - 1)]
+        actions = [""] + [
+            str(rng.choice(names)) if rng.random() < action_prob else "" for _ in range(num_blocks - 1)
+        ]
     main = str(rng.choice(MAIN_PROMPTS))
     prompts = [str(rng.choice(ACTIONS[a])) if a else main for a in actions]
     action_of_frame = np.repeat(np.array(actions, dtype=object), counts)
@@ -466,7 +597,7 @@ def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS,
     nxt = rng.uniform(0.5, 3.0)
     while nxt < seconds:
         b = int(nxt * fps)
-        blink[b: b + 3] = True
+        blink[b : b + 3] = True
         nxt += rng.uniform(2.0, 5.0)
 
     def ramp(name: str) -> np.ndarray:
@@ -474,8 +605,9 @@ def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS,
         kernel = np.ones(5, np.float32) / 5
         return np.convolve(np.pad(on, 2, mode="edge"), kernel, mode="valid")
 
-    smile, nod, brows, closed, surprised, shake = (ramp(a) for a in
-                                                   ("smile", "nod", "raise_brows", "close_eyes", "surprised", "shake"))
+    smile, nod, brows, closed, surprised, shake = (
+        ramp(a) for a in ("smile", "nod", "raise_brows", "close_eyes", "surprised", "shake")
+    )
     nod_y = 0.035 * nod * np.sin(2 * math.pi * 1.3 * t + phase[2])
     shake_x = 0.04 * shake * np.sin(2 * math.pi * 1.8 * t + phase[3])
     talk_bob = 0.006 * np.convolve(opening, np.ones(5) / 5, mode="same")
@@ -488,25 +620,49 @@ def make_clip(seed: int, num_blocks: int = 3, size: int = 128, fps: float = FPS,
         eyes = 0.0 if blink[f] else 1.0
         eyes = eyes * (1 - closed[f])
         state = FaceState(
-            dx=float(sway[f] + shake_x[f]), dy=float(bob[f] + nod_y[f] + talk_bob[f]),
+            dx=float(sway[f] + shake_x[f]),
+            dy=float(bob[f] + nod_y[f] + talk_bob[f]),
             opening=float(np.clip(opening[f] + 0.35 * surprised[f] * (opening[f] > 0.05), 0, 1)),
-            rounding=float(rounding[f] + 0.5 * surprised[f]), smile=float(smile[f]),
-            eyes_open=float(eyes), brows=float(max(brows[f], surprised[f])), eye_wide=float(surprised[f]),
+            rounding=float(rounding[f] + 0.5 * surprised[f]),
+            smile=float(smile[f]),
+            eyes_open=float(eyes),
+            brows=float(max(brows[f], surprised[f])),
+            eye_wide=float(surprised[f]),
         )
         drawn[f] = state.opening
         motion[f] = [getattr(state, name) for name in MOTION]
         mouth_xy[f] = mouth_centre(person, state)
         frames[f] = render_frame(person, state, size)
-    return Clip(frames=frames, audio=wave.astype(np.float32), sample_rate=SAMPLE_RATE, fps=fps, mouth=drawn,
-                blink=blink | (closed > 0.5), speaking=speaking, block_actions=actions, prompts=prompts,
-                main_prompt=main, avatar=person, voice=voice, motion=motion, mouth_xy=mouth_xy)
+    return Clip(
+        frames=frames,
+        audio=wave.astype(np.float32),
+        sample_rate=SAMPLE_RATE,
+        fps=fps,
+        mouth=drawn,
+        blink=blink | (closed > 0.5),
+        speaking=speaking,
+        block_actions=actions,
+        prompts=prompts,
+        main_prompt=main,
+        avatar=person,
+        voice=voice,
+        motion=motion,
+        mouth_xy=mouth_xy,
+    )
 
 
-def frame_rms(wave: np.ndarray, num_frames: int, fps: float = FPS, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def frame_rms(
+    wave: np.ndarray, num_frames: int, fps: float = FPS, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """``[num_frames]`` RMS of the audio under each video frame."""
     hop = sample_rate / fps
-    return np.array([np.sqrt(np.mean(np.square(wave[int(i * hop): int((i + 1) * hop)])) + 1e-12)
-                     for i in range(num_frames)], np.float32)
+    return np.array(
+        [
+            np.sqrt(np.mean(np.square(wave[int(i * hop) : int((i + 1) * hop)])) + 1e-12)
+            for i in range(num_frames)
+        ],
+        np.float32,
+    )
 
 
 def _loudness_opening(wave: np.ndarray, num_frames: int, fps: float) -> np.ndarray:

@@ -11,9 +11,18 @@ function say(text, isError = false) {
   $("message").className = isError ? "error" : "";
 }
 
+let defaultsShown = false;
+
 async function refreshHealth() {
   try {
     const h = await (await fetch("/api/health")).json();
+    if (!defaultsShown) {
+      // The server's defaults are the model's own (25 fps for Nano, 24 for the official folders).
+      defaultsShown = true;
+      $("fps").value = h.fps;
+      $("fps-out").textContent = h.fps;
+      $("size").placeholder = `W*H (${h.size})`;
+    }
     $("health").textContent = `model ${h.model} · ${h.busy ? "busy" : "idle"}${h.queued ? ` · ${h.queued} queued` : ""}`;
   } catch (e) {
     $("health").textContent = "server unreachable";

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from liveact.cli import parse_size
 from liveact.config import PRESETS, MemoryConfig, Preset, SamplerConfig, load_preset
 from liveact.model import LiveActTransformer
 from liveact.sampler import BlockSpan, Conditions, NeighborForcingSampler, audio_rows, block_span
+from liveact.userinput import add_compile_flag, parse_size
 
 if TYPE_CHECKING:
     from liveact.pipeline import LiveActPipeline
@@ -507,30 +507,44 @@ def _speed_arguments(p: argparse.ArgumentParser) -> None:
         help="default: bfloat16 on CUDA, float32 on the CPU",
     )
     p.add_argument("--fps", type=int, default=25)
+    add_compile_flag(p)
 
 
 def _speed(args: argparse.Namespace) -> None:
-    from liveact.pipeline import LiveActPipeline, check_device
+    from liveact.pipeline import check_device
 
-    device = check_device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    size = parse_size(args.size)
     if args.blocks < 1:
         raise SystemExit("error: --blocks must be >= 1")
     if args.ckpt_dir:
-        from liveact.loading import AssetError
+        from liveact import runtime
 
+        # A real checkpoint is assembled exactly as generate.py assembles it.
+        flags = runtime.RunFlags(
+            ckpt_dir=args.ckpt_dir,
+            wav2vec_dir=args.wav2vec_dir,
+            size=args.size,
+            fps=args.fps,
+            device=args.device,
+            dtype=args.dtype,
+            compile=args.compile,
+        )
         try:
-            pipe = LiveActPipeline.from_pretrained(
-                args.ckpt_dir, args.wav2vec_dir, device=device, dtype=dtype, size=size, fps=args.fps
-            )
-        except (AssetError, FileNotFoundError) as exc:
+            spec = runtime.resolve(flags)
+            runtime.check(spec)
+            pipe = runtime.build(spec)
+        except (ValueError, FileNotFoundError) as exc:
             raise SystemExit(f"error: {exc}") from None
+        device, dtype = spec.device, spec.dtype
         what = f"{args.ckpt_dir} (real weights)"
     else:
+        device = check_device(args.device)
+        dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
         preset = load_preset(args.preset)
         name = args.encoders or ("official" if preset.name == "liveact-14b" else "small")
-        pipe = random_pipeline(preset, ENCODER_SETS[name], size, args.fps, device, dtype)
+        pipe = random_pipeline(preset, ENCODER_SETS[name], parse_size(args.size), args.fps, device, dtype)
+        from liveact.runtime import apply_compile
+
+        apply_compile(pipe, args.compile)
         what = f"preset {preset.name} (random weights) with {name} components: {ENCODER_SETS[name].what}"
     report = run_speed(pipe, args.blocks)
     header = f"{what}; size {args.size}, {args.fps} fps, {args.blocks} blocks, {device}, {str(dtype)[6:]}"

@@ -16,23 +16,18 @@ plays up to its last finished block, or was not created when no block had finish
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
 import os
 import re
-import resource
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import torch
-
-from liveact.config import MemoryConfig, SamplerConfig, load_preset, preset_names, settings_from_dict
-from liveact.loading import AssetError
-from liveact.sampler import block_span
+from liveact.config import preset_names
+from liveact.userinput import DefaultsHelpFormatter, UserError, add_compile_flag, parse_edit_range
 
 logger = logging.getLogger("liveact")
 
@@ -40,12 +35,7 @@ SILENCE_PEAK = 1e-4  # -80 dBFS: quieter than any recording of speech
 
 
 # The authors' generate.py defaults, used for the official 14B folders.
-OFFICIAL_SIZE = "480*832"
-OFFICIAL_FPS = 24
-
-
-class UserError(ValueError):
-    """Bad input from the user: reported as one line, exit status 2."""
+OFFICIAL_SIZE, OFFICIAL_FPS = (480, 832), 24
 
 
 @dataclass(frozen=True)
@@ -77,15 +67,7 @@ class GenerateArgs:
     vae_stitch: str = "continuous"
     offload_t5: bool = False
     no_memory_check: bool = False
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, unless its help already says it or there is none (None)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or "default:" in (action.help or ""):
-            return action.help or ""
-        return super()._get_help_string(action)
+    compile: str = "off"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--size",
         default=None,
-        help=f"WIDTH*HEIGHT of the output, multiples of 16 (default: the model's own; "
-        f"{OFFICIAL_SIZE} for the official folders)",
+        help="WIDTH*HEIGHT of the output, width first, multiples of 16 (default: the model's own; "
+        f"{OFFICIAL_SIZE[0]}*{OFFICIAL_SIZE[1]} for the official folders)",
     )
     p.add_argument(
         "--ckpt_dir",
@@ -216,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the GPU memory plan that refuses runs that would not fit",
     )
+    add_compile_flag(p)
     return p
 
 
@@ -223,35 +206,6 @@ def parse_args(argv: list[str] | None = None) -> GenerateArgs:
     """Parse ``argv`` into ``GenerateArgs``."""
     ns = build_parser().parse_args(argv)
     return GenerateArgs(**{f.name: getattr(ns, f.name) for f in fields(GenerateArgs)})
-
-
-def parse_size(size: str) -> tuple[int, int]:
-    """``"W*H"`` -> ``(width, height)``, multiples of 16."""
-    try:
-        width, height = (int(v) for v in size.replace("x", "*").split("*"))
-    except ValueError:
-        raise UserError(f"--size {size!r} must be WIDTH*HEIGHT, e.g. 480*832") from None
-    if width <= 0 or height <= 0 or width % 16 or height % 16:
-        raise UserError(f"--size {size}: width and height must be positive multiples of 16")
-    return width, height
-
-
-def parse_edit_range(key: str, where: str) -> tuple[int, int]:
-    """``"[a, b]"`` -> ``(a, b)`` with ``0 <= a <= b`` (inclusive block indices)."""
-    try:
-        value = ast.literal_eval(key)
-    except (ValueError, SyntaxError):
-        value = None
-    if (
-        not isinstance(value, (list, tuple))
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        raise UserError(f'{where}: edit range {key!r} must look like "[first_block, last_block]"')
-    first, last = value
-    if not 0 <= first <= last:
-        raise UserError(f"{where}: edit range {key!r} needs 0 <= first <= last")
-    return first, last
 
 
 def load_requests(path: str | Path) -> list:
@@ -381,182 +335,6 @@ def check_outputs(paths: list[Path], overwrite: bool) -> None:
         )
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory of this process: allocated GPU memory on CUDA, max RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def resolve_device(args: GenerateArgs, dist_info) -> torch.device:
-    """The device: ``--device``, else ``cuda:LOCAL_RANK`` / cpu."""
-    if args.device:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {args.device}: CUDA is not available on this machine")
-        if (
-            dist_info is not None
-            and device.type == "cuda"
-            and device.index not in (None, dist_info.device.index)
-        ):
-            raise UserError(
-                f"--device {args.device} under torchrun: each process uses cuda:LOCAL_RANK "
-                f"({dist_info.device} here); pass --device cuda or no --device"
-            )
-        return dist_info.device if dist_info is not None and device.type == "cuda" else device
-    if dist_info is not None:
-        return dist_info.device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def check_hardware_flags(args: GenerateArgs, device: torch.device) -> None:
-    """Fail clearly for flags this machine cannot honour (never ignore them silently)."""
-    if args.fp8_gemm:
-        if device.type != "cuda":
-            raise UserError("--fp8_gemm needs a CUDA GPU with FP8 tensor cores (sm89+: L40S, H100, RTX 4090)")
-        if torch.cuda.get_device_capability(device) < (8, 9):
-            raise UserError(
-                f"--fp8_gemm needs compute capability 8.9+, {torch.cuda.get_device_name(device)} has "
-                f"{torch.cuda.get_device_capability(device)}"
-            )
-        from liveact.quant import choose_recipe
-
-        try:
-            # A tiny GEMM with the exact recipe, before minutes of loading.
-            choose_recipe(device)
-        except RuntimeError as exc:
-            raise UserError(str(exc)) from None
-    if args.block_offload and device.type != "cuda":
-        raise UserError(
-            "--block_offload streams DiT blocks from host memory to a GPU; it needs a CUDA device"
-        )
-
-
-def sampler_settings(args: GenerateArgs) -> tuple[MemoryConfig, SamplerConfig]:
-    """The memory layout and schedule of the run: ``--config``, else the checkpoint's, else the defaults."""
-    if args.config:
-        try:
-            preset = load_preset(args.config)
-        except ValueError as exc:
-            raise UserError(f"--config: {exc}") from None
-        return preset.memory, preset.sampler
-    config = Path(args.ckpt_dir, "config.json") if args.ckpt_dir else None
-    if config is not None and config.is_file():
-        try:
-            return settings_from_dict(json.loads(config.read_text()), str(config))
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            pass  # reported with the file's name when the pipeline loads it
-    return MemoryConfig(), SamplerConfig()
-
-
-def check_precision_and_memory(
-    args: GenerateArgs, device: torch.device, dtype: torch.dtype, dist_info
-) -> None:
-    """Set the run's PyTorch backend flags, warn about fp16, and refuse a run the GPU cannot hold."""
-    from liveact.backends import configure_torch
-
-    configure_torch(device, dtype)
-    if dtype == torch.float16:
-        logger.warning(
-            "--dtype float16: the DiT's activations can exceed the float16 range (65504) and turn "
-            "into inf/NaN; the model was trained in bfloat16, use --dtype bfloat16 where the GPU has it"
-        )
-    if device.type != "cuda" or args.no_memory_check or not args.ckpt_dir:
-        return
-    from liveact.memplan import PlanOptions, config_of, preflight
-    from liveact.quant import fp8_supported
-
-    width, height = parse_size(args.size)
-    options = PlanOptions(
-        width,
-        height,
-        dtype,
-        fp8_gemm=args.fp8_gemm,
-        fp8_kv_cache=args.fp8_kv_cache,
-        offload_cache=args.offload_cache,
-        block_offload=args.block_offload,
-        audio_cfg=args.audio_cfg,
-        world_size=1 if dist_info is None else dist_info.world_size,
-        text_encoder="cpu" if args.t5_cpu else "park" if args.offload_t5 else "gpu",
-    )
-    message = preflight(
-        config_of(args.ckpt_dir), options, torch.cuda.mem_get_info(device)[0], fp8_supported(device)
-    )
-    if message is not None:
-        raise UserError(message)
-
-
-def resolve_model(
-    args: GenerateArgs, official_size: str = OFFICIAL_SIZE, official_fps: int = OFFICIAL_FPS
-) -> GenerateArgs:
-    """``args`` with the model folder, size and fps filled in.
-
-    No ``--ckpt_dir`` means the embedded LiveAct-Nano; a folder with ``components.json`` brings its own
-    size and fps; an official folder gets the authors' defaults (``official_size``, ``official_fps``).
-    Explicit values always win.
-    """
-    from liveact.nano import default_model_dir, model_defaults, read_components
-
-    folder = args.ckpt_dir
-    if folder is None:
-        folder = str(default_model_dir())
-        if not Path(folder, "components.json").is_file():
-            raise UserError(
-                f"no --ckpt_dir given and this install has no embedded model ({folder} is "
-                "missing): pass --ckpt_dir (and --wav2vec_dir for the official weights)"
-            )
-    if not Path(folder).is_dir():
-        raise UserError(f"--ckpt_dir {folder} is not a folder")
-    try:
-        own = model_defaults(folder) if read_components(folder) is not None else None
-    except AssetError as exc:
-        raise UserError(f"--ckpt_dir: {exc}") from None
-    if own is None:
-        size, fps = official_size, official_fps
-    else:
-        size = "*".join(str(v) for v in own.get("size", (128, 128)))
-        fps = own.get("fps", 25)
-    return replace(
-        args, ckpt_dir=folder, size=args.size or size, fps=args.fps if args.fps is not None else fps
-    )
-
-
-def build_pipeline(args: GenerateArgs, device: torch.device, dtype: torch.dtype, dist_info):
-    """Load the pipeline from the asset folders (or say what is missing); ``args`` as ``resolve_model``
-    gives."""
-    from liveact.pipeline import LiveActPipeline
-
-    args = resolve_model(args)
-    width, height = parse_size(args.size)
-    # Only an explicit --config overrides the folder's own settings (which the pipeline reads itself).
-    options = {}
-    if args.config:
-        memory, schedule = sampler_settings(args)
-        options = {"memory": memory, "schedule": schedule}
-    pipe = LiveActPipeline.from_pretrained(
-        args.ckpt_dir,
-        args.wav2vec_dir,
-        device=device,
-        dtype=dtype,
-        t5_cpu=args.t5_cpu,
-        sequence_parallel=dist_info is not None,
-        fp8_gemm=args.fp8_gemm,
-        block_offload=args.block_offload,
-        size=(width, height),
-        park_text_encoder=args.offload_t5,
-        fps=args.fps,
-        audio_cfg=args.audio_cfg,
-        edit_cfg=args.edit_cfg,
-        mean_memory=args.mean_memory,
-        fp8_kv_cache=args.fp8_kv_cache,
-        offload_cache=args.offload_cache,
-        vae_stitch=args.vae_stitch,
-        stream_audio=args.steam_audio,
-        **options,
-    )
-    return pipe
-
-
 def plural(count: int, noun: str) -> str:
     """``1 block``, ``3 blocks``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
@@ -639,13 +417,15 @@ def generate_clip(
     Progress goes to stderr: one line per preparation stage, then a bar per block on a terminal, or
     one line per block when stderr is not one (logs, CI). ``--dura_print`` lines go to stdout.
     """
+    import torch
     from tqdm import tqdm
 
     from liveact.hostwork import BackgroundWriter
     from liveact.pipeline import PREPARE_STAGE_TEXT, PREPARE_STAGES
     from liveact.video import ProgressiveVideoWriter
 
-    state = state or RunState(fps=args.fps, is_main=is_main)
+    fps = pipe.fps
+    state = state or RunState(fps=fps, is_main=is_main)
     stats = ClipStats()
     start = time.perf_counter()
 
@@ -668,7 +448,7 @@ def generate_clip(
     writer = (
         BackgroundWriter(
             ProgressiveVideoWriter(
-                path, fps=args.fps, width=pipe.size[0], height=pipe.size[1], audio=request.audio
+                path, fps=fps, width=pipe.size[0], height=pipe.size[1], audio=request.audio
             )
         )
         if is_main
@@ -701,7 +481,7 @@ def generate_clip(
                     torch.cuda.synchronize(pipe.device)
                     now = time.perf_counter()
                 tqdm.write(
-                    f"Done Block {k}: duration {block_frames / args.fps * 1000:.0f}ms video cost "
+                    f"Done Block {k}: duration {block_frames / fps * 1000:.0f}ms video cost "
                     f"{(now - last) * 1000:.0f}ms",
                     file=sys.stdout,
                 )
@@ -713,7 +493,7 @@ def generate_clip(
                     k + 1,
                     blocks,
                     block_frames,
-                    block_frames / args.fps,
+                    block_frames / fps,
                     now - last,
                 )
             last = now
@@ -746,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(state.interrupted_message(), file=sys.stderr)
         return 130
-    except (UserError, AssetError, FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # UserError and AssetError are ValueErrors
         logger.debug("user error", exc_info=True)
         print("error: " + one_line(exc), file=sys.stderr)
         return 2
@@ -759,6 +539,8 @@ def one_line(exc: BaseException) -> str:
     for line in lines:
         # "2 asset file(s) missing:" + one file per line -> "...missing: a; b"
         text += line if not text else (" " if text.endswith(":") else "; ") + line
+    from liveact.loading import AssetError
+
     if isinstance(exc, AssetError):
         # The library names its arguments; here they are flags. Paths (a/ckpt_dir/x) stay as they are.
         text = re.sub(r"(?<![-\w/.])(ckpt_dir|wav2vec_dir)(?![\w/.])", r"--\1", text)
@@ -768,52 +550,40 @@ def one_line(exc: BaseException) -> str:
 
 
 def run(args: GenerateArgs, state: RunState | None = None) -> int:
-    """Validate everything cheap first, then load models and generate every entry."""
-    from liveact.parallel import maybe_init_dist
+    """Validate everything cheap first (flags, input JSON, media, outputs), then load and generate."""
+    # Said before torch loads (a second or more), so the command shows it is alive at once.
+    model = args.ckpt_dir or "the embedded LiveAct-Nano"
+    logger.info("checking %s, then loading %s", args.input_json or "--input_json", model)
+    from liveact import runtime
+    from liveact.sampler import block_span
 
-    args = resolve_model(args)
     state = state or RunState()
-    state.fps = args.fps
-    parse_size(args.size)
-    if args.fps <= 0:
-        raise UserError(f"--fps must be > 0, got {args.fps}")
-    if args.audio_cfg < 1.0:
-        raise UserError(f"--audio_cfg must be >= 1 (1 disables guidance), got {args.audio_cfg}")
-    if args.edit_cfg is not None and args.edit_cfg < 1.0:
-        raise UserError(f"--edit_cfg must be >= 1 (1 disables edit guidance), got {args.edit_cfg}")
     if args.max_blocks is not None and args.max_blocks < 1:
         raise UserError(f"--max_blocks must be >= 1, got {args.max_blocks}")
+    flags = runtime.flags_from(args)
+    spec = runtime.resolve(flags, official_size=OFFICIAL_SIZE, official_fps=OFFICIAL_FPS)
+    state.fps = spec.fps
     requests = load_requests(args.input_json)
-    settings = sampler_settings(args)
-    memory, stride = settings[0], settings[1].vae_stride[0]
-    first_block_seconds = block_span(0, memory, stride).video_frames(stride) / args.fps
+    stride = spec.sampler.vae_stride[0]
+    first_block_seconds = block_span(0, spec.memory, stride).video_frames(stride) / spec.fps
     for i, request in enumerate(requests):
         check_media(request, f"{Path(args.input_json).name} entry {i}", first_block_seconds)
     paths = output_paths(args.output_dir, requests)
     check_outputs(paths, args.overwrite)
-    num_heads = None
-    if args.ckpt_dir and Path(args.ckpt_dir, "config.json").is_file():
-        num_heads = json.loads(Path(args.ckpt_dir, "config.json").read_text()).get("num_heads")
-    wants_cpu = args.device is not None and torch.device(args.device).type == "cpu"
-    dist_info = maybe_init_dist(num_heads=num_heads, backend="gloo" if wants_cpu else None)
+    dist_info = runtime.init_distributed(flags)
     is_main = state.is_main = dist_info is None or dist_info.is_main
     pipe = None
     try:
         # Everything after the process group exists runs inside the try: errors still tear it down.
-        device = resolve_device(args, dist_info)
-        default_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        dtype = getattr(torch, args.dtype) if args.dtype else default_dtype
-        check_hardware_flags(args, device)
-        check_precision_and_memory(args, device, dtype, dist_info)
+        spec = runtime.attach_distributed(spec, dist_info, flags.device)
+        runtime.check(spec)
         state.stage = "loading the models"
-        if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-            # The DiT and the decode-ahead thread each get half the cores (no oversubscription).
-            torch.set_num_threads(max(1, torch.get_num_threads() // 2))
-        pipe = build_pipeline(args, device, dtype, dist_info)
+        runtime.cpu_threads_for_generation(spec.device)
+        pipe = runtime.build(spec)
         for request, path in zip(requests, paths):
             stats = generate_clip(pipe, request, args, path, is_main, state)
             if is_main:
-                logger.info("%s: %s", path, stats.summary(args.fps, peak_memory_bytes(device)))
+                logger.info("%s: %s", path, stats.summary(spec.fps, runtime.peak_memory_bytes(spec.device)))
         if is_main:
             logger.info("done: %s written: %s", plural(len(paths), "file"), ", ".join(map(str, paths)))
     finally:

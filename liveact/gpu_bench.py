@@ -180,8 +180,8 @@ def stream_once(
     the steady-state steps as CUDA graphs (``liveact.cudagraphs``).
     """
     from liveact.bench import synthetic_conditions
-    from liveact.cli import parse_size
     from liveact.cudagraphs import GraphedSteadySteps
+    from liveact.userinput import parse_size
 
     width, height = parse_size(size)
     cond = synthetic_conditions(model, width, height, audio_frames=32 * blocks + 64, device=device)
@@ -226,8 +226,8 @@ def stream_once(
 
 def planned_dit_gib(preset: str, mode: str, size: str, dtype: torch.dtype) -> float:
     """The memory planner's figure for what the benchmark holds: DiT weights, KV memory, activations."""
-    from liveact.cli import parse_size
     from liveact.memplan import PlanOptions, plan_memory
+    from liveact.userinput import parse_size
 
     width, height = parse_size(size)
     fp8, offload = mode != "bf16", mode == "offload24"

@@ -543,8 +543,8 @@ def main(argv: list[str] | None = None) -> None:
     GPU."""
     import argparse
 
-    from liveact.cli import parse_size
     from liveact.config import PRESETS
+    from liveact.userinput import parse_size
 
     p = argparse.ArgumentParser(prog="python -m liveact.memplan", description=main.__doc__)
     p.add_argument(

@@ -205,16 +205,11 @@ class LiveActPipeline:
         park_text_encoder: bool = False,
         edit_cfg: float | None = None,
     ) -> None:
-        width, height = size
         stride = (schedule or SamplerConfig()).vae_stride
-        unit = stride[1] * transformer.config.patch_size[1]
-        if width % unit or height % unit or width <= 0 or height <= 0:
-            raise ValueError(f"size {width}*{height}: width and height must be positive multiples of {unit}")
-        if fps <= 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
+        self.size_unit = stride[1] * transformer.config.patch_size[1]
         self.transformer, self.vae = transformer, vae
         self.text_encoder, self.image_encoder, self.audio_encoder = text_encoder, image_encoder, audio_encoder
-        self.size, self.fps = (width, height), float(fps)
+        self.set_output(size, fps)
         self.vae_stitch, self.stream_audio, self.downmix = vae_stitch, stream_audio, downmix
         self.trace: Callable[[str, torch.Tensor], None] | None = None
         self.park_text_encoder = park_text_encoder
@@ -360,6 +355,21 @@ class LiveActPipeline:
         )
         pipe.decoder = decoder or vae
         return pipe
+
+    def check_output(self, size: tuple[int, int], fps: float) -> None:
+        """Raise ``ValueError`` unless ``size`` (width, height) and ``fps`` are ones this model can make:
+        positive multiples of :attr:`size_unit` (latent stride x patch) and a positive frame rate."""
+        width, height = size
+        unit = self.size_unit
+        if width % unit or height % unit or width <= 0 or height <= 0:
+            raise ValueError(f"size {width}*{height}: width and height must be positive multiples of {unit}")
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+
+    def set_output(self, size: tuple[int, int], fps: float) -> None:
+        """Make the next clips ``size`` (width, height) at ``fps`` (checked by :meth:`check_output`)."""
+        self.check_output(size, fps)
+        self.size, self.fps = (int(size[0]), int(size[1])), float(fps)
 
     @property
     def device(self) -> torch.device:

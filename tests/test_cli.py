@@ -322,4 +322,7 @@ def test_subprocess_error_has_no_traceback(media: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("error:"), proc.stderr
+    # The run's first log line (printed before torch loads), then the error on one line.
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and len(lines) == 2, proc.stderr
+    assert "checking" in lines[0] and lines[1].startswith("error: jobs.json entry 0: cond_audio"), proc.stderr

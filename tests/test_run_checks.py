@@ -1,11 +1,14 @@
-"""generate.py's GPU-run checks, exercised on the CPU with the CUDA parts stubbed.
+"""How a run is assembled and checked (``liveact.runtime``), exercised on the CPU with CUDA stubbed.
 
 Process-group teardown on user errors, --device under torchrun, fp16 warning, TF32 off for fp32,
-the memory plan that refuses before loading, umT5 parked off the GPU between prompts.
+the memory plan that refuses before loading (with the run's own memory layout: a preset's FP8),
+--compile refusals, umT5 parked off the GPU between prompts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,12 +20,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from liveact import cli, memplan, quant
+from liveact import cli, memplan, quant, runtime
 from liveact.backends import configure_torch
-from liveact.cli import GenerateArgs, UserError, check_precision_and_memory, resolve_device
-from liveact.config import PRESETS
+from liveact.config import PRESETS, MemoryConfig, SamplerConfig
 from liveact.parallel import DistInfo
 from liveact.pipeline import LiveActPipeline
+from liveact.runtime import RunFlags, RunSpec, UserError, resolve_device
 
 GPU0 = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cuda", 0), backend="nccl")
 
@@ -30,10 +33,10 @@ GPU0 = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cuda", 
 def test_device_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(UserError, match=r"--device cuda:1 under torchrun: each process uses cuda:LOCAL_RANK"):
-        resolve_device(GenerateArgs(device="cuda:1"), GPU0)
-    assert resolve_device(GenerateArgs(device="cuda"), GPU0) == torch.device("cuda", 0)
-    assert resolve_device(GenerateArgs(device="cuda:0"), GPU0) == torch.device("cuda", 0)
-    assert resolve_device(GenerateArgs(), GPU0) == torch.device("cuda", 0)
+        resolve_device("cuda:1", GPU0)
+    assert resolve_device("cuda", GPU0) == torch.device("cuda", 0)
+    assert resolve_device("cuda:0", GPU0) == torch.device("cuda", 0)
+    assert resolve_device(None, GPU0) == torch.device("cuda", 0)
 
 
 def test_user_error_after_the_process_group_started_tears_it_down(
@@ -55,9 +58,27 @@ def test_user_error_after_the_process_group_started_tears_it_down(
     assert destroyed == [True]
 
 
+def _gpu_spec(**changes: object) -> RunSpec:
+    """A resolved spec for a (stubbed) CUDA run of an official folder."""
+    spec = RunSpec(
+        model_dir=Path("unused"),
+        own_components=False,
+        wav2vec_dir=Path("unused"),
+        device=torch.device("cuda"),
+        dtype=torch.bfloat16,
+        dist=None,
+        size=(256, 256),
+        fps=24,
+        memory=MemoryConfig(),
+        sampler=SamplerConfig(),
+    )
+    return dataclasses.replace(spec, **changes)
+
+
 def test_float16_warns(caplog: pytest.LogCaptureFixture) -> None:
+    spec = runtime.resolve(RunFlags(dtype="float16", device="cpu"))
     with caplog.at_level(logging.WARNING, logger="liveact"):
-        check_precision_and_memory(GenerateArgs(dtype="float16"), torch.device("cpu"), torch.float16, None)
+        runtime.check(spec)
     assert any("float16" in r.message and "bfloat16" in r.message for r in caplog.records)
 
 
@@ -94,16 +115,57 @@ def test_memory_check_refuses_before_loading(
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_gib * 2**30, 80 * 2**30))
     monkeypatch.setattr(quant, "fp8_supported", lambda device=None: True)
     monkeypatch.setattr("liveact.backends.configure_torch", lambda device, dtype: {})
-    args = GenerateArgs(ckpt_dir="unused", size="256*256")
     if expected is None:
-        check_precision_and_memory(args, torch.device("cuda"), torch.bfloat16, None)
+        runtime.check(_gpu_spec())
         return
     with pytest.raises(UserError, match=expected) as info:
-        check_precision_and_memory(args, torch.device("cuda"), torch.bfloat16, None)
+        runtime.check(_gpu_spec())
     assert "--no_memory_check" in str(info.value)
-    check_precision_and_memory(
-        GenerateArgs(ckpt_dir="unused", no_memory_check=True), torch.device("cuda"), torch.bfloat16, None
+    runtime.check(_gpu_spec(memory_check=False))
+
+
+def test_a_preset_with_fp8_memory_is_planned_and_run_as_fp8(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``memory.fp8: true`` in a preset, no --fp8_kv_cache: the planner and the sampler both see FP8."""
+    preset = json.loads((Path(runtime.__file__).parent / "configs" / "nano.json").read_text())
+    preset.setdefault("memory", {})["fp8"] = True
+    (tmp_path / "fp8.json").write_text(json.dumps(preset))
+    spec = runtime.resolve(RunFlags(config=str(tmp_path / "fp8.json"), device="cpu"))
+    assert spec.memory.fp8 and not spec.memory.offload
+    planned = []
+    monkeypatch.setattr(
+        memplan, "preflight", lambda config, options, *a, **kw: planned.append((options, kw)) or None
     )
+    monkeypatch.setattr(quant, "fp8_supported", lambda device=None: True)
+    assert runtime.memory_plan_message(spec, 80 * 2**30) is None
+    options, kwargs = planned[0]
+    assert options.fp8_kv_cache and kwargs["memory"].fp8, "planned as FP8"
+    pipe = runtime.build(spec)
+    assert pipe.sampler.memory_config.fp8, "run as FP8"
+    # A flag turns a setting on and never off: the preset's FP8 stays, --offload_cache adds to it.
+    both = runtime.resolve(RunFlags(config=str(tmp_path / "fp8.json"), device="cpu", offload_cache=True))
+    assert both.memory.fp8 and both.memory.offload
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"device": torch.device("cpu")}, "needs a CUDA device"),
+        ({"block_offload": True}, "cannot capture --block_offload"),
+        ({"memory": MemoryConfig(offload=True)}, "cannot capture an offloaded KV memory"),
+    ],
+)
+def test_cuda_graphs_refused_where_they_cannot_apply(changes: dict, reason: str) -> None:
+    runtime.check_compile(_gpu_spec(compile="islands", **changes))  # the other modes apply anywhere
+    with pytest.raises(UserError, match=reason):
+        runtime.check_compile(_gpu_spec(compile="cudagraphs", **changes))
+
+
+def test_generate_refuses_an_unknown_compile_mode(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--input_json", "x.json", "--compile", "max-autotune"])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 class _Recorder(nn.Module):

@@ -29,7 +29,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from liveact.pipeline import LiveActPipeline
 from liveact.serve.app import ServeOptions, create_app
-from liveact.serve.engine import Engine
+from liveact.serve.engine import Engine, JobSpec
 from liveact.video import probe_video
 
 SIZE = (32, 32)
@@ -242,6 +242,22 @@ def test_bad_fields(client: TestClient, field: str, value: str) -> None:
     res = submit(client, png_bytes(), wav_bytes(), **{field: value})
     assert res.status_code == 400, res.text
     assert field.split("_")[0] in res.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "size, fps, reason",
+    [((40, 32), FPS, "multiples of 16"), ((0, 32), FPS, "multiples of 16"), (SIZE, 0, "fps must be > 0")],
+)
+def test_a_job_spec_is_checked_by_the_pipeline_before_it_queues(
+    client: TestClient, pipe: ControlledPipeline, tmp_path: Path, size: tuple, fps: int, reason: str
+) -> None:
+    """The Python API (no upload form in between) gets the pipeline's own size/fps rule."""
+    spec = JobSpec(tmp_path, tmp_path / "face.png", tmp_path / "a.wav", "p", [], fps, size, 0)
+    before = dict(client.engine.jobs)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=reason):
+        client.engine.submit(spec)  # type: ignore[attr-defined]
+    assert client.engine.jobs == before, "nothing was queued"  # type: ignore[attr-defined]
+    assert (pipe.size, pipe.fps) == (SIZE, FPS), "the shared pipeline was not touched"
 
 
 def test_silent_audio(client: TestClient) -> None:

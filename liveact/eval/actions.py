@@ -158,7 +158,7 @@ def check_video(video: Path, edits: dict[str, str], reader: AvatarReader, plot: 
     The action of each range is recognised from its prompt (the synthetic family's vocabulary); the
     blocks outside every range are the neutral baseline.
     """
-    from liveact.cli import parse_edit_range
+    from liveact.userinput import parse_edit_range
     from liveact.video import probe_video, read_frames
 
     frames, fps = read_frames(video), float(probe_video(video)["fps"])

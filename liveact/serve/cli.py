@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 logger = logging.getLogger("liveact.serve")
 
-OFFICIAL_SIZE, OFFICIAL_FPS = "720*416", 24  # the authors' demo defaults, for folders that name none
+OFFICIAL_SIZE, OFFICIAL_FPS = (720, 416), 24  # the authors' demo defaults, for folders that name none
 
 
 @dataclass(frozen=True)
@@ -55,11 +54,12 @@ class DemoArgs:
     max_audio_seconds: float = 600.0
     warmup_blocks: int = 2
     edit_cfg: float | None = None
+    compile: str = "off"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (the authors' flags first, then ours)."""
-    from liveact.cli import DefaultsHelpFormatter
+    from liveact.userinput import DefaultsHelpFormatter, add_compile_flag
 
     p = argparse.ArgumentParser(
         prog="demo.py",
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warmup_blocks", type=int, default=2, help="blocks generated at start-up (0: no warm-up)"
     )
+    add_compile_flag(p)
     return p
 
 
@@ -123,31 +124,17 @@ def parse_args(argv: list[str] | None = None) -> DemoArgs:
     return DemoArgs(**{f.name: getattr(ns, f.name) for f in fields(DemoArgs)})
 
 
-def load_pipeline(
-    args: DemoArgs, device: torch.device, dtype: torch.dtype, dist_info: Any
-) -> tuple[Any, str]:
-    """The one place the demo loads its model: the same loader as ``generate.py`` (so the embedded
-    default model, when no ``--ckpt_dir`` is given, comes for free). Returns ``(pipeline, model name)``."""
-    from liveact.cli import GenerateArgs, build_pipeline, resolve_model
+def load_pipeline(args: DemoArgs, dist_info: Any = None) -> tuple[Any, str]:
+    """The demo's model, assembled by ``liveact.runtime`` as ``generate.py``'s is (the embedded model
+    when no ``--ckpt_dir`` is given). Returns ``(pipeline, model name)``."""
+    from liveact import runtime
 
-    gen = GenerateArgs(
-        size=args.size,
-        ckpt_dir=args.ckpt_dir,
-        wav2vec_dir=args.wav2vec_dir,
-        t5_cpu=args.t5_cpu,
-        fp8_kv_cache=args.fp8_kv_cache,
-        fp8_gemm=args.fp8_gemm,
-        block_offload=args.block_offload,
-        fps=args.fps,
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
-        edit_cfg=args.edit_cfg,
-    )
-    gen = resolve_model(gen, official_size=OFFICIAL_SIZE, official_fps=OFFICIAL_FPS)
-    pipe = build_pipeline(gen, device, dtype, dist_info)
+    flags = runtime.flags_from(args)
+    spec = runtime.resolve(flags, official_size=OFFICIAL_SIZE, official_fps=OFFICIAL_FPS)
+    spec = runtime.attach_distributed(spec, dist_info, flags.device)
+    runtime.check(spec)
     name = Path(args.ckpt_dir).name if args.ckpt_dir else "default"
-    return pipe, name
+    return runtime.build(spec), name
 
 
 def warm_up(pipe: Any, blocks: int, seed: int) -> float:
@@ -176,15 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("LIVEACT_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from liveact.cli import UserError
-    from liveact.loading import AssetError
-
     try:
         args = parse_args(argv)
         return run(args)
     except KeyboardInterrupt:
         return 130
-    except (UserError, AssetError, FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # UserError and AssetError are ValueErrors
         logger.debug("user error", exc_info=True)
         print(
             "error: " + "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()),
@@ -195,10 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: DemoArgs) -> int:
     """Validate, load, warm up, then serve (rank 0) or follow (other ranks)."""
-    import json
-
-    from liveact.cli import UserError, parse_size
-    from liveact.parallel import maybe_init_dist
+    from liveact import runtime
+    from liveact.userinput import UserError, parse_size
 
     if args.size is not None:
         parse_size(args.size)
@@ -206,46 +188,31 @@ def run(args: DemoArgs) -> int:
         raise UserError(f"--fps must be between 1 and 60, got {args.fps}")
     if args.queue_size < 0:
         raise UserError(f"--queue_size must be >= 0, got {args.queue_size}")
-    if args.edit_cfg is not None and args.edit_cfg < 1.0:
-        raise UserError(f"--edit_cfg must be >= 1 (1 disables edit guidance), got {args.edit_cfg}")
     data_dir = Path(args.data_dir).expanduser().resolve()
     save_dir = Path(args.video_save_path).expanduser().resolve() if args.video_save_path else None
-    num_heads = None
-    if args.ckpt_dir and Path(args.ckpt_dir, "config.json").is_file():
-        num_heads = json.loads(Path(args.ckpt_dir, "config.json").read_text()).get("num_heads")
-    wants_cpu = args.device is not None and torch.device(args.device).type == "cpu"
-    dist_info = maybe_init_dist(num_heads=num_heads, backend="gloo" if wants_cpu else None)
-    from liveact.cli import GenerateArgs, check_hardware_flags, resolve_device
-
-    device = resolve_device(GenerateArgs(device=args.device), dist_info)
-    dtype = (
-        getattr(torch, args.dtype)
-        if args.dtype
-        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    )
-    check_hardware_flags(GenerateArgs(fp8_gemm=args.fp8_gemm, block_offload=args.block_offload), device)
-    pipe, model_name = load_pipeline(args, device, dtype, dist_info)
-    group = None
-    if dist_info is not None:
-        import torch.distributed as dist
-
-        group = dist.new_group(backend="gloo")  # control messages travel on the CPU
-    seconds = warm_up(pipe, args.warmup_blocks, args.seed)
-    logger.info(
-        "model %s loaded and warmed up (%d blocks in %.1f s) on %s",
-        model_name,
-        args.warmup_blocks,
-        seconds,
-        device,
-    )
+    dist_info = runtime.init_distributed(runtime.flags_from(args))
     try:
+        # Everything after the process group exists runs inside the try: errors still tear it down.
+        pipe, model_name = load_pipeline(args, dist_info)
+        group = None
+        if dist_info is not None:
+            import torch.distributed as dist
+
+            group = dist.new_group(backend="gloo")  # control messages travel on the CPU
+        seconds = warm_up(pipe, args.warmup_blocks, args.seed)
+        logger.info(
+            "model %s loaded and warmed up (%d blocks in %.1f s) on %s",
+            model_name,
+            args.warmup_blocks,
+            seconds,
+            pipe.device,
+        )
         if dist_info is not None and not dist_info.is_main:
             from liveact.serve.engine import follow
 
             follow(pipe, group)
             return 0
-        size = parse_size(args.size) if args.size else tuple(pipe.size)
-        serve(pipe, model_name, args, size, data_dir, save_dir, group)
+        serve(pipe, model_name, args, tuple(pipe.size), data_dir, save_dir, group)
     finally:
         if dist_info is not None:
             import torch.distributed as dist

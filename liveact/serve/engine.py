@@ -253,7 +253,9 @@ class Engine:
             }
 
     def submit(self, spec: JobSpec, job_id: str | None = None) -> Job:
-        """Queue a job. Raises :class:`Busy` when the queue is full."""
+        """Queue a job. Raises :class:`Busy` when the queue is full, ``ValueError`` for a size or fps
+        the model cannot make (before the job is queued)."""
+        self.pipe.check_output(spec.size, spec.fps)
         with self._lock:
             if self._closed:
                 raise Busy("the server is shutting down")
@@ -381,8 +383,9 @@ class Engine:
 
 
 def configure(pipe: LiveActPipeline, fps: int, size: tuple[int, int]) -> None:
-    """Point the shared pipeline at a job's fps and size (one job runs at a time)."""
-    pipe.fps, pipe.size = float(fps), size
+    """Point the shared pipeline at a job's fps and size (one job runs at a time), checked by the
+    pipeline's own rule."""
+    pipe.set_output(size, fps)
 
 
 def run_job(

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from liveact.userinput import UserError, parse_size
+
 logger = logging.getLogger(__name__)
 
 FILE_FIELDS = ("image", "audio")
@@ -228,11 +230,9 @@ def size_field(upload: Upload, default: tuple[int, int], max_pixels: int) -> tup
     if not raw:
         return default
     try:
-        width, height = (int(v) for v in raw.replace("x", "*").split("*"))
-    except ValueError:
-        raise UploadError(400, f"size must be WIDTH*HEIGHT, e.g. 416*720; got {raw[:40]!r}") from None
-    if width < 16 or height < 16 or width % 16 or height % 16:
-        raise UploadError(400, f"size {width}*{height}: width and height must be positive multiples of 16")
+        width, height = parse_size(raw)
+    except UserError as exc:
+        raise UploadError(400, str(exc)) from None
     if width * height > max_pixels:
         raise UploadError(
             400, f"size {width}*{height} is larger than this server allows ({max_pixels} pixels, its --size)"

@@ -262,7 +262,7 @@ def check_media(request, where: str, min_seconds: float) -> None:
     """Open the image and audio of a request up front, so bad files fail before any model loads."""
     from PIL import Image
 
-    from liveact.audio import load_audio
+    from liveact.components.audio import load_audio
 
     try:
         with Image.open(request.image) as img:
@@ -420,8 +420,8 @@ def generate_clip(
     import torch
     from tqdm import tqdm
 
-    from liveact.hostwork import BackgroundWriter
     from liveact.pipeline import PREPARE_STAGE_TEXT, PREPARE_STAGES
+    from liveact.speed.hostwork import BackgroundWriter
     from liveact.video import ProgressiveVideoWriter
 
     fps = pipe.fps

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from liveact.audio import StreamingAudio
+from liveact.components.audio import StreamingAudio
 from liveact.sampler import Conditions, audio_window, block_span
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ def default_streaming_factory(pipe: LiveActPipeline) -> StreamingFactory:
     if hook is not None:
         return hook
     window = pipe.transformer.config.audio_window
-    from liveact.logmel import LogMelEncoder, LogMelStream
+    from liveact.components.logmel import LogMelEncoder, LogMelStream
 
     if isinstance(pipe.audio_encoder, LogMelEncoder):  # Nano: log-mel rows at the video fps
         return lambda waveform, rate: LogMelStream.from_waveform(

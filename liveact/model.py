@@ -158,7 +158,7 @@ class SelfAttention(nn.Module):
         conv = {"kernel_size": cfg.memory_ratio, "stride": cfg.memory_ratio, "groups": dim, "bias": False}
         self.memory_proj_k = nn.Conv1d(dim, dim, **conv)
         self.memory_proj_v = nn.Conv1d(dim, dim, **conv)
-        # Set by liveact.quant (fused FP8 QKV): one GEMM of [3 dim, dim] replaces q, k and v.
+        # Set by liveact.speed.quant (fused FP8 QKV): one GEMM of [3 dim, dim] replaces q, k and v.
         self.qkv: nn.Module | None = None
         self.attention_backend = "sdpa"
 
@@ -698,7 +698,7 @@ class LiveActTransformer(nn.Module):
         """All layers then the head: tokens ``[B, L, dim]`` -> ``[B, L, prod(patch) * out_dim]``.
 
         ``x`` holds the block's tokens from ``inp.token_offset`` on. This is the extension point of
-        ``liveact.parallel``, which shards the tokens around it.
+        ``liveact.speed.parallel``, which shards the tokens around it.
         """
         for index, block in enumerate(self.blocks):
             x = block(x, e0, inp.layer(index), inp)

@@ -29,17 +29,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from liveact.audio import StreamingAudio, load_audio, prepare_speech, select_channel
+from liveact.components.audio import StreamingAudio, load_audio, prepare_speech, select_channel
+from liveact.components.logmel import LogMelEncoder, LogMelStream
 from liveact.config import MemoryConfig, SamplerConfig, settings_from_dict
 from liveact.loading import AssetError, load_transformer, read_dit_config, resolve_assets
-from liveact.logmel import LogMelEncoder, LogMelStream
 from liveact.model import LiveActTransformer
 from liveact.sampler import Conditions, NeighborForcingSampler, audio_window, block_span
 
 if TYPE_CHECKING:
-    from liveact.audio import Wav2VecEncoder
-    from liveact.encoders import CLIPImageEncoder, T5TextEncoder
-    from liveact.vae import WanVAE
+    from liveact.components.audio import Wav2VecEncoder
+    from liveact.components.encoders import CLIPImageEncoder, T5TextEncoder
+    from liveact.components.vae import WanVAE
 
 logger = logging.getLogger(__name__)
 
@@ -248,9 +248,9 @@ class LiveActPipeline:
         ``tae_path``: decode with a tiny autoencoder in the TAEHV layout (e.g. ``taew2_1.pth``) instead
         of the Wan VAE (official folders; the Wan VAE still encodes the conditioning image).
 
-        The DiT is transformed in this order: sequence parallelism (``liveact.parallel``, needs an
-        initialised process group), FP8 linears (``liveact.quant``), block offload
-        (``liveact.offload``: the DiT stays in host memory and its blocks stream to ``device`` two at
+        The DiT is transformed in this order: sequence parallelism (``liveact.speed.parallel``, needs an
+        initialised process group), FP8 linears (``liveact.speed.quant``), block offload
+        (``liveact.speed.offload``: the DiT stays in host memory and its blocks stream to ``device`` two at
         a time, so the 14B model never sits on the GPU whole).
         ``t5_cpu`` keeps the 11 GB text encoder on the CPU; its output is moved to ``device``.
         ``options`` go to the constructor (size, fps, sampler options ...); a self-contained folder
@@ -263,7 +263,12 @@ class LiveActPipeline:
             ValueError: ``device`` is not available here (checked before anything is loaded).
             AssetError: a missing, unreadable or mismatched asset file (named in the message).
         """
-        from liveact.nano import default_model_dir, load_components, model_defaults, read_components
+        from liveact.components.nano import (
+            default_model_dir,
+            load_components,
+            model_defaults,
+            read_components,
+        )
 
         device = check_device(device)
         folder = default_model_dir() if ckpt_dir is None else Path(ckpt_dir)
@@ -301,9 +306,9 @@ class LiveActPipeline:
             )
         # The official components import transformers' CLIP/umT5/wav2vec2 and diffusers (seconds):
         # only a run with the official weights pays for them.
-        from liveact.audio import Wav2VecEncoder
-        from liveact.encoders import CLIPImageEncoder, T5TextEncoder
-        from liveact.vae import WanVAE
+        from liveact.components.audio import Wav2VecEncoder
+        from liveact.components.encoders import CLIPImageEncoder, T5TextEncoder
+        from liveact.components.vae import WanVAE
 
         paths = resolve_assets(folder, wav2vec_dir)
         try:
@@ -316,18 +321,18 @@ class LiveActPipeline:
         transformer = load_transformer(paths.dit, dtype=dtype, device="cpu" if block_offload else device)
         on_gpu = torch.device(device).type == "cuda"
         if sequence_parallel:
-            from liveact.parallel import parallelize
+            from liveact.speed.parallel import parallelize
 
             parallelize(transformer)
         if fp8_gemm:
-            from liveact.quant import convert_linears_to_fp8
+            from liveact.speed.quant import convert_linears_to_fp8
 
             # Host-resident weights (block offload) are quantised on the GPU one layer at a time.
             convert_linears_to_fp8(
                 transformer, run_device=device, quantize_on=device if block_offload and on_gpu else None
             )
         if block_offload:
-            from liveact.offload import enable_block_offload
+            from liveact.speed.offload import enable_block_offload
 
             enable_block_offload(transformer, device)
         # Probed once here for this device and dtype (LIVEACT_ATTENTION names a preference).
@@ -347,7 +352,7 @@ class LiveActPipeline:
         audio = Wav2VecEncoder.from_pretrained(paths.wav2vec, device=device, dtype=dtype)
         decoder = None
         if tae_path is not None:
-            from liveact.tae import TinyAutoencoder
+            from liveact.components.tae import TinyAutoencoder
 
             decoder = TinyAutoencoder.from_file(tae_path, device=device, dtype=dtype)
         pipe = cls(

@@ -34,8 +34,8 @@ from liveact.loading import AssetError
 from liveact.userinput import UserError, parse_size
 
 if TYPE_CHECKING:
-    from liveact.parallel import DistInfo
     from liveact.pipeline import LiveActPipeline
+    from liveact.speed.parallel import DistInfo
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class RunSpec:
 
 def model_folder(ckpt_dir: str | None) -> tuple[Path, dict | None]:
     """The checkpoint folder (the embedded Nano for None) and its ``components.json`` (None: official)."""
-    from liveact.nano import default_model_dir, read_components
+    from liveact.components.nano import default_model_dir, read_components
 
     folder = Path(ckpt_dir) if ckpt_dir is not None else default_model_dir()
     if ckpt_dir is None and not (folder / "components.json").is_file():
@@ -167,7 +167,7 @@ def run_settings(
     flags: RunFlags, folder: Path, components: dict | None
 ) -> tuple[MemoryConfig, SamplerConfig]:
     """Memory layout and schedule: ``--config``, else the folder's, else the defaults; flags applied."""
-    from liveact.nano import components_schedule
+    from liveact.components.nano import components_schedule
 
     if flags.config:
         try:
@@ -230,7 +230,7 @@ def resolve(
     ``official_size`` / ``official_fps`` are the defaults for an official folder (the authors'
     ``generate.py`` and demo differ); a ``components.json`` folder brings its own.
     """
-    from liveact.nano import model_defaults
+    from liveact.components.nano import model_defaults
 
     folder, components = model_folder(flags.ckpt_dir)
     own = model_defaults(folder) if components is not None else {}
@@ -306,7 +306,7 @@ def attach_distributed(spec: RunSpec, dist: DistInfo | None, requested_device: s
 
 def init_distributed(flags: RunFlags) -> DistInfo | None:
     """Join torchrun's process group (None for one process); the head count is checked first."""
-    from liveact.parallel import maybe_init_dist
+    from liveact.speed.parallel import maybe_init_dist
 
     num_heads = None
     config = Path(flags.ckpt_dir, "config.json") if flags.ckpt_dir else None
@@ -325,7 +325,7 @@ def init_distributed(flags: RunFlags) -> DistInfo | None:
 def check(spec: RunSpec) -> None:
     """Refuse what this machine cannot honour (never ignore a flag silently), set PyTorch's backend
     flags for the device, and plan GPU memory with the run's own memory layout before loading."""
-    from liveact.backends import configure_torch
+    from liveact.speed.backends import configure_torch
 
     check_hardware(spec)
     configure_torch(spec.device, spec.dtype)
@@ -351,7 +351,7 @@ def check_hardware(spec: RunSpec) -> None:
                 f"--fp8_gemm needs compute capability 8.9+, {torch.cuda.get_device_name(spec.device)} "
                 f"has {capability}"
             )
-        from liveact.quant import choose_recipe
+        from liveact.speed.quant import choose_recipe
 
         try:
             choose_recipe(spec.device)  # a tiny GEMM with the exact recipe, before minutes of loading
@@ -366,8 +366,8 @@ def check_hardware(spec: RunSpec) -> None:
 def memory_plan_message(spec: RunSpec, free_bytes: int, fp8_capable: bool | None = None) -> str | None:
     """The planner's verdict on ``spec`` for ``free_bytes`` of GPU memory: None if it fits, else what
     to change. It plans the memory layout the run will use (a preset's ``memory.fp8`` included)."""
-    from liveact.memplan import PlanOptions, config_of, preflight
-    from liveact.quant import fp8_supported
+    from liveact.speed.memplan import PlanOptions, config_of, preflight
+    from liveact.speed.quant import fp8_supported
 
     width, height = spec.size
     options = PlanOptions(
@@ -429,7 +429,7 @@ def apply_compile(pipe: LiveActPipeline, mode: str) -> None:
         for block in pipe.transformer.blocks:
             block.compile()
     elif mode == "cudagraphs":
-        from liveact.cudagraphs import GraphedSteadySteps
+        from liveact.speed.cudagraphs import GraphedSteadySteps
 
         pipe.sampler.model = GraphedSteadySteps(pipe.transformer)
     logger.info("compile mode %s: the first blocks compile kernels and run slower", mode)

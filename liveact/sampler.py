@@ -146,7 +146,7 @@ class NeighborForcingSampler:
     """Streams latent blocks from a ``LiveActTransformer``.
 
     Args:
-        model: the transformer (single process, or transformed by ``liveact.parallel``).
+        model: the transformer (single process, or transformed by ``liveact.speed.parallel``).
         audio_cfg: audio guidance scale; > 1 runs a null-audio pass on ``cfg_steps``.
         mean_memory: compress memory with a plain mean instead of the learned ConvKV conv.
         fp8_kv_cache: keep the KV memory in FP8 (e4m3, per token-head scales).

@@ -57,6 +57,7 @@ __all__ = [
     "ffmpeg_exe",
     "probe_video",
     "read_frames",
+    "run_ffmpeg",
     "to_uint8_frames",
 ]
 
@@ -75,6 +76,19 @@ def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def run_ffmpeg(args: list[str], what: str) -> None:
+    """Run ffmpeg quietly; raise ValueError with its last error lines on failure."""
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise ValueError(f"ffmpeg could not {what}: {tail or 'unknown error'}")
 
 
 def to_uint8_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
-from liveact.audio import AUDIO_FPS, load_audio
-from liveact.tempo import BACKENDS, available_backends, change_tempo
+from liveact.components.audio import AUDIO_FPS, load_audio
+from liveact.components.tempo import BACKENDS, available_backends, change_tempo
 
 
 def synthetic_speech(seconds: float, sample_rate: int, channels: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from liveact.tae import TinyAutoencoder
+from liveact.components.tae import TinyAutoencoder
 from liveact.train.autoencoder import to_video
 
 

@@ -1,4 +1,4 @@
-"""Bytes moved by Ulysses sequence parallelism (``liveact.parallel``) per block and per video frame.
+"""Bytes moved by Ulysses sequence parallelism (``liveact.speed.parallel``) per block and per video frame.
 
 Everything is derived from the configs (model preset, memory layout, sampler schedule); only the link
 bandwidths are assumptions, given as flags. Per layer and forward pass, with ``L`` block tokens,

@@ -11,7 +11,7 @@ import torch
 from conftest import case_params, load_meta
 from safetensors.torch import load_file
 
-from liveact.audio import (
+from liveact.components.audio import (
     Resampler,
     StreamingAudio,
     Wav2VecEncoder,

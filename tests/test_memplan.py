@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from liveact.config import PRESETS, MemoryConfig
-from liveact.memplan import (
+from liveact.model import LiveActTransformer
+from liveact.sampler import NeighborForcingSampler
+from liveact.speed.memplan import (
     GiB,
     PlanOptions,
     advise,
@@ -21,11 +23,9 @@ from liveact.memplan import (
     preflight,
     vae_activation_bytes,
 )
-from liveact.memtrace import LiveBytes
-from liveact.model import LiveActTransformer
-from liveact.offload import enable_block_offload
-from liveact.quant import convert_linears_to_fp8
-from liveact.sampler import NeighborForcingSampler
+from liveact.speed.memtrace import LiveBytes
+from liveact.speed.offload import enable_block_offload
+from liveact.speed.quant import convert_linears_to_fp8
 
 H100_80GB = 80 * 10**9
 
@@ -153,7 +153,7 @@ def test_profiler_agrees_with_the_tracker() -> None:
 def test_vae_activations_match_a_measured_cpu_decode() -> None:
     from diffusers import AutoencoderKLWan
 
-    from liveact.vae import VAEArch, WanVAE
+    from liveact.components.vae import VAEArch, WanVAE
 
     arch = VAEArch(8, 8, 16, (1, 2, 4, 4), 2, (False, True, True), 3, 3)
     torch.manual_seed(0)

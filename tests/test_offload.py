@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from liveact.bench import synthetic_conditions
+from liveact.bench.shared import synthetic_conditions
 from liveact.config import PRESETS
 from liveact.model import LiveActTransformer
-from liveact.offload import block_offload_manager, disable_block_offload, enable_block_offload
-from liveact.quant import convert_linears_to_fp8
 from liveact.sampler import Conditions, NeighborForcingSampler
+from liveact.speed.offload import block_offload_manager, disable_block_offload, enable_block_offload
+from liveact.speed.quant import convert_linears_to_fp8
 
 NUM_BLOCKS = 3  # the third streamed block is the first to compress the memory
 

@@ -1,4 +1,5 @@
-"""Sequence parallelism (``liveact.parallel``) on 2 and 4 CPU ranks (gloo, file store) equals one process.
+"""Sequence parallelism (``liveact.speed.parallel``) on 2 and 4 CPU ranks (gloo, file store) equals one
+process.
 
 A tiny random model (4 heads) streams 6 blocks with audio CFG and edits, and 4 blocks with FP8 memory
 + mean compression; every block's ``x0`` of every rank is compared with the single-process run. The
@@ -22,8 +23,8 @@ import torch.multiprocessing as mp
 
 from liveact.config import PRESETS, ModelConfig
 from liveact.model import AudioCrossAttention, frame_runs
-from liveact.parallel import check_world_size, maybe_init_dist, parallelize, token_splits
 from liveact.sampler import Conditions, NeighborForcingSampler
+from liveact.speed.parallel import check_world_size, maybe_init_dist, parallelize, token_splits
 
 logger = logging.getLogger(__name__)
 

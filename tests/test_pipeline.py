@@ -19,15 +19,15 @@ from conftest import fixtures_root, missing_fixtures
 from PIL import Image
 from tiny_assets import clip_vision_to_original, umt5_to_original, vae_to_original, write_tiny_assets
 
-from liveact.encoders import (
+from liveact.components.encoders import (
     CLIPImageEncoder,
     T5TextEncoder,
     convert_clip_vision_state_dict,
     convert_umt5_state_dict,
 )
+from liveact.components.vae import WanVAE, convert_wan_vae_state_dict, infer_vae_config
 from liveact.loading import CLIP_FILE, DIT_CONFIG, DIT_WEIGHTS, T5_FILE, T5_TOKENIZER, VAE_FILE, AssetError
 from liveact.pipeline import LiveActPipeline, PreparedClip, Request
-from liveact.vae import WanVAE, convert_wan_vae_state_dict, infer_vae_config
 
 SIZE = (48, 32)  # (width, height): non-square so a swapped axis fails; 6x4 latents, 3x2 tokens
 FPS = 24

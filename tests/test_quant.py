@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from liveact.bench import synthetic_conditions
+from liveact.bench.shared import synthetic_conditions
 from liveact.config import PRESETS
 from liveact.model import LiveActTransformer
-from liveact.quant import (
+from liveact.sampler import NeighborForcingSampler
+from liveact.speed.quant import (
     FP8_DTYPE,
     FP8Linear,
     blocks_only,
@@ -20,7 +21,6 @@ from liveact.quant import (
     quantize_per_tensor,
     quantize_per_token,
 )
-from liveact.sampler import NeighborForcingSampler
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -20,12 +20,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from liveact import cli, memplan, quant, runtime
-from liveact.backends import configure_torch
+from liveact import cli, runtime
 from liveact.config import PRESETS, MemoryConfig, SamplerConfig
-from liveact.parallel import DistInfo
 from liveact.pipeline import LiveActPipeline
 from liveact.runtime import RunFlags, RunSpec, UserError, resolve_device
+from liveact.speed import memplan, quant
+from liveact.speed.backends import configure_torch
+from liveact.speed.parallel import DistInfo
 
 GPU0 = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cuda", 0), backend="nccl")
 
@@ -49,7 +50,7 @@ def test_user_error_after_the_process_group_started_tears_it_down(
         '[{"prompt": "p", "cond_image": "face.png", "cond_audio": "speech.wav"}]'
     )
     cpu_rank = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo")
-    monkeypatch.setattr("liveact.parallel.maybe_init_dist", lambda **kwargs: cpu_rank)
+    monkeypatch.setattr("liveact.speed.parallel.maybe_init_dist", lambda **kwargs: cpu_rank)
     destroyed = []
     monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda *a, **k: destroyed.append(True))
     # --block_offload on a CPU device is a user error raised after the process group exists.
@@ -114,7 +115,7 @@ def test_memory_check_refuses_before_loading(
     monkeypatch.setattr(memplan, "vae_activation_bytes", lambda options, memory, arch=None: (2**30, 2**30))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_gib * 2**30, 80 * 2**30))
     monkeypatch.setattr(quant, "fp8_supported", lambda device=None: True)
-    monkeypatch.setattr("liveact.backends.configure_torch", lambda device, dtype: {})
+    monkeypatch.setattr("liveact.speed.backends.configure_torch", lambda device, dtype: {})
     if expected is None:
         runtime.check(_gpu_spec())
         return

@@ -38,7 +38,7 @@ def test_bad_input_is_one_error_line(
 def test_missing_embedded_model_is_one_error_line(
     capsys: pytest.CaptureFixture, tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("liveact.nano.default_model_dir", lambda: tmp_path / "no-model")
+    monkeypatch.setattr("liveact.components.nano.default_model_dir", lambda: tmp_path / "no-model")
     assert main(["--data_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no embedded model" in err[0] and "--ckpt_dir" in err[0]

@@ -1,6 +1,6 @@
 """Tempo change against the ``sox`` command line (libsox 14.4.2 ``tempo``, as torchaudio runs it).
 
-The reference is built here independently of ``liveact.tempo``: torchaudio's float32 -> int32
+The reference is built here independently of ``liveact.components.tempo``: torchaudio's float32 -> int32
 conversion, ``sox -D <in> <out> tempo <25/fps>`` on 32-bit integer WAVs, and libsox's
 ``SOX_SAMPLE_TO_FLOAT_32BIT`` back, each written out in numpy below.
 """
@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from liveact import tempo
-from liveact.tempo import available_backend, available_backends, change_tempo, tempo_argument
+from liveact.components import tempo
+from liveact.components.tempo import available_backend, available_backends, change_tempo, tempo_argument
 
 SOX = shutil.which("sox")
 needs_sox = pytest.mark.skipif(
@@ -135,7 +135,7 @@ def test_fallback_is_atempo_and_says_so(
     sr = 16000
     t = torch.arange(sr * 2) / sr
     tone = (0.5 * torch.sin(2 * torch.pi * 440 * t))[None]
-    with caplog.at_level(logging.WARNING, logger="liveact.tempo"):
+    with caplog.at_level(logging.WARNING, logger="liveact.components.tempo"):
         fast = change_tempo(tone, sr, 1.25)
         change_tempo(tone, sr, 1.25)
     warnings = [r for r in caplog.records if "NOT the authors' sox tempo" in r.getMessage()]

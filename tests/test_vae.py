@@ -10,7 +10,13 @@ import torch
 from conftest import case_params, load_meta
 from safetensors.torch import load_file
 
-from liveact.vae import StreamingVAEDecoder, VAEArch, WanVAE, convert_wan_vae_state_dict, infer_vae_config
+from liveact.components.vae import (
+    StreamingVAEDecoder,
+    VAEArch,
+    WanVAE,
+    convert_wan_vae_state_dict,
+    infer_vae_config,
+)
 
 TOL = 1e-4  # absolute, as the fixture README states
 

@@ -32,8 +32,9 @@ from typing import Any
 
 import torch
 
+from liveact.components.encoders import _CLIP_BLOCK_RENAME, _T5_BLOCK_RENAME
+from liveact.components.vae import VAEArch, _decoder_up_names
 from liveact.config import PRESETS, ModelConfig
-from liveact.encoders import _CLIP_BLOCK_RENAME, _T5_BLOCK_RENAME
 from liveact.loading import (
     CLIP_FILE,
     CLIP_TOKENIZER,
@@ -42,7 +43,6 @@ from liveact.loading import (
     VAE_FILE,
     save_transformer,
 )
-from liveact.vae import VAEArch, _decoder_up_names
 
 # Tiny component dims. T5_DIM / CLIP_WIDTH / W2V_* also fix the DiT's text_dim, clip_dim and audio input.
 T5_VOCAB = 384

@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.plot is not None:
         decoded = None
         if a.tae is not None:
+            from liveact.components.tae import TinyAutoencoder
             from liveact.eval.reader import AvatarReader, default_reader_dir
             from liveact.eval.runner import decode_truth
-            from liveact.tae import TinyAutoencoder
 
             frames = decode_truth(TinyAutoencoder.from_file(a.tae), clips, 0)
             decoded = AvatarReader.load(default_reader_dir()).read(frames)["mouth"]

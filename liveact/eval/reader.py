@@ -125,7 +125,7 @@ def labelled_frames(
 
     tae = None
     if autoencoder is not None:
-        from liveact.tae import TinyAutoencoder
+        from liveact.components.tae import TinyAutoencoder
 
         tae = TinyAutoencoder.from_file(autoencoder)
     frames, mouth, eyes, acc, motion = [], [], [], [], []

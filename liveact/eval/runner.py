@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from liveact.components.nano import MiniLMTextEncoder
+from liveact.components.tae import TinyAutoencoder
 from liveact.config import SamplerConfig
 from liveact.eval.metrics import VideoMetrics, evaluate_video
 from liveact.eval.reader import AvatarReader, default_reader_dir
 from liveact.model import LiveActTransformer
-from liveact.nano import MiniLMTextEncoder
 from liveact.sampler import Conditions, NeighborForcingSampler
-from liveact.tae import TinyAutoencoder
 from liveact.train.data import ClipSet
 from liveact.train.forcing import conditioning, image_tokens
 from liveact.video import to_uint8_frames

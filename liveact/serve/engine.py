@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from liveact.audio import load_audio, select_channel
+from liveact.components.audio import load_audio, select_channel
 from liveact.live import LiveAudio, LiveBlock, prepare_live, sample_of_frame, stream_live
 from liveact.pipeline import LiveActPipeline, Request
 from liveact.serve.stream import FragmentedMP4Stream

@@ -297,7 +297,7 @@ def check_audio(path: Path, min_seconds: float, max_seconds: float) -> float:
     Returns:
         The duration in seconds.
     """
-    from liveact.audio import load_audio
+    from liveact.components.audio import load_audio
     from liveact.video import audio_duration
 
     try:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from liveact.tae import TAEConfig, TinyAutoencoder, he_init
+from liveact.components.tae import TAEConfig, TinyAutoencoder, he_init
 from liveact.train.common import (
     EMA,
     Budget,

@@ -30,9 +30,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from liveact.components.logmel import LogMelEncoder
+from liveact.components.tae import TinyAutoencoder
 from liveact.config import MemoryConfig
-from liveact.logmel import LogMelEncoder
-from liveact.tae import TinyAutoencoder
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from liveact.components.nano import latent_tokens
 from liveact.config import MemoryConfig, SamplerConfig
 from liveact.model import CrossContext, LiveActTransformer
-from liveact.nano import latent_tokens
 from liveact.pipeline import first_frame_mask
 from liveact.sampler import audio_rows, block_span
 from liveact.train.synth import MOUTH_BOX

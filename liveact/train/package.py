@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from liveact.components.logmel import LogMelConfig
+from liveact.components.nano import COMPONENTS_FILE, TAE_FILE
+from liveact.components.tae import TinyAutoencoder
 from liveact.loading import DIT_CONFIG, DIT_WEIGHTS, load_transformer
-from liveact.logmel import LogMelConfig
-from liveact.nano import COMPONENTS_FILE, TAE_FILE
-from liveact.tae import TinyAutoencoder
 
 
 def components_spec(text_len: int, size: int, fps: float, edit_cfg: float = 1.0) -> dict:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from liveact.components.nano import MiniLMTextEncoder
 from liveact.config import MemoryConfig, ModelConfig, SamplerConfig
 from liveact.loading import save_transformer
 from liveact.model import LiveActTransformer
-from liveact.nano import MiniLMTextEncoder
 from liveact.train.common import (
     EMA,
     Budget,

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from liveact.components.nano import MiniLMTextEncoder
 from liveact.config import SamplerConfig
 from liveact.loading import save_transformer
 from liveact.model import LiveActTransformer
-from liveact.nano import MiniLMTextEncoder
 from liveact.train.common import (
     EMA,
     Budget,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from liveact.audio import Resampler
+from liveact.components.audio import Resampler
 from liveact.train.speech import Phoneme, Utterance, speech_timeline_isolated
 
 FPS = 25.0

@@ -19,7 +19,8 @@ mode's GEMM dtype, peak allocated memory, and the memory planner's figure for th
 Results go to a JSON file and a markdown table. fp32 islands and the FP8 activation quantisation run
 compiled (``liveact.islands``) unless ``--compile none``; ``--compile regional`` also compiles each
 block (six graphs per size; minutes of compilation, outside the 8-minute default); ``--compile
-cudagraphs`` replays the steady-state steps as CUDA graphs (``liveact.cudagraphs``; not the offload mode).
+cudagraphs`` replays the steady-state steps as CUDA graphs (``liveact.speed.cudagraphs``; not the
+offload mode).
 
 ``--device cpu --preset tiny`` runs the same code path in seconds (FP8 emulated, offload
 synchronous): the CPU smoke test keeps this module from rotting without a GPU.
@@ -177,10 +178,10 @@ def stream_once(
 
     ``warmup_blocks`` are streamed first, untimed (compilation of every phase, cuDNN autotuning), so
     the first-block latency is that of a warm process starting a new clip. ``cuda_graphs`` replays
-    the steady-state steps as CUDA graphs (``liveact.cudagraphs``).
+    the steady-state steps as CUDA graphs (``liveact.speed.cudagraphs``).
     """
-    from liveact.bench import synthetic_conditions
-    from liveact.cudagraphs import GraphedSteadySteps
+    from liveact.bench.shared import synthetic_conditions
+    from liveact.speed.cudagraphs import GraphedSteadySteps
     from liveact.userinput import parse_size
 
     width, height = parse_size(size)
@@ -226,7 +227,7 @@ def stream_once(
 
 def planned_dit_gib(preset: str, mode: str, size: str, dtype: torch.dtype) -> float:
     """The memory planner's figure for what the benchmark holds: DiT weights, KV memory, activations."""
-    from liveact.memplan import PlanOptions, plan_memory
+    from liveact.speed.memplan import PlanOptions, plan_memory
     from liveact.userinput import parse_size
 
     width, height = parse_size(size)
@@ -278,17 +279,17 @@ def _run_modes(
     warmup_blocks: int,
 ) -> list[RunResult]:
     """``run_gpu_bench``'s body, inside the Dynamo settings it needs."""
-    from liveact import quant
-    from liveact.bench import count_flops
+    from liveact.bench.shared import count_flops
     from liveact.islands import enable_compiled_islands
-    from liveact.offload import enable_block_offload
+    from liveact.speed import quant
+    from liveact.speed.offload import enable_block_offload
 
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     if dev.type == "cuda":
-        from liveact.backends import configure_torch
+        from liveact.speed.backends import configure_torch
 
         configure_torch(dev, dtype)
     if compile_mode in ("islands", "regional", "cudagraphs"):

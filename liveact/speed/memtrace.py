@@ -5,7 +5,7 @@ appears and uncounted when its last tensor dies (a finaliser on the storage, whi
 exactly as long as any view of it). Run on the **meta** device it is a dry run: the 14B model's
 activations are measured from the real code path (its temporaries, views and in-place writes) without
 allocating anything. Kernel-internal workspaces (cuBLAS, cuDNN, SDPA scratch) are not tensors the
-code sees and are not counted; ``liveact.memplan`` adds a reserve for them.
+code sees and are not counted; ``liveact.speed.memplan`` adds a reserve for them.
 """
 
 from __future__ import annotations

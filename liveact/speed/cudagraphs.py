@@ -88,7 +88,7 @@ class GraphedSteadySteps:
     """
 
     def __init__(self, model: LiveActTransformer, capture: Capture | None = None) -> None:
-        from liveact.offload import block_offload_manager
+        from liveact.speed.offload import block_offload_manager
 
         if block_offload_manager(model) is not None:
             raise ValueError(

@@ -4,7 +4,7 @@
     python -m liveact.bench load
     python -m liveact.bench speed --preset nano --size 256*256 --blocks 3
     python -m liveact.bench speed --ckpt_dir CKPT --wav2vec_dir W2V --size 416*720   # real weights
-    python -m liveact.bench gpu          # liveact.gpu_bench: the 14B DiT on one GPU, all speed modes
+    python -m liveact.bench gpu          # liveact.bench.gpu: the 14B DiT on one GPU, all speed modes
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device, so the 14B
 model is counted without any weights. Next to our count the report gives the work the reference
@@ -16,9 +16,6 @@ the mp4 encode + mux, and reports the end-to-end real-time factor (audio seconds
 preparation included) next to the steady-state one. Without ``--ckpt_dir`` every model has random
 weights: the DiT from ``--preset`` (a name or a preset JSON file), the other components from
 ``--encoders`` (``ENCODER_SETS``). A preset name or file works wherever ``--preset`` is accepted.
-
-Subcommands live in ``SUBCOMMANDS`` (name -> help, arguments, run): adding one is a function pair
-and one entry.
 """
 
 from __future__ import annotations
@@ -34,91 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from liveact.config import PRESETS, MemoryConfig, Preset, SamplerConfig, load_preset
+from liveact.bench.shared import PAPER_TFLOPS_PER_FRAME, count_flops
+from liveact.config import PRESETS, Preset, load_preset
 from liveact.model import LiveActTransformer
-from liveact.sampler import BlockSpan, Conditions, NeighborForcingSampler, audio_rows, block_span
 from liveact.userinput import add_compile_flag, parse_size
 
 if TYPE_CHECKING:
     from liveact.pipeline import LiveActPipeline
 
 logger = logging.getLogger(__name__)
-
-PAPER_TFLOPS_PER_FRAME = 27.2
-
-
-def synthetic_conditions(
-    model: LiveActTransformer,
-    width: int,
-    height: int,
-    audio_frames: int,
-    device: torch.device | str,
-    seed: int = 0,
-) -> Conditions:
-    """Random conditioning with the right shapes (for benchmarks and smoke tests)."""
-    cfg, mem = model.config, MemoryConfig()
-    stride = SamplerConfig().vae_stride
-    g = torch.Generator().manual_seed(seed)
-    frames = mem.first_block_frames + mem.block_frames
-    y = torch.randn(1, cfg.cond_dim, frames, height // stride[1], width // stride[2], generator=g)
-    return Conditions(
-        text=torch.randn(24, cfg.text_dim, generator=g).to(device),
-        clip=torch.randn(1, 257, cfg.clip_dim, generator=g).to(device),
-        y=y.to(device),
-        audio=torch.randn(audio_frames, cfg.audio_layers, cfg.audio_channels, generator=g).to(device),
-    )
-
-
-def _count(fn: Any) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
-
-
-@dataclass
-class FlopReport:
-    """FLOPs of one steady-state block (blocks >= 2) and what they mean per video frame."""
-
-    size: str
-    frame_len: int
-    block_flops: int
-    video_frames: int
-    first_block_flops: int
-    skipped_flops: int
-
-    @property
-    def per_frame(self) -> float:
-        """FLOPs per generated video frame in steady state."""
-        return self.block_flops / self.video_frames
-
-
-def count_flops(preset: str, size: str, audio_cfg: float = 1.0) -> FlopReport:
-    """FLOPs of blocks 0 and 3 of ``preset`` (a name or preset file) at ``size``, on the meta device."""
-    width, height = parse_size(size)
-    with torch.device("meta"):
-        model = LiveActTransformer(load_preset(preset).model).to(torch.bfloat16)
-    cond = synthetic_conditions(model, width, height, audio_frames=400, device="meta")
-    sampler = NeighborForcingSampler(model, audio_cfg=audio_cfg)
-    stream = sampler.stream(cond, num_blocks=4)
-    flops = [_count(lambda: next(stream)) for _ in range(4)]
-    mem, scfg = sampler.memory_config, sampler.config
-    span = block_span(3, mem, scfg.vae_stride[0])
-    # Work the reference repeats on every model call: the text/image cross-attention context and
-    # the audio projection of the whole window (first block + one later block). We do the first
-    # once per prompt and the second once per block, for the block's own frames.
-    calls = scfg.num_steps + (len(scfg.cfg_steps) if scfg.use_cfg else 0)
-    context = _count(lambda: model.prepare_context(cond.text, cond.clip))
-    window = BlockSpan(0, 0, mem.first_block_frames + mem.block_frames, 0, 0)
-    rows = audio_rows(window, cond.audio.shape[0], model.config.audio_window, scfg.vae_stride[0])
-    window_audio = _count(lambda: model.audio_tokens(cond.audio[rows[0]], cond.audio[rows[1]]))
-    rows = audio_rows(span, cond.audio.shape[0], model.config.audio_window, scfg.vae_stride[0])
-    block_audio = _count(lambda: model.audio_tokens(None, cond.audio[rows[1]]))
-    skipped = calls * (context + window_audio) - block_audio * (1 + scfg.use_cfg)
-    frame_len = (height // 16) * (width // 16)
-    return FlopReport(size, frame_len, flops[3], span.frames * scfg.vae_stride[0], flops[0], skipped)
 
 
 @dataclass(frozen=True)
@@ -179,7 +101,7 @@ def _random_vae(z_dim: int, base_dim: int, device: torch.device, dtype: torch.dt
     """A Wan2.1-layout VAE (strides 4x8x8) with random weights and identity latent statistics."""
     from diffusers import AutoencoderKLWan
 
-    from liveact.vae import VAEArch, WanVAE
+    from liveact.components.vae import VAEArch, WanVAE
 
     down = (False, True, True)
     model = _build(
@@ -218,8 +140,8 @@ def _random_encoders(cfg: Any, encoders: EncoderSet, device: torch.device, dtype
         Wav2Vec2Model,
     )
 
-    from liveact.audio import Wav2VecEncoder
-    from liveact.encoders import CLIPImageEncoder, T5TextEncoder
+    from liveact.components.audio import Wav2VecEncoder
+    from liveact.components.encoders import CLIPImageEncoder, T5TextEncoder
 
     t5 = UMT5Config(
         vocab_size=encoders.t5_vocab,
@@ -558,28 +480,3 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "load": ("peak host RAM of loading the 14B asset set (meta-device dry run)", _load_arguments, _load),
     "speed": ("end-to-end wall time by stage and real-time factor on one device", _speed_arguments, _speed),
 }
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI entry point (see module docstring)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m liveact.bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_, add_arguments, _) in SUBCOMMANDS.items():
-        formatter = argparse.ArgumentDefaultsHelpFormatter
-        add_arguments(sub.add_parser(name, help=help_, formatter_class=formatter))
-    from liveact import gpu_bench  # the `gpu` subcommand lives in its own module
-
-    gpu_bench.add_parser(sub)
-    args = parser.parse_args(argv)
-    if args.command == "gpu":
-        gpu_bench.run_command(args)
-    else:
-        SUBCOMMANDS[args.command][2](args)
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@
 * the KV memory: one per denoising step plus one per CFG step, bf16 or FP8 with scales, on the GPU
   or in pinned host memory, and the device workspace the sampler's memories share;
 * the cross-attention K/V of the cached prompts and the image;
-* activations, measured by a dry run of the real code on the meta device (``liveact.memtrace``):
+* activations, measured by a dry run of the real code on the meta device (``liveact.speed.memtrace``):
   one DiT forward pass at the block size that needs most, one VAE decode of a block, the VAE encode of
   the conditioning video;
 * a reserve for what tensors do not show (CUDA context, cuBLAS/cuDNN workspaces, fragmentation).
@@ -157,7 +157,7 @@ def _nbytes(tensors: object) -> int:
 @functools.cache
 def _meta_model(config: ModelConfig, dtype: torch.dtype, fp8_gemm: bool) -> torch.nn.Module:
     from liveact.model import LiveActTransformer
-    from liveact.quant import convert_linears_to_fp8
+    from liveact.speed.quant import convert_linears_to_fp8
 
     with torch.device("meta"):
         model = LiveActTransformer(config).to(dtype).eval()
@@ -231,8 +231,8 @@ def _dit_activation_bytes(
     config: ModelConfig, dtype: torch.dtype, fp8_gemm: bool, memory: MemoryConfig, lh: int, lw: int
 ) -> int:
     from liveact import attention
-    from liveact.memtrace import fused_attention_stand_in, peak_bytes
     from liveact.model import CrossContext
+    from liveact.speed.memtrace import fused_attention_stand_in, peak_bytes
 
     small = replace(config, num_layers=min(2, config.num_layers))
     model = _meta_model(small, dtype, fp8_gemm)
@@ -280,7 +280,7 @@ def _dit_activation_bytes(
 def _wan_vae(dtype: torch.dtype, arch: object | None = None) -> torch.nn.Module:
     from diffusers import AutoencoderKLWan
 
-    from liveact.vae import VAEArch, WanVAE
+    from liveact.components.vae import VAEArch, WanVAE
 
     arch = arch or VAEArch(96, 96, 16, (1, 2, 4, 4), 2, (False, True, True), 3, 3)
     with torch.device("meta"):
@@ -316,7 +316,7 @@ def _vae_activation_bytes(
     block_frames: int,
     vae_arch: object | None,
 ) -> tuple[int, int]:
-    from liveact.memtrace import peak_bytes
+    from liveact.speed.memtrace import peak_bytes
 
     vae = _wan_vae(dtype, vae_arch)
     stride = vae.arch.spatial_stride
@@ -539,14 +539,14 @@ def preflight(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m liveact.memplan``: print the plan of a run (and the advice for a GPU size) without a
+    """``python -m liveact.speed.memplan``: print the plan of a run (and the advice for a GPU size) without a
     GPU."""
     import argparse
 
     from liveact.config import PRESETS
     from liveact.userinput import parse_size
 
-    p = argparse.ArgumentParser(prog="python -m liveact.memplan", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m liveact.speed.memplan", description=main.__doc__)
     p.add_argument(
         "--ckpt_dir", default=None, help="DiT folder (config + safetensors headers); default --preset"
     )

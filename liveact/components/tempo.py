@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from liveact.video import run_ffmpeg
+
 logger = logging.getLogger(__name__)
 
 # libsox's `tempo` accepts factors in this range (its option parser rejects anything else).
@@ -200,8 +202,6 @@ def _atempo(waveform: torch.Tensor, sample_rate: int, factor: float) -> torch.Te
             factor,
         )
     import soundfile as sf
-
-    from liveact.audio import run_ffmpeg  # the audio module's ffmpeg runner; imported late (cycle)
 
     with tempfile.TemporaryDirectory(prefix="liveact-tempo-") as tmp:
         src, dst = Path(tmp) / "in.wav", Path(tmp) / "out.wav"

@@ -5,16 +5,15 @@ load -> sox ``tempo`` by ``25/fps`` on all channels (pitch-preserving) -> torcha
 -> x3 gain -> channel 0 -> wav2vec2 with its CNN features linearly resampled to one row per video frame ->
 the 12 transformer-layer outputs ``[S, L, C]`` -> for each pixel frame the rows of its +-2 neighbours.
 
-The tempo change is libsox's own ``tempo`` (``liveact.tempo``, sample for sample as torchaudio calls it);
-the resampler is our own windowed-sinc implementation, numerically equal to torchaudio's ``Resample``
-(sinc_interp_hann), so torchaudio is not needed.
+The tempo change is libsox's own ``tempo`` (``liveact.components.tempo``, sample for sample as
+torchaudio calls it); the resampler is our own windowed-sinc implementation, numerically equal to
+torchaudio's ``Resample`` (sinc_interp_hann), so torchaudio is not needed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from liveact.tempo import change_tempo
-from liveact.video import ffmpeg_exe
+from liveact.components.tempo import change_tempo
+from liveact.video import run_ffmpeg
 
 if TYPE_CHECKING:
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
@@ -48,19 +47,6 @@ _SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", 
 
 # --------------------------------------------------------------------------------------------------------
 # Loading
-
-
-def run_ffmpeg(args: list[str], what: str) -> None:
-    """Run ffmpeg quietly; raise ValueError with its last error lines on failure."""
-    proc = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-        raise ValueError(f"ffmpeg could not {what}: {tail or 'unknown error'}")
 
 
 def _read_soundfile(path: Path) -> tuple[torch.Tensor, int]:

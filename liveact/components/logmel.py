@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from liveact.audio import Resampler
+from liveact.components.audio import Resampler
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class LogMelEncoder:
 
 @dataclass
 class LogMelStream:
-    """Per-block slices of a recording, with the interface of ``liveact.audio.StreamingAudio``.
+    """Per-block slices of a recording, with the interface of ``liveact.components.audio.StreamingAudio``.
 
     ``embedding(start, end)`` returns rows of frames ``[start, end + window // 2)`` (row 0 = frame
     ``start``): the right neighbours the audio windows read. Log-mel rows need no context, so they

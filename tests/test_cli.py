@@ -25,6 +25,9 @@ def media(tmp_path: Path) -> Path:
         tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)), 16000
     )
     sf.write(tmp_path / "silent.wav", np.zeros(16000 * 2), 16000)
+    loud = 0.3 * np.sin(2 * np.pi * 220 * t)
+    loud[100], loud[200] = np.inf, np.nan
+    sf.write(tmp_path / "inf.wav", loud.astype(np.float32), 16000, subtype="FLOAT")
     sf.write(tmp_path / "short.wav", 0.3 * np.sin(2 * np.pi * 220 * t[:3200]), 16000)
     (tmp_path / "notes.txt").write_text("not audio, not an image")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
@@ -56,6 +59,10 @@ def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
         (
             [_entry(cond_audio="silent.wav")],
             "entry 0: cond_audio [^ ]*silent.wav is silent \\(peak below -80 dBFS\\)",
+        ),
+        (
+            [_entry(cond_audio="inf.wav")],
+            "entry 0: cond_audio [^ ]*inf.wav: holds 2 non-finite sample\\(s\\)",
         ),
         ([_entry(cond_image=".")], "entry 0: cond_image .* is a folder; give the path of a file"),
         ([_entry(cond_audio=".")], "entry 0: cond_audio .* is a folder; give the path of a file"),
@@ -99,8 +106,11 @@ def test_bad_inputs_give_one_line_errors(
         (["--size", "big"], "must be WIDTH\\*HEIGHT"),
         (["--fps", "0"], "--fps must be > 0"),
         (["--fps", "-5"], "--fps must be > 0"),
-        (["--audio_cfg", "0.5"], "--audio_cfg must be >= 1"),
-        (["--edit_cfg", "0.5"], "--edit_cfg must be >= 1"),
+        (["--audio_cfg", "0.5"], "--audio_cfg must be finite and >= 1"),
+        (["--audio_cfg", "inf"], "--audio_cfg must be finite and >= 1"),
+        (["--audio_cfg", "nan"], "--audio_cfg must be finite and >= 1"),
+        (["--edit_cfg", "0.5"], "--edit_cfg must be finite and >= 1"),
+        (["--edit_cfg", "nan"], "--edit_cfg must be finite and >= 1"),
         (["--max_blocks", "0"], "--max_blocks must be >= 1"),
     ],
 )
@@ -109,6 +119,24 @@ def test_bad_flags(media: Path, capsys: pytest.CaptureFixture, flags: list[str],
 
     rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), *flags)
     assert rc == 2 and re.search(message, err), err
+
+
+@pytest.mark.parametrize("where", ["face.png/sub", "/dev/null/x", "readonly/out"])
+def test_unwritable_output_folders_are_refused_before_loading(
+    media: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    import os
+
+    (media / "readonly").mkdir()
+    os.chmod(media / "readonly", 0o500)
+    if where.startswith("readonly") and os.access(media / "readonly", os.W_OK):
+        pytest.skip("running as a user who may write into a read-only folder (root)")
+    loaded = []
+    monkeypatch.setattr("liveact.runtime.build", lambda spec: loaded.append(spec))
+    out = where if where.startswith("/") else str(media / where)
+    rc, err = _run(capsys, "--input_json", str(_job(media, [_entry()])), "--output_dir", out)
+    assert rc == 2 and "cannot be written" in err and err.count("\n") <= 2, err
+    assert loaded == [], "refused before any model loads"
 
 
 def test_missing_model_is_said_clearly(

@@ -98,6 +98,7 @@ def _client(pipe: ControlledPipeline, root: Path, queue_size: int) -> Iterator[T
         max_image_mb=1,
         max_audio_mb=1,
         max_audio_seconds=30,
+        host_names=("testserver",),  # the name TestClient sends
     )
     with TestClient(create_app(engine, options)) as client:
         client.engine = engine  # type: ignore[attr-defined]
@@ -199,6 +200,22 @@ def test_job_runs_streams_and_downloads(client: TestClient) -> None:
 # ---------------------------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.parametrize("host", ["evil.example:5077", "evil.example", "localhost.evil.example", ""])
+def test_dns_rebinding_unknown_host_names_are_refused(client: TestClient, host: str) -> None:
+    """What a rebinding page sends: its own name as Host, and a matching Origin."""
+    headers = {"host": host, "origin": f"http://{host}"}
+    assert client.get("/api/health", headers=headers).status_code == 400
+    res = client.post("/api/jobs", headers=headers, files={"image": ("a.png", png_bytes())})
+    assert res.status_code == 400 and "unknown Host" in res.json()["error"]
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/api/jobs/0/stream", headers=headers):
+        pass
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:5001", "[::1]:5001", "192.168.1.20:5001", "localhost:5001"])
+def test_ip_addresses_and_localhost_are_served(client: TestClient, host: str) -> None:
+    assert client.get("/api/health", headers={"host": host}).status_code == 200
+
+
 def test_not_an_image(client: TestClient) -> None:
     res = submit(client, b"this is not a png at all", wav_bytes())
     assert res.status_code == 415 and "image" in res.json()["error"]
@@ -258,6 +275,16 @@ def test_a_job_spec_is_checked_by_the_pipeline_before_it_queues(
         client.engine.submit(spec)  # type: ignore[attr-defined]
     assert client.engine.jobs == before, "nothing was queued"  # type: ignore[attr-defined]
     assert (pipe.size, pipe.fps) == (SIZE, FPS), "the shared pipeline was not touched"
+
+
+def test_non_finite_audio_is_refused_without_naming_server_paths(client: TestClient, root: Path) -> None:
+    buf = io.BytesIO()
+    wave = (0.3 * np.sin(np.arange(RATE * 2) / 5.0)).astype(np.float32)
+    wave[10] = np.inf
+    sf.write(buf, wave, RATE, format="WAV", subtype="FLOAT")
+    res = submit(client, png_bytes(), buf.getvalue())
+    assert res.status_code == 400 and "non-finite" in res.json()["error"], res.text
+    assert str(root) not in res.text and "/" not in res.json()["error"]
 
 
 def test_silent_audio(client: TestClient) -> None:

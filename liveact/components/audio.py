@@ -77,7 +77,8 @@ def load_audio(path: str | Path, allow_silent: bool = False) -> tuple[torch.Tens
     Returns:
         ``waveform [C, N]`` float32 in [-1, 1] (PCM divided by 2^(bits-1), like torchaudio.load), sample rate.
     Raises:
-        FileNotFoundError: no such file. ValueError: unreadable, empty or silent.
+        FileNotFoundError: no such file. ValueError: unreadable, empty, non-finite (inf/NaN
+        samples) or silent.
     """
     path = Path(path)
     if not path.is_file():
@@ -95,6 +96,12 @@ def load_audio(path: str | Path, allow_silent: bool = False) -> tuple[torch.Tens
             raise ValueError(f"unreadable audio file {path}: {err}") from err
     if wave.numel() == 0:
         raise ValueError(f"audio file {path} holds no samples")
+    finite = torch.isfinite(wave)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"audio file {path} holds {bad} non-finite sample(s) (inf or NaN): re-export it as PCM"
+        )
     if not allow_silent and not bool(wave.abs().amax() > 0):
         raise ValueError(f"audio file {path} is silent (all samples are zero)")
     return wave, sr

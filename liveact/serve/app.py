@@ -18,6 +18,7 @@ large), 415 (wrong type) or 429 (busy, with the reason).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import shutil
@@ -63,6 +64,9 @@ class ServeOptions:
     max_audio_mb: int = 50
     max_audio_seconds: float = 600.0
     min_audio_seconds: float = 0.5
+    # Host names (besides IP addresses and localhost) a client may reach the server by: names behind
+    # a proxy. Anything else is refused before routing (DNS rebinding).
+    host_names: tuple[str, ...] = ()
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -81,6 +85,7 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
     )
     jobs_dir = (options.data_dir / "jobs").resolve()
     jobs_dir.mkdir(parents=True, exist_ok=True)
+    app.add_middleware(KnownHostOnly, names=options.host_names)
 
     @app.middleware("http")
     async def same_origin_only(request: Request, call_next: Any) -> Any:
@@ -259,6 +264,46 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
             job.live.finish()
 
     return app
+
+
+def host_is_known(host_header: str | None, names: tuple[str, ...] = ()) -> bool:
+    """Whether a ``Host`` header names this server: an IP address, ``localhost``, or one of ``names``.
+
+    A DNS-rebinding page reaches a local server under the attacker's own domain name (its Origin then
+    matches its Host), never under an IP literal: refusing unknown names is what stops it.
+    """
+    if not host_header:
+        return False
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [::1]:5001
+        host = host[1 : host.find("]")] if "]" in host else ""
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host == "localhost" or host in {n.lower() for n in names}
+
+
+class KnownHostOnly:
+    """ASGI middleware: HTTP and WebSocket requests whose ``Host`` this server does not answer to get
+    400 (or a closed socket) before any route runs (see :func:`host_is_known`)."""
+
+    def __init__(self, app: Any, names: tuple[str, ...] = ()) -> None:
+        self.app, self.names = app, tuple(names)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if not host_is_known(host, self.names):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 4400, "reason": "unknown Host"})
+                    return
+                response = error(400, "unknown Host: start the server with --host_name NAME to serve it")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _same_origin(headers: Any) -> bool:

@@ -55,6 +55,7 @@ class DemoArgs:
     warmup_blocks: int = 2
     edit_cfg: float | None = None
     compile: str = "off"
+    host_name: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--block_offload", action="store_true", help="keep DiT blocks in host memory, prefetch to the GPU"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 serves the LAN")
+    p.add_argument(
+        "--host_name",
+        action="append",
+        default=[],
+        help="a host name clients reach the server by, besides IP addresses and localhost (repeatable; "
+        "e.g. the name a reverse proxy serves). Requests for any other name are refused (DNS rebinding)",
+    )
     p.add_argument("--data_dir", default="liveact_data", help="folder for uploads and outputs (one per job)")
     p.add_argument(
         "--fps", type=int, default=None, help="default frame rate of a job (default: the model's, or 24)"
@@ -121,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> DemoArgs:
     """Parse ``argv`` into ``DemoArgs``."""
     ns = build_parser().parse_args(argv)
-    return DemoArgs(**{f.name: getattr(ns, f.name) for f in fields(DemoArgs)})
+    values = {f.name: getattr(ns, f.name) for f in fields(DemoArgs)}
+    return DemoArgs(**{**values, "host_name": tuple(values["host_name"])})
 
 
 def load_pipeline(args: DemoArgs, dist_info: Any = None) -> tuple[Any, str]:
@@ -260,6 +269,7 @@ def serve(
         max_image_mb=args.max_image_mb,
         max_audio_mb=args.max_audio_mb,
         max_audio_seconds=args.max_audio_seconds,
+        host_names=args.host_name,
     )
     app = create_app(engine, options)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", ws_max_size=1 << 20)

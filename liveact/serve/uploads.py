@@ -310,7 +310,9 @@ def check_audio(path: Path, min_seconds: float, max_seconds: float) -> float:
         )
     try:
         waveform, rate = load_audio(path, allow_silent=True)
-    except (ValueError, RuntimeError):
+    except (ValueError, RuntimeError) as exc:
+        if "non-finite" in str(exc):  # the message names the server's path: say the reason alone
+            raise UploadError(400, "audio holds non-finite samples (inf or NaN)") from None
         raise UploadError(415, "audio: not a readable audio file") from None
     seconds = waveform.shape[-1] / rate
     if seconds < min_seconds:

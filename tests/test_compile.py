@@ -8,30 +8,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 import torch
 import torch._dynamo
+from tiny_models import tiny_model
 from torch._dynamo.utils import counters
 
 from liveact.bench.shared import synthetic_conditions
-from liveact.config import PRESETS
 from liveact.memory import FIRST_BLOCK, SECOND_BLOCK, STEADY, block_phase
 from liveact.model import LiveActTransformer
 from liveact.sampler import Conditions, NeighborForcingSampler
 
 BLOCKS = 12
 WARMUP = 3  # blocks 0, 1, 2: one per phase
-
-
-def _model(layers: int) -> LiveActTransformer:
-    torch.manual_seed(0)
-    model = LiveActTransformer(replace(PRESETS["tiny"], num_layers=layers)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    return model
 
 
 def _cond(model: LiveActTransformer) -> Conditions:
@@ -79,7 +69,7 @@ def test_block_phase() -> None:
 
 
 def test_whole_model_compile_sticks_and_equals_eager() -> None:
-    model = _model(layers=2)
+    model = tiny_model(num_layers=2)
     cond = _cond(model)
     eager = list(
         NeighborForcingSampler(model, audio_cfg=2.0).stream(cond, BLOCKS, torch.Generator().manual_seed(0))
@@ -95,7 +85,7 @@ def test_whole_model_compile_sticks_and_equals_eager() -> None:
 
 def test_regional_compile_shares_graphs_across_layers() -> None:
     """Each block compiled on its own: layers share graphs (no per-layer int to specialise on)."""
-    model = _model(layers=4)
+    model = tiny_model(num_layers=4)
     cond = _cond(model)
     eager = list(
         NeighborForcingSampler(model, audio_cfg=2.0).stream(cond, BLOCKS, torch.Generator().manual_seed(0))
@@ -110,7 +100,7 @@ def test_regional_compile_shares_graphs_across_layers() -> None:
 
 
 def test_memory_flags_are_decided_on_the_host() -> None:
-    model = _model(layers=1)
+    model = tiny_model(num_layers=1)
     memory = model.new_memory(NeighborForcingSampler(model).memory_config, frame_len=4)
     seen = []
     for k in range(5):

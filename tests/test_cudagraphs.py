@@ -11,27 +11,18 @@ import copy
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from liveact.bench.shared import synthetic_conditions
-from liveact.config import PRESETS, MemoryConfig
-from liveact.model import LiveActTransformer
+from liveact.config import MemoryConfig
 from liveact.sampler import NeighborForcingSampler
 from liveact.speed.cudagraphs import GraphedSteadySteps
 from liveact.speed.offload import enable_block_offload
 
 
-def _model() -> LiveActTransformer:
-    torch.manual_seed(0)
-    model = LiveActTransformer(PRESETS["tiny"]).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    return model
-
-
 @pytest.mark.parametrize("fp8_kv_cache", [False, True])
 def test_replays_equal_eager_through_edits_and_cfg(fp8_kv_cache: bool) -> None:
-    model = _model()
+    model = tiny_model()
     cond = synthetic_conditions(model, 32, 32, audio_frames=600, device="cpu")
     g = torch.Generator().manual_seed(3)
     cond.edits = [
@@ -62,7 +53,7 @@ def test_replays_equal_eager_through_edits_and_cfg(fp8_kv_cache: bool) -> None:
 
 
 def test_refuses_what_cannot_be_captured() -> None:
-    model = _model()
+    model = tiny_model()
     offloaded = copy.deepcopy(model)
     enable_block_offload(offloaded, "cpu")
     with pytest.raises(ValueError, match="block offload"):

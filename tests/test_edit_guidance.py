@@ -6,26 +6,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+from tiny_models import small_model
 
-from liveact.config import PRESETS, SamplerConfig
+from liveact.config import SamplerConfig
 from liveact.model import LiveActTransformer
 from liveact.sampler import Conditions, NeighborForcingSampler
-
-
-def small_model() -> LiveActTransformer:
-    torch.manual_seed(0)
-    cfg = replace(
-        PRESETS["tiny"],
-        dim=32,
-        ffn_dim=64,
-        num_heads=2,
-        num_layers=2,
-        clip_dim=16,
-        text_dim=32,
-        audio_layers=2,
-        audio_channels=8,
-    )
-    return LiveActTransformer(cfg).eval()
 
 
 def conditions(model: LiveActTransformer, edit_text: torch.Tensor | None = None) -> Conditions:

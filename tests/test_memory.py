@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+from tiny_models import small_model
 
-from liveact.config import PRESETS, MemoryConfig
+from liveact.config import MemoryConfig
 from liveact.memory import KVMemory, MemoryLayout, compress, quantize_fp8
-from liveact.model import LiveActTransformer
 from liveact.sampler import Conditions, NeighborForcingSampler
 
 FL, H, D = 4, 2, 3
@@ -98,25 +98,9 @@ def _tiny_cond(cfg, lh: int = 4, lw: int = 4, seconds_frames: int = 200) -> Cond
     )
 
 
-def _small_model() -> LiveActTransformer:
-    torch.manual_seed(0)
-    cfg = replace(
-        PRESETS["tiny"],
-        dim=32,
-        ffn_dim=64,
-        num_heads=2,
-        num_layers=2,
-        clip_dim=16,
-        text_dim=32,
-        audio_layers=2,
-        audio_channels=8,
-    )
-    return LiveActTransformer(cfg).eval()
-
-
 @pytest.mark.parametrize("options", [{}, {"fp8_kv_cache": True, "audio_cfg": 2.0}, {"offload_cache": True}])
 def test_memory_is_constant_over_60_blocks(options: dict) -> None:
-    model = _small_model()
+    model = small_model()
     sampler = NeighborForcingSampler(model, **options)
     cond = _tiny_cond(model.config)
     sizes, pointers = [], []
@@ -133,7 +117,7 @@ def test_memory_is_constant_over_60_blocks(options: dict) -> None:
 
 
 def test_fp8_and_offload_track_the_plain_memory() -> None:
-    model = _small_model()
+    model = small_model()
     cond = _tiny_cond(model.config)
     runs = {}
     for name, options in {
@@ -149,7 +133,7 @@ def test_fp8_and_offload_track_the_plain_memory() -> None:
 
 
 def test_a_new_stream_resets_the_memory() -> None:
-    model = _small_model()
+    model = small_model()
     cond = _tiny_cond(model.config)
     sampler = NeighborForcingSampler(model)
     first = list(sampler.stream(cond, 4, torch.Generator().manual_seed(5)))

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
+from tiny_models import small_model
 
-from liveact.config import PRESETS, MemoryConfig
+from liveact.config import MemoryConfig
 from liveact.memory import GrowingKVMemory
 from liveact.model import LiveActTransformer
 from liveact.sampler import Conditions, NeighborForcingSampler
-
-
-def _model() -> LiveActTransformer:
-    torch.manual_seed(0)
-    cfg = replace(
-        PRESETS["tiny"],
-        dim=32,
-        ffn_dim=64,
-        num_heads=2,
-        num_layers=2,
-        clip_dim=16,
-        text_dim=32,
-        audio_layers=2,
-        audio_channels=8,
-    )
-    return LiveActTransformer(cfg).eval()
 
 
 def _cond(cfg) -> Conditions:
@@ -46,7 +29,7 @@ def _stream(model: LiveActTransformer, compression: str, blocks: int) -> list[to
 
 def test_growing_memory_equals_convkv_until_the_first_compression() -> None:
     """Blocks 0 and 1 see the same keys at the same positions in both layouts; block 2 is where they part."""
-    model = _model()
+    model = small_model()
     conv, grow = _stream(model, "conv", 4), _stream(model, "grow", 4)
     for k in (0, 1):
         torch.testing.assert_close(grow[k], conv[k], rtol=1e-5, atol=1e-5)
@@ -54,7 +37,7 @@ def test_growing_memory_equals_convkv_until_the_first_compression() -> None:
 
 
 def test_growing_memory_keeps_every_block() -> None:
-    model = _model()
+    model = small_model()
     sampler = NeighborForcingSampler(model, memory=MemoryConfig(compression="grow"))
     sizes, starts = [], []
     for _ in sampler.stream(_cond(model.config), 5, torch.Generator().manual_seed(0)):
@@ -70,7 +53,7 @@ def test_growing_memory_keeps_every_block() -> None:
 def test_no_long_term_memory_ignores_the_long_term_slots() -> None:
     """With ``none`` the long-term slots never reach attention: blocks 0 and 1 still match ConvKV (block 1
     would see raw frames there), and later blocks differ from it."""
-    model = _model()
+    model = small_model()
     conv, none = _stream(model, "conv", 4), _stream(model, "none", 4)
     torch.testing.assert_close(none[0], conv[0], rtol=1e-6, atol=1e-6)
     assert (none[1] - conv[1]).abs().max() > 1e-4  # the long-term slots hold first-block frames there
@@ -88,4 +71,4 @@ def test_no_long_term_memory_ignores_the_long_term_slots() -> None:
 @pytest.mark.parametrize("bad", ["fp8", "offload"])
 def test_growing_memory_refuses_storage_options(bad: str) -> None:
     with pytest.raises(ValueError, match="inference ablation"):
-        _model().new_memory(MemoryConfig(compression="grow", **{bad: True}), 16)
+        small_model().new_memory(MemoryConfig(compression="grow", **{bad: True}), 16)

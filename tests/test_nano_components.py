@@ -461,3 +461,29 @@ def test_ceiling_command_reads_shards_and_plots(tmp_path: Path, capsys: pytest.C
         0.3 < scores["renderer"] <= 1 and -1 <= scores["latent_group_mean"] <= 1
     )  # the renderer follows speech
     assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_components_json_builds_through_the_registry(tmp_path: Path) -> None:
+    """A folder names its components by type; a registered builder is used, an unknown type is named."""
+    import json
+    import shutil
+
+    from liveact.components import nano
+    from liveact.loading import AssetError
+
+    folder = tmp_path / "model"
+    shutil.copytree(nano.default_model_dir(), folder)
+    spec = json.loads((folder / "components.json").read_text())
+    spec["audio_encoder"] = {"type": "my_audio", "rows": 3}
+    (folder / "components.json").write_text(json.dumps(spec))
+    with pytest.raises(AssetError, match="audio_encoder type 'my_audio' is not one this version builds"):
+        nano.load_components(folder)
+    seen = []
+    builders = dict(nano.COMPONENT_TYPES["audio_encoder"])
+    try:
+        nano.register_component("audio_encoder", "my_audio", lambda section, ctx: seen.append(section) or "A")
+        parts = nano.load_components(folder)
+    finally:
+        nano.COMPONENT_TYPES["audio_encoder"] = builders
+    assert parts["audio_encoder"] == "A" and seen == [{"type": "my_audio", "rows": 3}]
+    assert parts["image_encoder"].autoencoder is parts["vae"], "later roles see the ones built before"

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Sequence
-from dataclasses import fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -157,17 +157,75 @@ def model_defaults(folder: str | Path | None) -> dict:
     return {k: tuple(v) if k == "size" else v for k, v in d.items()}
 
 
+@dataclass(frozen=True)
+class BuildContext:
+    """What a component builder gets: the folder, where to put the model, and the roles built so far
+    (the image encoder of Nano reuses the autoencoder)."""
+
+    folder: Path
+    device: torch.device | str
+    dtype: torch.dtype
+    built: dict[str, Any]
+
+
+ComponentBuilder = Callable[[dict, BuildContext], Any]
+# role in components.json -> {type name -> builder}. Roles are built in this order.
+COMPONENT_TYPES: dict[str, dict[str, ComponentBuilder]] = {
+    "autoencoder": {},
+    "text_encoder": {},
+    "image_encoder": {},
+    "audio_encoder": {},
+}
+
+
+def register_component(role: str, type_name: str, builder: ComponentBuilder) -> None:
+    """Make ``{"<role>": {"type": "<type_name>", ...}}`` in a ``components.json`` build with ``builder``
+    (called with the role's section and a :class:`BuildContext`)."""
+    if role not in COMPONENT_TYPES:
+        raise ValueError(f"unknown component role {role!r}; roles: {', '.join(COMPONENT_TYPES)}")
+    COMPONENT_TYPES[role][type_name] = builder
+
+
+def _build_tae(section: dict, ctx: BuildContext) -> Any:
+    from liveact.components.tae import TinyAutoencoder
+    from liveact.loading import AssetError
+
+    path = ctx.folder / section.get("file", TAE_FILE)
+    if not path.is_file():
+        raise AssetError(f"{path} is missing (the tiny autoencoder's weights)")
+    return TinyAutoencoder.from_file(path, device=ctx.device, dtype=ctx.dtype)
+
+
+def _build_minilm(section: dict, ctx: BuildContext) -> Any:
+    return MiniLMTextEncoder(max_tokens=int(section.get("max_tokens", 32)), device=ctx.device)
+
+
+def _build_reference_latent(section: dict, ctx: BuildContext) -> Any:
+    return ReferenceLatentEncoder(ctx.built["autoencoder"], patch=int(section.get("patch", 2)))
+
+
+def _build_logmel(section: dict, ctx: BuildContext) -> Any:
+    from liveact.components.logmel import LogMelConfig, LogMelEncoder
+
+    names = {f.name for f in fields(LogMelConfig)}
+    return LogMelEncoder(LogMelConfig(**{k: v for k, v in section.items() if k in names}))
+
+
+register_component("autoencoder", "tae", _build_tae)
+register_component("text_encoder", "minilm", _build_minilm)
+register_component("image_encoder", "reference_latent", _build_reference_latent)
+register_component("audio_encoder", "logmel", _build_logmel)
+
+
 def load_components(
     folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> dict:
-    """Build the components a ``components.json`` folder names.
+    """Build the components a ``components.json`` folder names, each through ``COMPONENT_TYPES``.
 
     Returns:
         a dict with ``vae``, ``text_encoder``, ``image_encoder``, ``audio_encoder`` and ``schedule``
         (a ``SamplerConfig``) ready for ``LiveActPipeline``.
     """
-    from liveact.components.logmel import LogMelConfig, LogMelEncoder
-    from liveact.components.tae import TinyAutoencoder
     from liveact.loading import AssetError
 
     folder = Path(folder)
@@ -176,34 +234,21 @@ def load_components(
         raise AssetError(
             f"{folder / COMPONENTS_FILE} is missing: not a self-contained (Nano-style) checkpoint"
         )
-    kinds = {
-        k: spec.get(k, {}).get("type")
-        for k in ("text_encoder", "image_encoder", "audio_encoder", "autoencoder")
-    }
-    expected = {
-        "text_encoder": "minilm",
-        "image_encoder": "reference_latent",
-        "audio_encoder": "logmel",
-        "autoencoder": "tae",
-    }
-    wrong = {k: v for k, v in kinds.items() if v != expected[k]}
-    if wrong:
-        raise AssetError(
-            f"{folder / COMPONENTS_FILE}: unsupported components {wrong}; this version builds {expected}"
-        )
-    tae_path = folder / spec["autoencoder"].get("file", TAE_FILE)
-    if not tae_path.is_file():
-        raise AssetError(f"{tae_path} is missing (the tiny autoencoder's weights)")
-    vae = TinyAutoencoder.from_file(tae_path, device=device, dtype=dtype)
-    text = MiniLMTextEncoder(max_tokens=int(spec["text_encoder"].get("max_tokens", 32)), device=device)
-    image = ReferenceLatentEncoder(vae, patch=int(spec["image_encoder"].get("patch", 2)))
-    mel_fields = {f.name for f in fields(LogMelConfig)}
-    audio = LogMelEncoder(LogMelConfig(**{k: v for k, v in spec["audio_encoder"].items() if k in mel_fields}))
+    ctx = BuildContext(folder, device, dtype, {})
+    for role, builders in COMPONENT_TYPES.items():
+        section = spec.get(role) or {}
+        kind = section.get("type")
+        if kind not in builders:
+            raise AssetError(
+                f"{folder / COMPONENTS_FILE}: {role} type {kind!r} is not one this version builds "
+                f"({', '.join(sorted(builders)) or 'none'}); see liveact.components.nano.register_component"
+            )
+        ctx.built[role] = builders[kind](section, ctx)
     return {
-        "vae": vae,
-        "text_encoder": text,
-        "image_encoder": image,
-        "audio_encoder": audio,
+        "vae": ctx.built["autoencoder"],
+        "text_encoder": ctx.built["text_encoder"],
+        "image_encoder": ctx.built["image_encoder"],
+        "audio_encoder": ctx.built["audio_encoder"],
         "schedule": components_schedule(spec),
     }
 

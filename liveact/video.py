@@ -54,6 +54,7 @@ __all__ = [
     "HLSWriter",
     "ProgressiveVideoWriter",
     "audio_duration",
+    "audio_format",
     "ffmpeg_exe",
     "probe_video",
     "read_frames",
@@ -169,7 +170,7 @@ class _AudioFeed:
 
     def __init__(self, path: Path, fps: float) -> None:
         self.fps = fps
-        self.rate, self.channels = _audio_format(path)
+        self.rate, self.channels = audio_format(path)
         self.samples_queued = 0
         self.pending = bytearray()
         self.read_fd, self.write_fd = os.pipe()
@@ -258,7 +259,18 @@ def _write_video(fd: int, data: memoryview, audio: _AudioFeed | None) -> None:
         audio.send()
 
 
-def _audio_format(path: Path) -> tuple[int, int]:
+def _channels_of_layout(layout: str) -> int | None:
+    """ffmpeg's channel layout name -> channel count: mono, stereo, "6 channels", "5.1(side)", "7.1"."""
+    if layout in ("mono", "stereo"):
+        return 1 if layout == "mono" else 2
+    if m := re.fullmatch(r"(\d+) channels.*", layout):
+        return int(m.group(1))
+    if m := re.fullmatch(r"(\d+)\.(\d+).*", layout):
+        return int(m.group(1)) + int(m.group(2))
+    return None
+
+
+def audio_format(path: str | os.PathLike) -> tuple[int, int]:
     """``(sample rate, channels)`` of an audio file: soundfile's header, else ffmpeg's description."""
     try:
         import soundfile
@@ -635,7 +647,7 @@ _STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: (Video|Audio): (.*)")
 _FPS_RE = re.compile(r"([\d.]+)(k?) fps")
 _SIZE_RE = re.compile(r"\b(\d{2,5})x(\d{2,5})\b")
 _RATE_RE = re.compile(r"(\d+) Hz")
-_LAYOUT_RE = re.compile(r"\d+ Hz, (mono|stereo|\d+ channels)")
+_LAYOUT_RE = re.compile(r"\d+ Hz, ([^,]+)")
 _DURATION_RE = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
 
 
@@ -649,7 +661,7 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
         dict with ``has_video``, ``has_audio``, ``video_codec``, ``audio_codec``, ``width``,
         ``height``, ``fps`` (float), ``num_frames`` (video packets), ``video_duration`` and
         ``audio_duration`` (end of the last packet, seconds), ``duration`` (the longer of the two),
-        ``sample_rate``, ``channels`` (mono, stereo or "N channels" layouts; else None) and
+        ``sample_rate``, ``channels`` (from ffmpeg's layout name; None if it names none) and
         ``container_duration`` (the header's, None if absent); fields of a
         missing stream are None.
     """
@@ -701,8 +713,7 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
             if m := _RATE_RE.search(desc):
                 info["sample_rate"] = int(m.group(1))
             if m := _LAYOUT_RE.search(desc):
-                layout = m.group(1)
-                info["channels"] = {"mono": 1, "stereo": 2}.get(layout) or int(layout.split()[0])
+                info["channels"] = _channels_of_layout(m.group(1).strip())
     if m := _DURATION_RE.search(err):
         info["container_duration"] = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
 

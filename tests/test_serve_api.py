@@ -287,6 +287,23 @@ def test_non_finite_audio_is_refused_without_naming_server_paths(client: TestCli
     assert str(root) not in res.text and "/" not in res.json()["error"]
 
 
+def test_audio_that_decodes_too_large_is_refused_from_its_header(tmp_path: Path) -> None:
+    """A decompression bomb: few bytes of FLAC, many channels at a high rate. Refused (413, saying which
+    limit) from the header, before any sample is decoded."""
+    from liveact.serve.uploads import UploadError, check_audio
+
+    bomb = tmp_path / "bomb.flac"
+    sf.write(bomb, np.zeros((192_000 * 3, 8), np.int16), 192_000, format="FLAC")  # 3 s, 8 ch, 192 kHz
+    assert bomb.stat().st_size < 200_000, "compresses to almost nothing"
+    with pytest.raises(UploadError) as info:
+        check_audio(bomb, 0.5, 600, max_decoded_bytes=16 * 2**20)
+    assert info.value.status == 413 and "8 channel(s) at 192000 Hz" in str(info.value), info.value
+    assert "--max_decoded_mb" in str(info.value)
+    speech = tmp_path / "speech.wav"
+    sf.write(speech, (0.3 * np.sin(np.arange(RATE * 2) / 5.0)).astype(np.float32), RATE)
+    assert check_audio(speech, 0.5, 600, max_decoded_bytes=16 * 2**20) == pytest.approx(2.0)
+
+
 def test_silent_audio(client: TestClient) -> None:
     buf = io.BytesIO()
     sf.write(buf, np.zeros(RATE * 2, np.float32), RATE, format="WAV")

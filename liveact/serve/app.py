@@ -64,6 +64,7 @@ class ServeOptions:
     max_audio_mb: int = 50
     max_audio_seconds: float = 600.0
     min_audio_seconds: float = 0.5
+    max_decoded_mb: int = 256  # rate x channels x seconds x 4 bytes of an upload's audio
     # Host names (besides IP addresses and localhost) a client may reach the server by: names behind
     # a proxy. Anything else is refused before routing (DNS rebinding).
     host_names: tuple[str, ...] = ()
@@ -363,7 +364,9 @@ def _spec_from_upload(upload: Any, folder: Path, options: ServeOptions) -> JobSp
     if not live:
         if audio is None:
             raise UploadError(400, "missing file field 'audio' (or set live=1 to stream it)")
-        check_audio(audio, options.min_audio_seconds, options.max_audio_seconds)
+        check_audio(
+            audio, options.min_audio_seconds, options.max_audio_seconds, options.max_decoded_mb * 2**20
+        )
     return JobSpec(
         folder=folder,
         image=upload.files["image"],

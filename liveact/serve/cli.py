@@ -52,6 +52,7 @@ class DemoArgs:
     max_image_mb: int = 10
     max_audio_mb: int = 50
     max_audio_seconds: float = 600.0
+    max_decoded_mb: int = 256
     warmup_blocks: int = 2
     edit_cfg: float | None = None
     compile: str = "off"
@@ -119,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_image_mb", type=int, default=10, help="upload limit of the portrait")
     p.add_argument("--max_audio_mb", type=int, default=50, help="upload limit of the audio file")
     p.add_argument("--max_audio_seconds", type=float, default=600.0, help="longest audio a job may have")
+    p.add_argument(
+        "--max_decoded_mb",
+        type=int,
+        default=256,
+        help="largest decoded audio of an upload (rate x channels x seconds x 4 bytes, from its header)",
+    )
     p.add_argument(
         "--warmup_blocks", type=int, default=2, help="blocks generated at start-up (0: no warm-up)"
     )
@@ -269,6 +276,7 @@ def serve(
         max_image_mb=args.max_image_mb,
         max_audio_mb=args.max_audio_mb,
         max_audio_seconds=args.max_audio_seconds,
+        max_decoded_mb=args.max_decoded_mb,
         host_names=args.host_name,
     )
     app = create_app(engine, options)

@@ -291,22 +291,35 @@ def check_image(path: Path, max_pixels: int = 40_000_000) -> None:
         raise UploadError(415, f"image: not a readable image ({type(exc).__name__})") from None
 
 
-def check_audio(path: Path, min_seconds: float, max_seconds: float) -> float:
-    """415 unless the file is readable audio; 400 if silent or too short, 413 if too long.
+def check_audio(
+    path: Path, min_seconds: float, max_seconds: float, max_decoded_bytes: int = 256 * 2**20
+) -> float:
+    """415 unless the file is readable audio; 400 if silent or too short, 413 if too long or if its
+    decoded samples (rate x channels x seconds x 4 bytes, from the header, before decoding) would
+    exceed ``max_decoded_bytes``: a small compressed file can hold gigabytes of samples.
 
     Returns:
         The duration in seconds.
     """
     from liveact.components.audio import load_audio
-    from liveact.video import audio_duration
+    from liveact.video import audio_duration, audio_format
 
     try:
         seconds = audio_duration(path)
+        rate, channels = audio_format(path)
     except Exception:
         raise UploadError(415, "audio: not a readable audio file") from None
     if seconds > max_seconds:
         raise UploadError(
             413, f"audio is {seconds:.1f} s long; this server takes at most {max_seconds:.0f} s"
+        )
+    decoded = seconds * rate * channels * 4
+    if decoded > max_decoded_bytes:
+        raise UploadError(
+            413,
+            f"audio decodes to {decoded / 2**20:.0f} MiB ({channels} channel(s) at {rate} Hz for "
+            f"{seconds:.0f} s); this server decodes at most {max_decoded_bytes / 2**20:.0f} MiB "
+            "(its --max_decoded_mb): send mono or stereo speech at 16-48 kHz",
         )
     try:
         waveform, rate = load_audio(path, allow_silent=True)

@@ -16,6 +16,8 @@ plays up to its last finished block, or was not created when no block had finish
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -376,6 +378,57 @@ class ClipStats:
         )
 
 
+class OutputLocks:
+    """Exclusive locks on this run's output files, so that a second run into the same file refuses
+    before it loads anything instead of corrupting it (the existence check alone is not atomic).
+
+    Each output ``NAME.mp4`` gets a sidecar ``.NAME.mp4.lock`` holding an ``flock`` and the owner's pid;
+    the kernel drops the lock when the process ends, however it ends. A clean exit removes the files.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._held: list[tuple[Path, int]] = []
+        try:
+            for path in paths:
+                self._held.append(self._acquire(path))
+        except BaseException:
+            self.release()
+            raise
+
+    @staticmethod
+    def _acquire(path: Path) -> tuple[Path, int]:
+        lock = path.with_name(f".{path.name}.lock")
+        while True:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise UserError(
+                    f"{path} is being written by another run (pid {owner}); wait for it to finish or "
+                    "choose another --output_dir"
+                ) from None
+            # Its last holder may have removed the file between our open and our lock: lock the new one.
+            try:
+                if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return lock, fd
+
+    def release(self) -> None:
+        """Remove the lock files and drop the locks (idempotent)."""
+        for lock, fd in self._held:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            os.close(fd)
+        self._held = []
+
+
 @dataclass
 class RunState:
     """What the run has done so far, so that an interruption is reported truthfully."""
@@ -589,7 +642,10 @@ def run(args: GenerateArgs, state: RunState | None = None) -> int:
     dist_info = runtime.init_distributed(flags)
     is_main = state.is_main = dist_info is None or dist_info.is_main
     pipe = None
+    locks = None
     try:
+        if is_main:  # only rank 0 writes
+            locks = OutputLocks(paths)
         # Everything after the process group exists runs inside the try: errors still tear it down.
         spec = runtime.attach_distributed(spec, dist_info, flags.device)
         runtime.check(spec)
@@ -603,6 +659,8 @@ def run(args: GenerateArgs, state: RunState | None = None) -> int:
         if is_main:
             logger.info("done: %s written: %s", plural(len(paths), "file"), ", ".join(map(str, paths)))
     finally:
+        if locks is not None:
+            locks.release()
         if dist_info is not None:
             import gc
 

@@ -139,6 +139,32 @@ def test_unwritable_output_folders_are_refused_before_loading(
     assert loaded == [], "refused before any model loads"
 
 
+def test_a_second_run_into_the_same_file_refuses_before_loading(
+    media: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs into one mp4 corrupted it; now the second one stops, naming the first one's pid."""
+    import os
+
+    from liveact.cli import OutputLocks
+
+    out = media / "out"
+    out.mkdir()
+    target = out / "face_speech.mp4"
+    loaded = []
+    monkeypatch.setattr("liveact.runtime.build", lambda spec: loaded.append(spec))
+    first = OutputLocks([target])  # the first run, still writing
+    try:
+        argv = ["--input_json", str(_job(media, [_entry()])), "--output_dir", str(out), "--overwrite"]
+        rc, err = _run(capsys, *argv)
+        assert rc == 2 and f"being written by another run (pid {os.getpid()})" in err, err
+        assert loaded == []
+    finally:
+        first.release()
+    assert not list(out.glob(".*.lock")), "a finished run leaves no lock file"
+    again = OutputLocks([target])  # free again once the first run is done
+    again.release()
+
+
 def test_missing_model_is_said_clearly(
     media: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -71,6 +71,7 @@ class GenerateArgs:
     offload_t5: bool = False
     no_memory_check: bool = False
     compile: str = "off"
+    downmix: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the GPU memory plan that refuses runs that would not fit",
     )
+    p.add_argument(
+        "--downmix",
+        action="store_true",
+        help="listen to the mean of the audio's channels instead of channel 0 (the authors' choice); "
+        "for files whose speech is not in channel 0 (right-only stereo, 5.1 with speech in the centre)",
+    )
     add_compile_flag(p)
     return p
 
@@ -261,7 +268,7 @@ def load_requests(path: str | Path) -> list:
     return requests
 
 
-def check_media(request, where: str, min_seconds: float) -> None:
+def check_media(request, where: str, min_seconds: float, downmix: bool = False) -> None:
     """Open the image and audio of a request up front, so bad files fail before any model loads."""
     from PIL import Image
 
@@ -293,6 +300,13 @@ def check_media(request, where: str, min_seconds: float) -> None:
         raise UserError(
             f"{where}: cond_audio {request.audio} is silent (peak below -80 dBFS); "
             "the avatar needs speech to lip-sync to"
+        )
+    channel0 = float(waveform[0].abs().amax())
+    if not downmix and waveform.shape[0] > 1 and channel0 < SILENCE_PEAK:
+        raise UserError(
+            f"{where}: cond_audio {request.audio}: channel 0 is silent but another channel holds the "
+            "speech (the model listens to channel 0, as the authors' code does); pass --downmix to use "
+            "the mean of all channels"
         )
 
 
@@ -636,7 +650,7 @@ def run(args: GenerateArgs, state: RunState | None = None) -> int:
     stride = spec.sampler.vae_stride[0]
     first_block_seconds = block_span(0, spec.memory, stride).video_frames(stride) / spec.fps
     for i, request in enumerate(requests):
-        check_media(request, f"{Path(args.input_json).name} entry {i}", first_block_seconds)
+        check_media(request, f"{Path(args.input_json).name} entry {i}", first_block_seconds, args.downmix)
     paths = output_paths(args.output_dir, requests)
     check_outputs(paths, args.overwrite)
     dist_info = runtime.init_distributed(flags)

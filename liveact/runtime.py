@@ -91,6 +91,7 @@ class RunFlags:
     vae_stitch: str = "continuous"
     compile: str = "off"
     no_memory_check: bool = False
+    downmix: bool = False
 
 
 def flags_from(args: object) -> RunFlags:
@@ -115,6 +116,7 @@ class RunSpec:
         compile: ``off``, ``islands`` (fp32 islands and FP8 quantisation), ``regional`` (also every
             DiT block) or ``cudagraphs`` (islands, and steady-state steps replayed as CUDA graphs).
         memory_check: plan GPU memory before loading and refuse a run that would not fit.
+        downmix: condition on the mean of the audio channels instead of channel 0.
     """
 
     model_dir: Path
@@ -136,6 +138,7 @@ class RunSpec:
     vae_stitch: str = "continuous"
     compile: CompileMode = "off"
     memory_check: bool = True
+    downmix: bool = False
 
     @property
     def world_size(self) -> int:
@@ -276,6 +279,7 @@ def resolve(
         vae_stitch=flags.vae_stitch,
         compile=flags.compile,  # type: ignore[arg-type]  (checked next)
         memory_check=not flags.no_memory_check,
+        downmix=flags.downmix,
     )
     check_compile(spec)
     return spec
@@ -415,6 +419,7 @@ def build(spec: RunSpec) -> LiveActPipeline:
         edit_cfg=spec.edit_cfg,
         vae_stitch=spec.vae_stitch,
         stream_audio=spec.stream_audio,
+        downmix=spec.downmix,
         memory=spec.memory,
         schedule=spec.sampler,
     )

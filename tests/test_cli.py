@@ -26,6 +26,7 @@ def media(tmp_path: Path) -> Path:
     )
     sf.write(tmp_path / "silent.wav", np.zeros(16000 * 2), 16000)
     loud = 0.3 * np.sin(2 * np.pi * 220 * t)
+    sf.write(tmp_path / "right_only.wav", np.stack([np.zeros_like(loud), loud], 1), 16000)
     loud[100], loud[200] = np.inf, np.nan
     sf.write(tmp_path / "inf.wav", loud.astype(np.float32), 16000, subtype="FLOAT")
     sf.write(tmp_path / "short.wav", 0.3 * np.sin(2 * np.pi * 220 * t[:3200]), 16000)
@@ -63,6 +64,10 @@ def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
         (
             [_entry(cond_audio="inf.wav")],
             "entry 0: cond_audio [^ ]*inf.wav: holds 2 non-finite sample\\(s\\)",
+        ),
+        (
+            [_entry(cond_audio="right_only.wav")],
+            "entry 0: cond_audio [^ ]*right_only.wav: channel 0 is silent .* pass --downmix",
         ),
         ([_entry(cond_image=".")], "entry 0: cond_image .* is a folder; give the path of a file"),
         ([_entry(cond_audio=".")], "entry 0: cond_audio .* is a folder; give the path of a file"),
@@ -163,6 +168,21 @@ def test_a_second_run_into_the_same_file_refuses_before_loading(
     assert not list(out.glob(".*.lock")), "a finished run leaves no lock file"
     again = OutputLocks([target])  # free again once the first run is done
     again.release()
+
+
+def test_downmix_listens_to_every_channel(media: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--downmix: the right-only file passes the checks and the pipeline is built to downmix."""
+    built = []
+
+    def build(spec: object) -> None:
+        built.append(spec)
+        raise RuntimeError("stop: the run is assembled")
+
+    monkeypatch.setattr("liveact.runtime.build", build)
+    job = _job(media, [_entry(cond_audio="right_only.wav")])
+    with pytest.raises(RuntimeError, match="stop: the run is assembled"):
+        main(["--input_json", str(job), "--output_dir", str(media / "out"), "--downmix"])
+    assert built and built[0].downmix
 
 
 def test_missing_model_is_said_clearly(

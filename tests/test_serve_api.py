@@ -304,6 +304,14 @@ def test_audio_that_decodes_too_large_is_refused_from_its_header(tmp_path: Path)
     assert check_audio(speech, 0.5, 600, max_decoded_bytes=16 * 2**20) == pytest.approx(2.0)
 
 
+def test_speech_outside_channel_0_is_refused_at_upload(client: TestClient) -> None:
+    buf = io.BytesIO()
+    speech = (0.3 * np.sin(np.arange(RATE * 2) / 5.0)).astype(np.float32)
+    sf.write(buf, np.stack([np.zeros_like(speech), speech], 1), RATE, format="WAV")
+    res = submit(client, png_bytes(), buf.getvalue())
+    assert res.status_code == 400 and "channel 0 is silent" in res.json()["error"], res.text
+
+
 def test_silent_audio(client: TestClient) -> None:
     buf = io.BytesIO()
     sf.write(buf, np.zeros(RATE * 2, np.float32), RATE, format="WAV")

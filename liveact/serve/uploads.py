@@ -332,4 +332,11 @@ def check_audio(
         raise UploadError(400, f"audio is {seconds:.2f} s long; at least {min_seconds:.2f} s is needed")
     if float(waveform.abs().amax()) < 1e-4:
         raise UploadError(400, "audio is silent; the avatar needs speech to lip-sync to")
+    if waveform.shape[0] > 1 and float(waveform[0].abs().amax()) < 1e-4:
+        # The model listens to channel 0 (the authors' choice); refused now, not when the job runs.
+        raise UploadError(
+            400,
+            "audio channel 0 is silent but another channel holds the speech: "
+            "send mono, or put it in channel 0",
+        )
     return seconds

@@ -251,6 +251,8 @@ def test_not_multipart_and_missing_fields(client: TestClient) -> None:
         ("edits", "{"),
         ("edits", '[[2, 1, "x"]]'),
         ("edits", '[[0, 1, ""]]'),
+        ("edits", "[[0, " + "9" * 5000 + ', "x"]]'),  # past Python's int digit limit
+        ("edits", "[" * 3000 + "]" * 3000),  # nested too deeply
         ("seed", "-1"),
         ("live", "maybe"),
     ],
@@ -310,6 +312,15 @@ def test_speech_outside_channel_0_is_refused_at_upload(client: TestClient) -> No
     sf.write(buf, np.stack([np.zeros_like(speech), speech], 1), RATE, format="WAV")
     res = submit(client, png_bytes(), buf.getvalue())
     assert res.status_code == 400 and "channel 0 is silent" in res.json()["error"], res.text
+
+
+def test_an_overlong_multipart_boundary_is_a_400(client: TestClient) -> None:
+    boundary = "b" * 300
+    body = f"--{boundary}\r\nContent-Disposition: form-data; name=prompt\r\n\r\nhi\r\n--{boundary}--\r\n"
+    res = client.post(
+        "/api/jobs", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert res.status_code == 400 and "boundary" in res.json()["error"], res.text
 
 
 def test_silent_audio(client: TestClient) -> None:

@@ -73,6 +73,8 @@ async def parse_upload(
     kind, params = parse_options_header(content_type or "")
     if kind != b"multipart/form-data" or b"boundary" not in params:
         raise UploadError(415, "send multipart/form-data (fields: image, audio, prompt, edits, fps, ...)")
+    if not 1 <= len(params[b"boundary"]) <= 70:  # RFC 2046: 1 to 70 characters
+        raise UploadError(400, "the multipart boundary must be 1 to 70 characters long (RFC 2046)")
     upload = Upload()
     state: dict = {
         "headers": {},
@@ -247,10 +249,11 @@ def edits_field(upload: Upload) -> list[tuple[tuple[int, int], str]]:
         return []
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise UploadError(
-            400, f"edits must be a JSON list of [first_block, last_block, text]: {exc}"
-        ) from None
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad JSON and integers past Python's digit limit; RecursionError, nesting.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        message = f"edits must be a JSON list of [first_block, last_block, text]: {reason}"
+        raise UploadError(400, message) from None
     if not isinstance(value, list) or len(value) > MAX_EDITS:
         raise UploadError(
             400, f"edits must be a JSON list of at most {MAX_EDITS} [first_block, last_block, text]"

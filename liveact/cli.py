@@ -233,8 +233,10 @@ def load_requests(path: str | Path) -> list:
         raise UserError(f"--input_json {path} not found")
     try:
         entries = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise UserError(f"--input_json {path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UserError(f"--input_json {path} is nested too deeply to be a list of jobs") from None
     if not isinstance(entries, list) or not entries:
         raise UserError(f"--input_json {path} must hold a non-empty JSON list of jobs")
     requests = []
@@ -643,6 +645,8 @@ def run(args: GenerateArgs, state: RunState | None = None) -> int:
     state = state or RunState()
     if args.max_blocks is not None and args.max_blocks < 1:
         raise UserError(f"--max_blocks must be >= 1, got {args.max_blocks}")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
     flags = runtime.flags_from(args)
     spec = runtime.resolve(flags, official_size=OFFICIAL_SIZE, official_fps=OFFICIAL_FPS)
     state.fps = spec.fps

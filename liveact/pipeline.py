@@ -113,10 +113,20 @@ def check_device(device: torch.device | str) -> torch.device:
     return device
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with 16- and 32-bit grey images scaled to 8 bits first (PIL's convert clips them: a
+    16-bit PNG would come out white)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() <= 65535 else float(values.max())
+        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
 def load_image(image: str | Path | Image.Image) -> Image.Image:
     """An RGB ``PIL.Image`` from a path or image, with a clear error for unreadable files."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     path = Path(image)
     if path.is_dir():
         raise ValueError(f"image {path} is a folder, not an image file")
@@ -124,7 +134,7 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except Exception as exc:
         raise ValueError(f"unreadable image {path}: {exc}") from exc
 

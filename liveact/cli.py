@@ -615,6 +615,18 @@ def main(argv: list[str] | None = None) -> int:
         logger.debug("user error", exc_info=True)
         print("error: " + one_line(exc), file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as exc:
+        from liveact.video import FFmpegError
+
+        if not isinstance(exc, (OSError, FFmpegError)):
+            raise
+        # Writing failed (disk full, the folder went away, ffmpeg died): one line, and what is on disk.
+        logger.debug("write error", exc_info=True)
+        print(
+            f"error: writing the video failed: {one_line(exc)}; {state.interrupted_message()}",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def one_line(exc: BaseException) -> str:

@@ -189,6 +189,36 @@ def test_downmix_listens_to_every_channel(media: Path, monkeypatch: pytest.Monke
     assert built and built[0].downmix
 
 
+def test_a_write_error_mid_run_is_one_line_and_says_what_is_on_disk(
+    media: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills (ffmpeg exits) after the first block: exit 2, one error line, no traceback."""
+    from liveact.video import FFmpegError, ProgressiveVideoWriter
+
+    original = ProgressiveVideoWriter.write
+    calls = []
+
+    def write(writer: ProgressiveVideoWriter, frames: object) -> int:
+        calls.append(1)
+        if len(calls) > 1:
+            raise FFmpegError("ffmpeg exited with status 1 while writing x.mp4:\nNo space left on device")
+        return original(writer, frames)
+
+    monkeypatch.setattr(ProgressiveVideoWriter, "write", write)
+    argv = [
+        "--input_json",
+        str(_job(media, [_entry()])),
+        "--output_dir",
+        str(media / "out"),
+        "--max_blocks",
+        "2",
+    ]
+    rc, err = _run(capsys, *argv)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "No space left on device" in lines[0] and "holds the first 21 frames" in lines[0], lines[0]
+
+
 def test_missing_model_is_said_clearly(
     media: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,7 +26,7 @@ import os
 import resource
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -455,19 +455,3 @@ def cpu_threads_for_generation(device: torch.device) -> None:
     """On a CPU without ``OMP_NUM_THREADS``: the DiT and the decode-ahead thread get half the cores each."""
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, torch.get_num_threads() // 2))
-
-
-def describe(spec: RunSpec) -> dict[str, Any]:
-    """A flat, printable summary of ``spec`` (for logs and ``--dry_run``-style reports)."""
-    width, height = spec.size
-    return {
-        "model": str(spec.model_dir),
-        "size": f"{width}*{height}",
-        "fps": spec.fps,
-        "device": str(spec.device),
-        "dtype": str(spec.dtype).removeprefix("torch."),
-        "world_size": spec.world_size,
-        "kv_memory": "fp8" if spec.memory.fp8 else "bf16/fp32",
-        "kv_memory_on": "host" if spec.memory.offload else "device",
-        "compile": spec.compile,
-    }

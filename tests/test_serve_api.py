@@ -519,3 +519,15 @@ def test_live_job_over_websocket(client: TestClient) -> None:
     info = probe_video(client.data_dir / "jobs" / job_id / "video.mp4")  # type: ignore[attr-defined]
     assert info["has_audio"] and info["num_frames"] == 63
     assert abs(info["audio_duration"] - 63 / FPS) < 0.05
+
+
+def test_a_refused_audio_socket_ends_its_live_job_at_once(client: TestClient) -> None:
+    res = submit(client, png_bytes(), None, live="1", sample_rate=str(RATE), prompt="A person talks.")
+    job_id = res.json()["id"]
+    url = f"/api/jobs/{job_id}/audio?format=u8"
+    with pytest.raises(WebSocketDisconnect) as info, client.websocket_connect(url) as mic:
+        mic.receive_text()
+    assert info.value.code == 4400
+    # The engine waits 30 s (live_connect_grace) for a socket that never comes; a refused one ends it now.
+    body = wait_status(client, job_id, ("cancelled", "finished"), timeout=15)
+    assert body["status"] in ("cancelled", "finished")

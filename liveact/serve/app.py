@@ -239,6 +239,8 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
         fmt = ws.query_params.get("format", "f32le")
         if fmt not in ("f32le", "s16le"):
             await ws.close(code=4400, reason="format must be f32le or s16le")
+            # The job can get no speech from this socket: end it now, not after the connect grace.
+            engine.cancel(job)
             return
         dtype, scale = ("<f4", 1.0) if fmt == "f32le" else ("<i2", 1 / 32768)
         try:

@@ -312,6 +312,10 @@ def test_speech_outside_channel_0_is_refused_at_upload(client: TestClient) -> No
     sf.write(buf, np.stack([np.zeros_like(speech), speech], 1), RATE, format="WAV")
     res = submit(client, png_bytes(), buf.getvalue())
     assert res.status_code == 400 and "channel 0 is silent" in res.json()["error"], res.text
+    assert "downmix=1" in res.json()["error"]
+    res = submit(client, png_bytes(), buf.getvalue(), downmix="1")
+    assert res.status_code == 201, res.text
+    assert wait_status(client, res.json()["id"], ("finished", "failed"))["status"] == "finished"
 
 
 def test_an_overlong_multipart_boundary_is_a_400(client: TestClient) -> None:

@@ -345,7 +345,9 @@ def _spec_from_upload(upload: Any, folder: Path, options: ServeOptions) -> JobSp
     size = size_field(upload, options.size, options.size[0] * options.size[1])
     sample_rate = int_field(upload, "sample_rate", 16000, 8000, 48000)
     stop_when_unwatched = bool_field(upload, "stop_when_unwatched")
+    downmix = bool_field(upload, "downmix")
     unknown = set(upload.fields) - {
+        "downmix",
         "live",
         "prompt",
         "edits",
@@ -367,7 +369,11 @@ def _spec_from_upload(upload: Any, folder: Path, options: ServeOptions) -> JobSp
         if audio is None:
             raise UploadError(400, "missing file field 'audio' (or set live=1 to stream it)")
         check_audio(
-            audio, options.min_audio_seconds, options.max_audio_seconds, options.max_decoded_mb * 2**20
+            audio,
+            options.min_audio_seconds,
+            options.max_audio_seconds,
+            options.max_decoded_mb * 2**20,
+            downmix=downmix,
         )
     return JobSpec(
         folder=folder,
@@ -380,6 +386,7 @@ def _spec_from_upload(upload: Any, folder: Path, options: ServeOptions) -> JobSp
         seed=seed,
         sample_rate=sample_rate,
         stop_when_unwatched=stop_when_unwatched,
+        downmix=downmix,
     )
 
 

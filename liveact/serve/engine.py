@@ -60,6 +60,7 @@ class JobSpec:
     seed: int
     sample_rate: int = 16000  # live jobs: rate of the pushed PCM
     stop_when_unwatched: bool = False
+    downmix: bool = False  # listen to the mean of the channels, not channel 0
 
 
 @dataclass
@@ -382,10 +383,11 @@ class Engine:
         return check
 
 
-def configure(pipe: LiveActPipeline, fps: int, size: tuple[int, int]) -> None:
-    """Point the shared pipeline at a job's fps and size (one job runs at a time), checked by the
-    pipeline's own rule."""
-    pipe.set_output(size, fps)
+def configure(pipe: LiveActPipeline, spec: JobSpec) -> None:
+    """Point the shared pipeline at a job's fps, size (checked by the pipeline's own rule) and channel
+    choice; one job runs at a time."""
+    pipe.set_output(spec.size, spec.fps)
+    pipe.downmix = bool(spec.downmix)
 
 
 def run_job(
@@ -397,7 +399,7 @@ def run_job(
     their audio ends or they are stopped.
     """
     spec = job.spec
-    configure(pipe, spec.fps, spec.size)
+    configure(pipe, spec)
     if job.live is not None:
         clip = prepare_live(pipe, spec.image, spec.prompt, job.live, spec.edits)
         rate = job.live.sample_rate
@@ -409,7 +411,7 @@ def run_job(
         clip = pipe.prepare(Request(image=spec.image, audio=spec.audio, prompt=spec.prompt, edits=spec.edits))
         job.blocks_total = clip.num_blocks
         waveform, rate = load_audio(spec.audio)
-        pcm_all = select_channel(waveform)[0].numpy().astype(np.float32)
+        pcm_all = select_channel(waveform, spec.downmix)[0].numpy().astype(np.float32)
         total_frames = clip.num_frames
         blocks = _upload_blocks(pipe, clip, spec.seed, job.stop, control)
 
@@ -517,7 +519,7 @@ def follow(pipe: LiveActPipeline, group: Any) -> None:
         spec: JobSpec = message[1]
         sync.saw_done = False
         try:
-            configure(pipe, spec.fps, spec.size)
+            configure(pipe, spec)
             if spec.audio is None:
                 live = LiveAudio(spec.sample_rate)
                 clip = prepare_live(pipe, spec.image, spec.prompt, live, spec.edits)

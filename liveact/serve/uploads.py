@@ -295,7 +295,11 @@ def check_image(path: Path, max_pixels: int = 40_000_000) -> None:
 
 
 def check_audio(
-    path: Path, min_seconds: float, max_seconds: float, max_decoded_bytes: int = 256 * 2**20
+    path: Path,
+    min_seconds: float,
+    max_seconds: float,
+    max_decoded_bytes: int = 256 * 2**20,
+    downmix: bool = False,
 ) -> float:
     """415 unless the file is readable audio; 400 if silent or too short, 413 if too long or if its
     decoded samples (rate x channels x seconds x 4 bytes, from the header, before decoding) would
@@ -335,11 +339,11 @@ def check_audio(
         raise UploadError(400, f"audio is {seconds:.2f} s long; at least {min_seconds:.2f} s is needed")
     if float(waveform.abs().amax()) < 1e-4:
         raise UploadError(400, "audio is silent; the avatar needs speech to lip-sync to")
-    if waveform.shape[0] > 1 and float(waveform[0].abs().amax()) < 1e-4:
+    if not downmix and waveform.shape[0] > 1 and float(waveform[0].abs().amax()) < 1e-4:
         # The model listens to channel 0 (the authors' choice); refused now, not when the job runs.
         raise UploadError(
             400,
             "audio channel 0 is silent but another channel holds the speech: "
-            "send mono, or put it in channel 0",
+            "set downmix=1 (the mean of the channels), or send mono",
         )
     return seconds

@@ -535,3 +535,16 @@ def test_a_refused_audio_socket_ends_its_live_job_at_once(client: TestClient) ->
     # The engine waits 30 s (live_connect_grace) for a socket that never comes; a refused one ends it now.
     body = wait_status(client, job_id, ("cancelled", "finished"), timeout=15)
     assert body["status"] in ("cancelled", "finished")
+
+
+def test_an_ended_job_keeps_no_ffmpeg_pipes(client: TestClient) -> None:
+    """Ended jobs stay listed until eviction; their encoder's output pipes are closed when they end."""
+    res = submit(client, png_bytes(), wav_bytes())
+    job_id = res.json()["id"]
+    assert wait_status(client, job_id, ("finished",))["status"] == "finished"
+    stream = client.engine.jobs[job_id].stream  # type: ignore[attr-defined]
+    assert stream is not None and stream.done
+    deadline = time.monotonic() + 10
+    while not (stream._proc.stdout.closed and stream._proc.stderr.closed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stream._proc.stdout.closed and stream._proc.stderr.closed

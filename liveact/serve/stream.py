@@ -182,7 +182,8 @@ class FragmentedMP4Stream:
                 t.start()
                 self._queues.append((q, t))
         self._stderr: list[bytes] = []
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_reader.start()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -218,6 +219,7 @@ class FragmentedMP4Stream:
             self._proc.kill()
             rc = self._proc.wait()
         self._reader.join(timeout)
+        self._release_pipes(timeout)
         if rc != 0:
             raise FFmpegError(
                 f"live encoder exited with status {rc}: "
@@ -231,6 +233,16 @@ class FragmentedMP4Stream:
         self._proc.kill()
         self._proc.wait()
         self._reader.join(10)
+        self._release_pipes(10)
+
+    def _release_pipes(self, timeout: float) -> None:
+        """Close our ends of ffmpeg's output pipes once their readers are done: an ended job keeps no
+        file descriptors while it waits for eviction."""
+        self._stderr_reader.join(timeout)
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
     def _feed(self, sink: object, q: queue.Queue) -> None:
         while (data := q.get()) is not None:

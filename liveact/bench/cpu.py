@@ -433,13 +433,12 @@ def _speed_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _speed(args: argparse.Namespace) -> None:
+    from liveact import runtime
     from liveact.pipeline import check_device
 
     if args.blocks < 1:
         raise SystemExit("error: --blocks must be >= 1")
     if args.ckpt_dir:
-        from liveact import runtime
-
         # A real checkpoint is assembled exactly as generate.py assembles it.
         flags = runtime.RunFlags(
             ckpt_dir=args.ckpt_dir,
@@ -464,9 +463,7 @@ def _speed(args: argparse.Namespace) -> None:
         preset = load_preset(args.preset)
         name = args.encoders or ("official" if preset.name == "liveact-14b" else "small")
         pipe = random_pipeline(preset, ENCODER_SETS[name], parse_size(args.size), args.fps, device, dtype)
-        from liveact.runtime import apply_compile
-
-        apply_compile(pipe, args.compile)
+        runtime.apply_compile(pipe, args.compile)
         what = f"preset {preset.name} (random weights) with {name} components: {ENCODER_SETS[name].what}"
     report = run_speed(pipe, args.blocks)
     header = f"{what}; size {args.size}, {args.fps} fps, {args.blocks} blocks, {device}, {str(dtype)[6:]}"

@@ -270,7 +270,8 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
 
 
 def host_is_known(host_header: str | None, names: tuple[str, ...] = ()) -> bool:
-    """Whether a ``Host`` header names this server: an IP address, ``localhost``, or one of ``names``.
+    """Whether a ``Host`` header names this server: an IP address, ``localhost``, or one of ``names``
+    (lower case).
 
     A DNS-rebinding page reaches a local server under the attacker's own domain name (its Origin then
     matches its Host), never under an IP literal: refusing unknown names is what stops it.
@@ -286,7 +287,7 @@ def host_is_known(host_header: str | None, names: tuple[str, ...] = ()) -> bool:
         ipaddress.ip_address(host)
         return True
     except ValueError:
-        return host == "localhost" or host in {n.lower() for n in names}
+        return host == "localhost" or host in names
 
 
 class KnownHostOnly:
@@ -294,7 +295,7 @@ class KnownHostOnly:
     400 (or a closed socket) before any route runs (see :func:`host_is_known`)."""
 
     def __init__(self, app: Any, names: tuple[str, ...] = ()) -> None:
-        self.app, self.names = app, tuple(names)
+        self.app, self.names = app, tuple(n.lower() for n in names)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket"):
